@@ -1,1 +1,397 @@
-/* placeholder: being written */
+#include "discoverd/discoverd.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/cleanup.h"
+#include "lib/daemon.h"
+#include "lib/discover.h"
+#include "lib/httpd.h"
+#include "lib/jsonx.h"
+#include "lib/log.h"
+
+#define MAX_TTL 300
+/* Flynn's keep-alive: a comment line with no blank line after it, which
+ * Flynn's SSE reader skips (a "\n\n"-terminated comment breaks it). */
+#define SSE_KEEPALIVE ":\n"
+#define SSE_KEEPALIVE_MS 30000
+
+struct discoverd {
+    struct store *s;
+};
+
+static bool wants_events(struct httpd_req *r)
+{
+    const char *accept = httpd_header(r, "Accept");
+    return accept && strstr(accept, "text/event-stream");
+}
+
+static int check_instance_id(const char *id, struct pier_err *err)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return err_set(err, PIER_EINVAL, "instance id must be 1 to 64 characters long");
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return err_set(err, PIER_EINVAL,
+                           "instance id \"%s\" may hold only letters, digits, '-', '_' and '.'",
+                           id);
+    }
+    return 0;
+}
+
+static void instance_key(struct buf *b, const char *service, const char *id)
+{
+    buf_printf(b, "%s%s/%s", DISCOVER_PREFIX, service, id);
+}
+
+/* ---- GET /services ---- */
+
+static void services_list(struct httpd_req *r, void *ud)
+{
+    struct discoverd *d = ud;
+    struct pier_err err = {0};
+    struct store_range *rg = NULL;
+    struct store_list_opts lo = {.keys_only = true};
+    if (store_list(d->s, DISCOVER_PREFIX, &lo, &rg, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    json_t *names = json_array();
+    size_t plen = strlen(DISCOVER_PREFIX);
+    const char *last = NULL;
+    size_t last_len = 0;
+    for (size_t i = 0; i < rg->n; i++) {
+        const char *name = rg->kvs[i].key + plen;
+        const char *slash = strchr(name, '/');
+        size_t len = slash ? (size_t)(slash - name) : strlen(name);
+        if (last && len == last_len && memcmp(last, name, len) == 0)
+            continue; /* keys are sorted, so one service's instances are adjacent */
+        json_array_append_new(names, json_stringn(name, len));
+        last = name;
+        last_len = len;
+    }
+    store_range_free(rg);
+    httpd_reply_json(r, 200, names);
+}
+
+/* ---- event streams ---- */
+
+struct event_stream {
+    struct discover_watch *w;
+    bool leader_only;
+    long quiet_ms;
+};
+
+static json_t *event_json(const struct discover_event *e, const char *service)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "service", json_string(service));
+    json_object_set_new(j, "kind", json_string(discover_event_kind_name(e->kind)));
+    json_object_set_new(j, "instance", e->inst.id ? discover_instance_json(&e->inst) : json_null());
+    return j;
+}
+
+static int stream_next(void *ud, struct buf *out, int timeout_ms)
+{
+    struct event_stream *es = ud;
+    struct discover_event *e = NULL;
+    struct pier_err err = {0};
+    int rc = discover_watch_next(es->w, timeout_ms, &e, &err);
+    if (rc < 0) {
+        /* A timeout, or the store is away (the watch keeps trying). */
+        if (rc != PIER_ETIMEOUT)
+            log_warn("discoverd", "watch waiting for the store", "reason=\"%s\"", err.msg);
+        es->quiet_ms += timeout_ms;
+        if (es->quiet_ms >= SSE_KEEPALIVE_MS) {
+            buf_puts(out, SSE_KEEPALIVE);
+            es->quiet_ms = 0;
+        }
+        return 1;
+    }
+    es->quiet_ms = 0;
+    if (!es->leader_only || e->kind == DISCOVER_LEADER) {
+        json_t *j = event_json(e, e->inst.service ? e->inst.service : "");
+        buf_puts(out, "data: ");
+        jsonx_dump(out, j);
+        buf_puts(out, "\n\n");
+        json_decref(j);
+    }
+    discover_event_free(e);
+    return 1;
+}
+
+static void stream_done(void *ud)
+{
+    struct event_stream *es = ud;
+    discover_watch_close(es->w);
+    free(es);
+}
+
+static void start_stream(struct httpd_req *r, struct discoverd *d, const char *service,
+                         bool leader_only)
+{
+    struct pier_err err = {0};
+    struct event_stream *es = xcalloc(1, sizeof(*es));
+    es->leader_only = leader_only;
+    if (discover_watch_open(d->s, service, &es->w, &err) < 0) {
+        free(es);
+        httpd_reply_err(r, &err);
+        return;
+    }
+    httpd_reply_stream(r, 200, "text/event-stream", stream_next, stream_done, es);
+}
+
+/* ---- GET /services/:service/instances ---- */
+
+static void instances_list(struct httpd_req *r, void *ud)
+{
+    struct discoverd *d = ud;
+    const char *service = httpd_param(r, "service");
+    struct pier_err err = {0};
+    if (discover_check_service(service, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    if (wants_events(r)) {
+        start_stream(r, d, service, false);
+        return;
+    }
+    struct discover_list *l = NULL;
+    if (discover_list(d->s, service, &l, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < l->n; i++)
+        json_array_append_new(arr, discover_instance_json(&l->v[i]));
+    discover_list_free(l);
+    httpd_reply_json(r, 200, arr);
+}
+
+/* ---- GET /services/:service/leader ---- */
+
+static void leader_get(struct httpd_req *r, void *ud)
+{
+    struct discoverd *d = ud;
+    const char *service = httpd_param(r, "service");
+    struct pier_err err = {0};
+    if (discover_check_service(service, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    if (wants_events(r)) {
+        start_stream(r, d, service, true);
+        return;
+    }
+    struct discover_list *l = NULL;
+    if (discover_list(d->s, service, &l, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    if (l->n == 0)
+        httpd_reply_not_found(r);
+    else
+        httpd_reply_json(r, 200, discover_instance_json(&l->v[0]));
+    discover_list_free(l);
+}
+
+/* ---- PUT /services/:service/instances/:id ---- */
+
+struct reg_req {
+    const char *addr, *proto;
+    const json_t *meta;
+    int64_t ttl;
+};
+
+static int parse_reg(const json_t *body, struct reg_req *q, struct pier_err *err)
+{
+    int rc;
+    q->proto = "tcp";
+    q->ttl = DISCOVER_DEFAULT_TTL;
+    json_t *meta = NULL;
+    if ((rc = jsonx_get_str(body, "addr", &q->addr, err)) < 0)
+        return rc;
+    if (rc == 0 || !*q->addr)
+        return err_set(err, PIER_EINVAL, "field \"addr\" is required (HOST:PORT)");
+    if ((rc = jsonx_get_str(body, "proto", &q->proto, err)) < 0)
+        return rc;
+    if ((rc = jsonx_get_obj(body, "meta", &meta, err)) < 0)
+        return rc;
+    q->meta = meta;
+    if (meta) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(meta, k, v)
+        {
+            if (!json_is_string(v))
+                return err_set(err, PIER_EINVAL, "meta \"%s\" must be a string", k);
+        }
+    }
+    if ((rc = jsonx_get_int64(body, "ttl", &q->ttl, err)) < 0)
+        return rc;
+    if (q->ttl < 1 || q->ttl > MAX_TTL)
+        return err_set(err, PIER_EINVAL, "field \"ttl\" must be between 1 and %d seconds", MAX_TTL);
+    return 0;
+}
+
+/* Registers, or renews, an instance without keeping any state here: the
+ * lease id is read back from the stored key, so any discoverd (or this one
+ * after a restart) can take the next heartbeat. */
+static int register_instance(struct store *s, const char *service, const char *id,
+                             const struct reg_req *q, struct discover_instance *out,
+                             struct pier_err *err)
+{
+    cleanup_buf struct buf key = BUF_INIT;
+    instance_key(&key, service, id);
+    json_t *meta = q->meta ? json_deep_copy(q->meta) : json_object();
+    json_t *v = json_pack("{s:s,s:s,s:s,s:s,s:o}", "id", id, "service", service, "addr", q->addr,
+                          "proto", q->proto, "meta", meta);
+    cleanup_buf struct buf value = BUF_INIT;
+    jsonx_dump(&value, v);
+    json_decref(v);
+
+    struct store_kv *cur = NULL;
+    int rc = store_get(s, key.p, &cur, err);
+    if (rc < 0 && rc != PIER_ENOTFOUND)
+        return rc;
+    int64_t lease = cur ? cur->lease : 0;
+    bool same = cur && cur->value_len == value.len && memcmp(cur->value, value.p, value.len) == 0;
+    store_kv_free(cur);
+    if (lease && store_lease_keepalive(s, lease, NULL, NULL) < 0)
+        lease = 0; /* it expired between the read and now: start over */
+    if (!lease) {
+        if ((rc = store_lease_grant(s, q->ttl, &lease, err)) < 0)
+            return rc;
+        same = false;
+    }
+    int64_t rev = 0;
+    if (!same && (rc = store_put(s, key.p, value.p, value.len, lease, &rev, err)) < 0)
+        return rc;
+    struct store_kv *kv = NULL;
+    if ((rc = store_get(s, key.p, &kv, err)) < 0)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    out->id = xstrdup(id);
+    out->service = xstrdup(service);
+    out->addr = xstrdup(q->addr);
+    out->proto = xstrdup(q->proto);
+    out->meta = q->meta ? json_deep_copy(q->meta) : json_object();
+    out->create_revision = kv->create_revision;
+    out->mod_revision = kv->mod_revision;
+    store_kv_free(kv);
+    return 0;
+}
+
+static void instance_put(struct httpd_req *r, void *ud)
+{
+    struct discoverd *d = ud;
+    const char *service = httpd_param(r, "service");
+    const char *id = httpd_param(r, "id");
+    struct pier_err err = {0};
+    if (discover_check_service(service, &err) < 0 || check_instance_id(id, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    cleanup_json json_t *body = NULL;
+    if (httpd_body_json(r, &body) < 0)
+        return;
+    struct reg_req q;
+    if (parse_reg(body, &q, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    struct discover_instance in;
+    if (register_instance(d->s, service, id, &q, &in, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    httpd_reply_json(r, 200, discover_instance_json(&in));
+    free(in.id);
+    free(in.service);
+    free(in.addr);
+    free(in.proto);
+    json_decref(in.meta);
+}
+
+/* ---- DELETE /services/:service/instances/:id ---- */
+
+static void instance_delete(struct httpd_req *r, void *ud)
+{
+    struct discoverd *d = ud;
+    const char *service = httpd_param(r, "service");
+    const char *id = httpd_param(r, "id");
+    struct pier_err err = {0};
+    if (discover_check_service(service, &err) < 0 || check_instance_id(id, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    cleanup_buf struct buf key = BUF_INIT;
+    instance_key(&key, service, id);
+    struct store_kv *cur = NULL;
+    if (store_get(d->s, key.p, &cur, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    int64_t lease = cur->lease;
+    store_kv_free(cur);
+    /* Revoking the lease deletes the key; delete it too in case it had none. */
+    if (lease)
+        store_lease_revoke(d->s, lease, NULL);
+    if (store_delete(d->s, key.p, NULL, NULL, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return;
+    }
+    httpd_reply_json(r, 200, json_object());
+}
+
+int discoverd_main(int argc, char **argv)
+{
+    const struct daemon_spec spec = {
+        .sub = "discoverd",
+        .summary = "Service discovery over HTTP: register, list and follow service instances.",
+        .default_listen = "127.0.0.1:1111",
+        .opts = NULL,
+    };
+    struct daemon_flags f;
+    struct pier_err err = {0};
+    int rc = daemon_parse(&spec, argc, argv, &f, &err);
+    if (rc != 0) {
+        if (rc < 0)
+            fprintf(stderr, "pierd discoverd: %s\n", err.msg);
+        return rc < 0 ? 2 : 0;
+    }
+    if (!f.store) {
+        fprintf(stderr, "pierd discoverd: needs the store: --store URL (or PIER_STORE)\n");
+        return 2;
+    }
+    struct discoverd d = {0};
+    if (store_open(f.store, &d.s, &err) < 0) {
+        fprintf(stderr, "pierd discoverd: %s\n", err.msg);
+        return 2;
+    }
+    const struct httpd_options ho = {
+        .listen = f.listen, .comp = "discoverd", .key = f.key, .errors = HTTPD_ERRORS_FLYNN};
+    struct httpd *h = httpd_new(&ho);
+    httpd_route(h, "GET", "/services", services_list, &d, false);
+    httpd_route(h, "GET", "/services/:service/instances", instances_list, &d, false);
+    httpd_route(h, "GET", "/services/:service/leader", leader_get, &d, false);
+    httpd_route(h, "PUT", "/services/:service/instances/:id", instance_put, &d, false);
+    httpd_route(h, "DELETE", "/services/:service/instances/:id", instance_delete, &d, false);
+    if (httpd_start(h, &err) < 0) {
+        fprintf(stderr, "pierd discoverd: %s\n", err.msg);
+        httpd_free(h);
+        store_close(d.s);
+        return 1;
+    }
+    log_info("discoverd", "listening", "addr=%s store=%s", f.listen, f.store);
+    int sig = daemon_wait();
+    log_info("discoverd", "stopping", "signal=%d", sig);
+    httpd_free(h);
+    store_close(d.s);
+    return 0;
+}

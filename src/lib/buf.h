@@ -10,7 +10,7 @@
 #include <string.h>
 
 struct buf {
-    char *p;    /* NULL until the first append; then NUL-terminated */
+    char *p; /* NULL until the first append; then NUL-terminated */
     size_t len;
     size_t cap;
 };
@@ -21,11 +21,20 @@ struct str {
     size_t len;
 };
 
-#define BUF_INIT {NULL, 0, 0}
+#define BUF_INIT                                                                                   \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 #define STR_LIT(s) ((struct str){(s), sizeof(s) - 1})
 
-static inline struct str str_from(const char *s) { return (struct str){s, s ? strlen(s) : 0}; }
-static inline struct str buf_str(const struct buf *b) { return (struct str){b->p, b->len}; }
+static inline struct str str_from(const char *s)
+{
+    return (struct str){s, s ? strlen(s) : 0};
+}
+static inline struct str buf_str(const struct buf *b)
+{
+    return (struct str){b->p, b->len};
+}
 bool str_eq(struct str a, const char *s);
 bool str_case_eq(struct str a, const char *s);
 /* A new NUL-terminated copy of s; the caller frees it. */

@@ -52,13 +52,17 @@ const char *err_code_name(int code)
 {
     switch (code) {
     case PIER_EINVAL: return "validation_error";
-    case PIER_ENOTFOUND: case -ENOENT: return "not_found";
-    case PIER_EEXISTS: case -EEXIST: return "object_exists";
+    case PIER_ENOTFOUND:
+    case -ENOENT: return "not_found";
+    case PIER_EEXISTS:
+    case -EEXIST: return "object_exists";
     case PIER_ECONFLICT: return "conflict";
-    case PIER_EUNAVAIL: case -ECONNREFUSED: return "service_unavailable";
+    case PIER_EUNAVAIL:
+    case -ECONNREFUSED: return "service_unavailable";
     case PIER_ETOOBIG: return "request_body_too_big";
     case PIER_ECOMPACTED: return "precondition_failed";
-    case PIER_ETIMEOUT: case -ETIMEDOUT: return "service_unavailable";
+    case PIER_ETIMEOUT:
+    case -ETIMEDOUT: return "service_unavailable";
     default: return "unknown_error";
     }
 }
@@ -66,11 +70,19 @@ const char *err_code_name(int code)
 int err_http_status(int code)
 {
     switch (code) {
-    case PIER_EINVAL: case PIER_ETOOBIG: case -EINVAL: return 400;
-    case PIER_ENOTFOUND: case -ENOENT: return 404;
-    case PIER_EEXISTS: case -EEXIST: case PIER_ECONFLICT: return 409;
+    case PIER_EINVAL:
+    case PIER_ETOOBIG:
+    case -EINVAL: return 400;
+    case PIER_ENOTFOUND:
+    case -ENOENT: return 404;
+    case PIER_EEXISTS:
+    case -EEXIST:
+    case PIER_ECONFLICT: return 409;
     case PIER_ECOMPACTED: return 412;
-    case PIER_EUNAVAIL: case -ECONNREFUSED: case PIER_ETIMEOUT: case -ETIMEDOUT: return 503;
+    case PIER_EUNAVAIL:
+    case -ECONNREFUSED:
+    case PIER_ETIMEOUT:
+    case -ETIMEDOUT: return 503;
     default: return 500;
     }
 }

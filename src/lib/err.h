@@ -11,21 +11,21 @@
 
 /* Project error codes, below every errno value. */
 enum {
-    PIER_EINVAL = -1000,   /* bad input: 400 validation_error */
-    PIER_ENOTFOUND = -1001, /* 404 not_found */
-    PIER_EEXISTS = -1002,  /* 409 object_exists */
-    PIER_ECONFLICT = -1003, /* 409 conflict: a compare failed */
-    PIER_EUNAVAIL = -1004, /* 503: a peer is not reachable, retry later */
-    PIER_ETOOBIG = -1005,  /* 400 request_body_too_big */
+    PIER_EINVAL = -1000,     /* bad input: 400 validation_error */
+    PIER_ENOTFOUND = -1001,  /* 404 not_found */
+    PIER_EEXISTS = -1002,    /* 409 object_exists */
+    PIER_ECONFLICT = -1003,  /* 409 conflict: a compare failed */
+    PIER_EUNAVAIL = -1004,   /* 503: a peer is not reachable, retry later */
+    PIER_ETOOBIG = -1005,    /* 400 request_body_too_big */
     PIER_ECOMPACTED = -1006, /* the revision asked for has been compacted */
-    PIER_EPROTO = -1007,   /* a peer answered something we cannot read */
-    PIER_EINTERNAL = -1008, /* a bug or an unexpected failure: 500 */
-    PIER_ETIMEOUT = -1009, /* a wait ran out */
+    PIER_EPROTO = -1007,     /* a peer answered something we cannot read */
+    PIER_EINTERNAL = -1008,  /* a bug or an unexpected failure: 500 */
+    PIER_ETIMEOUT = -1009,   /* a wait ran out */
 };
 
 struct pier_err {
-    int code;       /* the same negative value the function returned */
-    char msg[512];  /* human message: names the thing and the cause */
+    int code;      /* the same negative value the function returned */
+    char msg[512]; /* human message: names the thing and the cause */
 };
 
 /* Fills err (which may be NULL) with code and a printf-style message and

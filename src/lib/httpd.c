@@ -1,1 +1,600 @@
-/* placeholder: being written */
+#include "lib/httpd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/base64.h"
+#include "lib/cleanup.h"
+#include "lib/jsonx.h"
+#include "lib/log.h"
+
+#define MAX_PARAMS 8
+#define DEFAULT_MAX_BODY (1536 * 1024)
+/* The most of an oversize body we read (and drop) before hanging up. */
+#define DISCARD_LIMIT (64 * 1024 * 1024)
+/* How long a stream's next() may block before we look at the client and
+ * the server's state again. */
+#define STREAM_POLL_MS 250
+
+struct route {
+    char *method;
+    char **segs; /* pattern split on '/', without empty segments */
+    size_t nsegs;
+    bool star; /* last segment was "*" */
+    httpd_handler fn;
+    void *ud;
+    bool public;
+};
+
+struct httpd {
+    struct httpd_options opt; /* strings below are owned copies */
+    char *listen, *comp, *key;
+    struct route *routes;
+    size_t nroutes;
+    struct MHD_Daemon *d;
+    int port;
+    atomic_bool stopping;
+};
+
+struct httpd_req {
+    struct httpd *h;
+    struct MHD_Connection *c;
+    char *method, *path;
+    struct buf body;
+    bool too_big;
+    bool replied;
+    size_t received; /* body bytes seen, kept or not */
+    size_t nparams;
+    const char *pnames[MAX_PARAMS];
+    char *pvalues[MAX_PARAMS];
+};
+
+struct stream {
+    struct httpd *h;
+    struct MHD_Connection *c;
+    httpd_stream_next next;
+    httpd_stream_done done;
+    void *ud;
+    struct buf pending;
+    bool ended;
+};
+
+/* ---- routing ---- */
+
+static char **split_path(const char *path, size_t *n)
+{
+    char **segs = NULL;
+    *n = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        segs = xrealloc(segs, (*n + 1) * sizeof(*segs));
+        segs[(*n)++] = str_dup((struct str){p, len});
+        p += len;
+    }
+    return segs;
+}
+
+static void free_segs(char **segs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(segs[i]);
+    free(segs);
+}
+
+struct httpd *httpd_new(const struct httpd_options *opt)
+{
+    struct httpd *h = xcalloc(1, sizeof(*h));
+    h->opt = *opt;
+    h->listen = xstrdup(opt->listen ? opt->listen : "127.0.0.1:0");
+    h->comp = xstrdup(opt->comp ? opt->comp : "httpd");
+    h->key = opt->key && *opt->key ? xstrdup(opt->key) : NULL;
+    if (!h->opt.max_body)
+        h->opt.max_body = DEFAULT_MAX_BODY;
+    return h;
+}
+
+void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd_handler fn,
+                 void *ud, bool public)
+{
+    h->routes = xrealloc(h->routes, (h->nroutes + 1) * sizeof(*h->routes));
+    struct route *rt = &h->routes[h->nroutes++];
+    memset(rt, 0, sizeof(*rt));
+    rt->method = xstrdup(method);
+    rt->segs = split_path(pattern, &rt->nsegs);
+    if (rt->nsegs && strcmp(rt->segs[rt->nsegs - 1], "*") == 0)
+        rt->star = true;
+    rt->fn = fn;
+    rt->ud = ud;
+    rt->public = public;
+}
+
+static void clear_params(struct httpd_req *r)
+{
+    for (size_t i = 0; i < r->nparams; i++)
+        free(r->pvalues[i]);
+    r->nparams = 0;
+}
+
+/* Matches path against rt, filling r's params on success. */
+static bool route_match(const struct route *rt, const char *path, struct httpd_req *r)
+{
+    size_t n;
+    char **segs = split_path(path, &n);
+    bool ok = rt->star ? n >= rt->nsegs - 1 : n == rt->nsegs;
+    size_t fixed = rt->star ? rt->nsegs - 1 : rt->nsegs;
+    clear_params(r);
+    for (size_t i = 0; ok && i < fixed; i++) {
+        const char *ps = rt->segs[i];
+        if (ps[0] == ':') {
+            if (r->nparams < MAX_PARAMS) {
+                r->pnames[r->nparams] = ps + 1;
+                r->pvalues[r->nparams++] = xstrdup(segs[i]);
+            }
+        } else if (strcmp(ps, segs[i]) != 0) {
+            ok = false;
+        }
+    }
+    if (ok && rt->star && r->nparams < MAX_PARAMS) {
+        struct buf rest = BUF_INIT;
+        for (size_t i = fixed; i < n; i++) {
+            if (i > fixed)
+                buf_putc(&rest, '/');
+            buf_puts(&rest, segs[i]);
+        }
+        r->pnames[r->nparams] = "*";
+        r->pvalues[r->nparams++] = buf_detach(&rest);
+    }
+    if (!ok)
+        clear_params(r);
+    free_segs(segs, n);
+    return ok;
+}
+
+/* ---- accessors ---- */
+
+const char *httpd_method(const struct httpd_req *r)
+{
+    return r->method;
+}
+const char *httpd_path(const struct httpd_req *r)
+{
+    return r->path;
+}
+
+const char *httpd_param(const struct httpd_req *r, const char *name)
+{
+    for (size_t i = 0; i < r->nparams; i++)
+        if (strcmp(r->pnames[i], name) == 0)
+            return r->pvalues[i];
+    return NULL;
+}
+
+const char *httpd_query(const struct httpd_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *httpd_header(const struct httpd_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
+}
+
+struct str httpd_body(const struct httpd_req *r)
+{
+    return (struct str){r->body.p ? r->body.p : "", r->body.len};
+}
+
+int httpd_body_json(struct httpd_req *r, json_t **out)
+{
+    struct pier_err err = {0};
+    int rc = jsonx_parse_object(r->body.p ? r->body.p : "", r->body.len, out, &err);
+    if (rc < 0)
+        httpd_reply_error(r, 400, "syntax_error", 3, "%s", err.msg);
+    return rc;
+}
+
+/* ---- replies ---- */
+
+static void queue(struct httpd_req *r, int status, struct MHD_Response *resp)
+{
+    if (r->replied) {
+        log_error(r->h->comp, "handler replied twice", "path=%s", r->path);
+        MHD_destroy_response(resp);
+        return;
+    }
+    r->replied = true;
+    MHD_queue_response(r->c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+}
+
+void httpd_reply(struct httpd_req *r, int status, const char *content_type, const void *body,
+                 size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    queue(r, status, resp);
+}
+
+void httpd_reply_json(struct httpd_req *r, int status, json_t *j)
+{
+    cleanup_buf struct buf b = BUF_INIT;
+    jsonx_dump(&b, j);
+    json_decref(j);
+    httpd_reply(r, status, "application/json", b.p, b.len);
+}
+
+void httpd_reply_not_found(struct httpd_req *r)
+{
+    httpd_reply(r, 404, NULL, "", 0);
+}
+
+static void reply_error_msg(struct httpd_req *r, int status, const char *code, int grpc_code,
+                            const char *msg)
+{
+    json_t *j = json_object();
+    if (r->h->opt.errors == HTTPD_ERRORS_ETCD) {
+        json_object_set_new(j, "error", json_string(msg));
+        json_object_set_new(j, "code", json_integer(grpc_code));
+        json_object_set_new(j, "message", json_string(msg));
+    } else {
+        json_object_set_new(j, "code", json_string(code));
+        json_object_set_new(j, "message", json_string(msg));
+        if (status == 503 || status == 429)
+            json_object_set_new(j, "retry", json_true());
+    }
+    httpd_reply_json(r, status, j);
+}
+
+void httpd_reply_error(struct httpd_req *r, int status, const char *code, int grpc_code,
+                       const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_error_msg(r, status, code, grpc_code, msg);
+}
+
+/* The gRPC status code etcd's gateway puts in its error bodies. */
+static int grpc_code_of(int code)
+{
+    switch (code) {
+    case PIER_EINVAL:
+    case PIER_ETOOBIG: return 3;     /* InvalidArgument */
+    case PIER_ENOTFOUND: return 5;   /* NotFound */
+    case PIER_EEXISTS: return 6;     /* AlreadyExists */
+    case PIER_ECONFLICT: return 9;   /* FailedPrecondition */
+    case PIER_ECOMPACTED: return 11; /* OutOfRange */
+    case PIER_EUNAVAIL:
+    case PIER_ETIMEOUT: return 14; /* Unavailable */
+    default: return 13;            /* Internal */
+    }
+}
+
+void httpd_reply_err(struct httpd_req *r, const struct pier_err *e)
+{
+    int status = err_http_status(e->code);
+    if (r->h->opt.errors == HTTPD_ERRORS_ETCD) {
+        /* etcd's gateway answers OutOfRange (compacted) with 400 too. */
+        if (e->code == PIER_ECOMPACTED)
+            status = 400;
+        reply_error_msg(r, status, err_code_name(e->code), grpc_code_of(e->code), e->msg);
+        return;
+    }
+    if (status == 404) {
+        httpd_reply_not_found(r);
+        return;
+    }
+    reply_error_msg(r, status, err_code_name(e->code), grpc_code_of(e->code), e->msg);
+}
+
+/* ---- streams ---- */
+
+static bool peer_gone(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return true;
+    /* Only POLLRDHUP is asked for: pending input (a pipelined request) must
+     * not wake us, only the peer shutting its side or an error. */
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    struct stream *s = cls;
+    while (s->pending.len == 0) {
+        if (s->ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (atomic_load(&s->h->stopping) || peer_gone(s->c))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        int rc = s->next(s->ud, &s->pending, STREAM_POLL_MS);
+        if (rc < 0)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (rc == 0)
+            s->ended = true;
+    }
+    size_t n = s->pending.len < max ? s->pending.len : max;
+    memcpy(out, s->pending.p, n);
+    buf_consume(&s->pending, n);
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    struct stream *s = cls;
+    if (s->done)
+        s->done(s->ud);
+    buf_free(&s->pending);
+    free(s);
+}
+
+void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
+                        httpd_stream_next next, httpd_stream_done done, void *ud)
+{
+    struct stream *s = xcalloc(1, sizeof(*s));
+    s->h = r->h;
+    s->c = r->c;
+    s->next = next;
+    s->done = done;
+    s->ud = ud;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s, stream_free);
+    if (!resp) {
+        stream_free(s);
+        httpd_reply_error(r, 500, "unknown_error", 13, "cannot create a stream");
+        return;
+    }
+    if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    queue(r, status, resp);
+}
+
+/* ---- dispatch ---- */
+
+static bool authorized(struct httpd_req *r)
+{
+    const char *key = r->h->key;
+    const char *auth = httpd_header(r, "Authorization");
+    if (!key)
+        return true;
+    if (!auth)
+        return false;
+    if (strncasecmp(auth, "Bearer ", 7) == 0)
+        return strcmp(auth + 7, key) == 0;
+    if (strncasecmp(auth, "Basic ", 6) != 0)
+        return false;
+    cleanup_buf struct buf dec = BUF_INIT;
+    if (base64_decode(&dec, auth + 6, strlen(auth + 6)) < 0 || !dec.p)
+        return false;
+    const char *colon = memchr(dec.p, ':', dec.len);
+    if (!colon)
+        return false;
+    size_t plen = dec.len - (size_t)(colon + 1 - dec.p);
+    return plen == strlen(key) && memcmp(colon + 1, key, plen) == 0;
+}
+
+static void status_handler(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    json_t *j = json_pack("{s:{s:s}}", "data", "status", "healthy");
+    httpd_reply_json(r, 200, j);
+}
+
+static void dispatch(struct httpd_req *r)
+{
+    struct httpd *h = r->h;
+    if (r->too_big) {
+        httpd_reply_error(r, 400, "request_body_too_big", 3,
+                          "request body is larger than the limit of %zu bytes", h->opt.max_body);
+        return;
+    }
+    bool path_matched = false;
+    for (size_t i = 0; i < h->nroutes; i++) {
+        struct route *rt = &h->routes[i];
+        if (!route_match(rt, r->path, r))
+            continue;
+        path_matched = true;
+        if (strcmp(rt->method, "*") != 0 && strcmp(rt->method, r->method) != 0)
+            continue;
+        /* Public routes answer without credentials, but credentials that
+         * are presented must be right: a client with a wrong key then
+         * learns it from its first request, health checks included. */
+        if ((!rt->public || httpd_header(r, "Authorization")) && !authorized(r)) {
+            httpd_reply(r, 401, NULL, "", 0);
+            return;
+        }
+        rt->fn(r, rt->ud);
+        if (!r->replied) {
+            log_error(h->comp, "handler did not reply", "method=%s path=%s", r->method, r->path);
+            httpd_reply_error(r, 500, "unknown_error", 13, "internal error");
+        }
+        return;
+    }
+    if (path_matched) {
+        httpd_reply_error(r, 405, "method_not_allowed", 12, "method %s is not allowed on %s",
+                          r->method, r->path);
+    } else if (h->opt.errors == HTTPD_ERRORS_FLYNN) {
+        httpd_reply_not_found(r);
+    } else {
+        httpd_reply_error(r, 404, "not_found", 5, "no such path: %s %s", r->method, r->path);
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    struct httpd *h = cls;
+    struct httpd_req *r = *con_cls;
+    if (!r) {
+        r = xcalloc(1, sizeof(*r));
+        r->h = h;
+        r->c = c;
+        r->method = xstrdup(method);
+        r->path = xstrdup(url);
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* An oversize body is read and thrown away, and the error is sent
+         * after it: a client still sending when we answer and close would
+         * see a broken pipe instead of our message. Past a bound we stop
+         * reading and drop the connection. */
+        if (!r->too_big && r->body.len + *upload_size > h->opt.max_body) {
+            r->too_big = true;
+            buf_free(&r->body);
+        }
+        if (!r->too_big)
+            buf_append(&r->body, upload, *upload_size);
+        r->received += *upload_size;
+        *upload_size = 0;
+        return r->received > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+    }
+    if (!r->replied)
+        dispatch(r);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    struct httpd_req *r = *con_cls;
+    if (!r)
+        return;
+    clear_params(r);
+    free(r->method);
+    free(r->path);
+    buf_free(&r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct httpd *h = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    for (char *p = msg; *p; p++)
+        if (*p == '"')
+            *p = '\'';
+    log_debug(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
+}
+
+/* Splits "HOST:PORT", "[V6]:PORT" or ":PORT" and resolves it. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, struct pier_err *err)
+{
+    const char *colon = strrchr(listen, ':');
+    if (!colon || !colon[1])
+        return err_set(err, PIER_EINVAL, "listen address \"%s\" must be HOST:PORT", listen);
+    char host[256];
+    const char *hs = listen, *he = colon;
+    if (*hs == '[' && he > hs && he[-1] == ']') {
+        hs++;
+        he--;
+    }
+    if ((size_t)(he - hs) >= sizeof(host))
+        return err_set(err, PIER_EINVAL, "listen address \"%s\" is too long", listen);
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535)
+        return err_set(err, PIER_EINVAL, "listen address \"%s\": bad port", listen);
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
+    if (rc != 0)
+        return err_set(err, PIER_EINVAL, "listen address \"%s\": %s", listen, gai_strerror(rc));
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return 0;
+}
+
+int httpd_start(struct httpd *h, struct pier_err *err)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    int rc = parse_listen(h->listen, &ss, err);
+    if (rc < 0)
+        return rc;
+    /* Route the status check first so no component pattern can shadow it. */
+    h->routes = xrealloc(h->routes, (h->nroutes + 1) * sizeof(*h->routes));
+    memmove(h->routes + 1, h->routes, h->nroutes * sizeof(*h->routes));
+    h->nroutes++;
+    struct route *st = &h->routes[0];
+    memset(st, 0, sizeof(*st));
+    st->method = xstrdup("GET");
+    st->segs = split_path("/.well-known/status", &st->nsegs);
+    st->fn = status_handler;
+    st->public = true;
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)4000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
+    if (!h->d)
+        return err_set(err, PIER_EUNAVAIL, "cannot listen on %s: %s (is the port in use?)",
+                       h->listen, strerror(errno ? errno : EADDRINUSE));
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : 0;
+    return 0;
+}
+
+int httpd_port(const struct httpd *h)
+{
+    return h->port;
+}
+
+void httpd_free(struct httpd *h)
+{
+    if (!h)
+        return;
+    atomic_store(&h->stopping, true);
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    for (size_t i = 0; i < h->nroutes; i++) {
+        free(h->routes[i].method);
+        free_segs(h->routes[i].segs, h->routes[i].nsegs);
+    }
+    free(h->routes);
+    free(h->listen);
+    free(h->comp);
+    free(h->key);
+    free(h);
+}

@@ -49,8 +49,8 @@ int jsonx_get_int64(const json_t *obj, const char *field, int64_t *out, struct p
             return 1;
         }
     }
-    return err_set(err, PIER_EINVAL, "field \"%s\" must be an integer (a number or a decimal string)",
-                   field);
+    return err_set(err, PIER_EINVAL,
+                   "field \"%s\" must be an integer (a number or a decimal string)", field);
 }
 
 int jsonx_get_str(const json_t *obj, const char *field, const char **out, struct pier_err *err)

@@ -8,7 +8,10 @@
 
 static _Atomic int min_level = LOG_INFO;
 
-void log_set_level(enum log_level level) { min_level = level; }
+void log_set_level(enum log_level level)
+{
+    min_level = level;
+}
 
 int log_parse_level(const char *name, enum log_level *out)
 {
@@ -34,8 +37,8 @@ void log_emit(enum log_level level, const char *comp, const char *msg, const cha
     char line[2048];
     int n = snprintf(line, sizeof(line),
                      "ts=%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ level=%s comp=%s msg=\"%s\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000, names[level], comp, msg);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000, names[level], comp, msg);
     if (n < 0)
         return;
     if (fields && *fields && (size_t)n < sizeof(line) - 2) {

@@ -1,6 +1,6 @@
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -59,8 +59,8 @@ static void test_binary(void **state)
 static void test_bad(void **state)
 {
     (void)state;
-    const char *bad[] = {"Zg=", "Z===", "Zg==Zg==", "Zm9v!", "Zm9*", "Zh==", "Zm9=x", "=AAA",
-                         "Zm 9", "Zm8"};
+    const char *bad[] = {"Zg=",  "Z===",  "Zg==Zg==", "Zm9v!", "Zm9*",
+                         "Zh==", "Zm9=x", "=AAA",     "Zm 9",  "Zm8"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct buf b = BUF_INIT;
         assert_int_equal(base64_decode(&b, bad[i], strlen(bad[i])), -1);

@@ -1,0 +1,157 @@
+#include "cli/config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/cleanup.h"
+#include "lib/jsonx.h"
+
+static char *config_path(void)
+{
+    const char *p = getenv("PIER_CONFIG");
+    if (p && *p)
+        return xstrdup(p);
+    struct buf b = BUF_INIT;
+    const char *xdg = getenv("XDG_CONFIG_HOME");
+    if (xdg && *xdg)
+        buf_printf(&b, "%s/pier/config.json", xdg);
+    else
+        buf_printf(&b, "%s/.config/pier/config.json", getenv("HOME") ? getenv("HOME") : ".");
+    return buf_detach(&b);
+}
+
+int config_load(struct config *c, struct pier_err *err)
+{
+    memset(c, 0, sizeof(*c));
+    c->path = config_path();
+    FILE *f = fopen(c->path, "r");
+    if (!f) {
+        if (errno != ENOENT)
+            return err_set(err, -errno, "cannot read %s: %s", c->path, strerror(errno));
+        c->root = json_pack("{s:[]}", "clusters");
+        return 0;
+    }
+    json_error_t je;
+    c->root = json_loadf(f, JSON_REJECT_DUPLICATES, &je);
+    fclose(f);
+    if (!c->root || !json_is_object(c->root) ||
+        !json_is_array(json_object_get(c->root, "clusters")))
+        return err_set(err, PIER_EINVAL, "%s is not a valid pier config (%s); fix or remove it",
+                       c->path, c->root ? "needs a \"clusters\" array" : je.text);
+    return 0;
+}
+
+static int mkdirs(char *path)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int rc = mkdir(path, 0700);
+        *p = '/';
+        if (rc < 0 && errno != EEXIST)
+            return -errno;
+    }
+    return 0;
+}
+
+int config_save(const struct config *c, struct pier_err *err)
+{
+    cleanup_free char *dir = xstrdup(c->path);
+    int rc = mkdirs(dir);
+    if (rc < 0)
+        return err_set(err, rc, "cannot create the folder of %s: %s", c->path, strerror(-rc));
+    cleanup_buf struct buf tmp = BUF_INIT;
+    buf_printf(&tmp, "%s.tmp.%d", c->path, (int)getpid());
+    cleanup_buf struct buf text = BUF_INIT;
+    jsonx_dump(&text, c->root);
+    buf_putc(&text, '\n');
+    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return err_set(err, -errno, "cannot write %s: %s", tmp.p, strerror(errno));
+    ssize_t n = write(fd, text.p, text.len);
+    int werr = n == (ssize_t)text.len ? 0 : (n < 0 ? errno : EIO);
+    if (!werr && fsync(fd) < 0)
+        werr = errno;
+    close(fd);
+    if (!werr && rename(tmp.p, c->path) < 0)
+        werr = errno;
+    if (werr) {
+        unlink(tmp.p);
+        return err_set(err, -werr, "cannot write %s: %s", c->path, strerror(werr));
+    }
+    return 0;
+}
+
+void config_free(struct config *c)
+{
+    free(c->path);
+    json_decref(c->root);
+    memset(c, 0, sizeof(*c));
+}
+
+json_t *config_clusters(const struct config *c)
+{
+    return json_object_get(c->root, "clusters");
+}
+
+json_t *config_cluster(const struct config *c, const char *name)
+{
+    size_t i;
+    json_t *cl;
+    json_array_foreach(config_clusters(c), i, cl)
+    {
+        const char *n = json_string_value(json_object_get(cl, "name"));
+        if (n && strcmp(n, name) == 0)
+            return cl;
+    }
+    return NULL;
+}
+
+const char *config_default(const struct config *c)
+{
+    return json_string_value(json_object_get(c->root, "default"));
+}
+
+int config_pick(const struct config *c, const char *name, const char **url, const char **key,
+                struct pier_err *err)
+{
+    const char *env_url = getenv("PIER_CONTROLLER_URL");
+    const char *env_key = getenv("PIER_CONTROLLER_KEY");
+    if (env_url && *env_url && !name) {
+        *url = env_url;
+        *key = env_key ? env_key : "";
+        return 0;
+    }
+    if (!name)
+        name = getenv("PIER_CLUSTER");
+    if (!name || !*name)
+        name = config_default(c);
+    if (!name) {
+        if (json_array_size(config_clusters(c)) == 0)
+            return err_set(err, PIER_ENOTFOUND,
+                           "no cluster is configured; add one with 'pier cluster add NAME URL "
+                           "KEY'");
+        return err_set(err, PIER_ENOTFOUND,
+                       "no default cluster; pick one with 'pier cluster default NAME' or -c NAME");
+    }
+    json_t *cl = config_cluster(c, name);
+    if (!cl)
+        return err_set(err, PIER_ENOTFOUND,
+                       "no cluster named \"%s\" in %s; 'pier cluster' lists them", name, c->path);
+    *url = json_string_value(json_object_get(cl, "url"));
+    *key = json_string_value(json_object_get(cl, "key"));
+    if (!*url)
+        return err_set(err, PIER_EINVAL, "cluster \"%s\" in %s has no url", name, c->path);
+    if (!*key)
+        *key = "";
+    if (env_key && *env_key)
+        *key = env_key;
+    return 0;
+}

@@ -1,0 +1,40 @@
+/* config: the CLI's list of clusters (name, controller URL, key), kept in
+ * $PIER_CONFIG, else $XDG_CONFIG_HOME/pier/config.json, else
+ * ~/.config/pier/config.json, as
+ *   {"default":"prod","clusters":[{"name":"prod","url":"https://...","key":"..."}]}
+ * Written whole to a temporary file and renamed over the old one, mode 0600
+ * (it holds keys), so a crash never leaves half a file. */
+#ifndef PIER_CLI_CONFIG_H
+#define PIER_CLI_CONFIG_H
+
+#include <jansson.h>
+
+#include "lib/err.h"
+
+struct config {
+    char *path;   /* where it is read from and written to */
+    json_t *root; /* the whole document (owned) */
+};
+
+/* Loads the config; a missing file is an empty config. A file that is not
+ * valid is PIER_EINVAL with its path and the problem. */
+int config_load(struct config *c, struct pier_err *err);
+/* Writes it back atomically. */
+int config_save(const struct config *c, struct pier_err *err);
+void config_free(struct config *c);
+
+/* The clusters array (borrowed). */
+json_t *config_clusters(const struct config *c);
+/* The cluster called name (borrowed), or NULL. */
+json_t *config_cluster(const struct config *c, const char *name);
+/* The default cluster's name (borrowed), or NULL. */
+const char *config_default(const struct config *c);
+
+/* Picks the cluster a command talks to: name if given (else $PIER_CLUSTER,
+ * else the default). $PIER_CONTROLLER_URL and $PIER_CONTROLLER_KEY, when
+ * set, override the file. *url and *key are borrowed from c or the
+ * environment. A helpful PIER_ENOTFOUND when no cluster is configured. */
+int config_pick(const struct config *c, const char *name, const char **url, const char **key,
+                struct pier_err *err);
+
+#endif

@@ -1,0 +1,98 @@
+/* httpd: the HTTP API server layer every pierd daemon uses, over
+ * libmicrohttpd (one thread per connection, so handlers may block).
+ *
+ * A server has a routing table of method + path pattern -> handler.
+ * Patterns are split on '/'; a segment ":name" captures one path segment
+ * (read with httpd_param), a final segment "*" captures the rest. Routes are
+ * tried in the order they were added; add them all before httpd_start.
+ *
+ * Errors go out in one of two shapes, chosen per server:
+ *  - Flynn's: {"code":"not_found","message":...,"detail":null,"retry":false},
+ *    and "not found" as a bare 404 with no body (a Flynn client relies on it);
+ *  - etcd's JSON gateway's: {"error":...,"code":<grpc code>,"message":...}.
+ *
+ * A handler answers exactly once with one of the httpd_reply_* calls; a
+ * handler that returns without answering gets a 500. */
+#ifndef PIER_HTTPD_H
+#define PIER_HTTPD_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "lib/buf.h"
+#include "lib/err.h"
+
+struct httpd;
+struct httpd_req;
+
+typedef void (*httpd_handler)(struct httpd_req *req, void *ud);
+
+enum httpd_error_style { HTTPD_ERRORS_FLYNN, HTTPD_ERRORS_ETCD };
+
+struct httpd_options {
+    const char *listen; /* "HOST:PORT", "[V6]:PORT" or ":PORT"; port 0 picks a free one */
+    const char *comp;   /* component name for logs, e.g. "store" */
+    size_t max_body;    /* larger request bodies are refused; 0 means 1.5 MiB */
+    const char *key;    /* when set, requests need Basic (any user) or Bearer auth with it */
+    enum httpd_error_style errors;
+};
+
+/* A new server, not yet listening. Never NULL. */
+struct httpd *httpd_new(const struct httpd_options *opt);
+/* Adds a route (before httpd_start). method "*" matches any method.
+ * public: answered without an Authorization header even when a key is set
+ * (a header that is present must still carry the right key). */
+void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd_handler fn,
+                 void *ud, bool public);
+/* Binds and starts serving. Every server also answers GET /.well-known/status. */
+int httpd_start(struct httpd *h, struct pier_err *err);
+/* The bound port (useful after listening on port 0). */
+int httpd_port(const struct httpd *h);
+/* Stops serving: waits for running handlers; open streams end within
+ * about 250 ms. Frees h. NULL allowed. */
+void httpd_free(struct httpd *h);
+
+/* Request accessors. Returned strings are borrowed until the reply. */
+const char *httpd_method(const struct httpd_req *r);
+const char *httpd_path(const struct httpd_req *r);
+/* A ":name" capture of the route pattern, or "*" for the rest; NULL if none. */
+const char *httpd_param(const struct httpd_req *r, const char *name);
+/* A query-string argument, or NULL. */
+const char *httpd_query(const struct httpd_req *r, const char *name);
+/* A request header (case-insensitive), or NULL. */
+const char *httpd_header(const struct httpd_req *r, const char *name);
+/* The whole request body (possibly empty), NUL-terminated. */
+struct str httpd_body(const struct httpd_req *r);
+/* Parses the body as a JSON object; on failure replies 400 itself and
+ * returns a negative error, so the handler just returns. */
+int httpd_body_json(struct httpd_req *r, json_t **out);
+
+/* Replies with bytes (copied). */
+void httpd_reply(struct httpd_req *r, int status, const char *content_type, const void *body,
+                 size_t len);
+/* Replies with JSON; steals the reference to j. */
+void httpd_reply_json(struct httpd_req *r, int status, json_t *j);
+/* Replies with an error in the server's style. code is Flynn's code name
+ * ("validation_error", ...); for the etcd style, grpc_code is used. */
+void httpd_reply_error(struct httpd_req *r, int status, const char *code, int grpc_code,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Replies with a pier_err, mapping its code to status and code name. A
+ * not-found in Flynn style becomes a bare 404. */
+void httpd_reply_err(struct httpd_req *r, const struct pier_err *e);
+/* A bare 404: no body, no JSON content type. */
+void httpd_reply_not_found(struct httpd_req *r);
+
+/* Streams a chunked response. next() is called again and again on the
+ * connection's own thread; it may block up to timeout_ms and appends what it
+ * has to out. It returns 1 while the stream goes on (out may be empty), 0 to
+ * end the stream cleanly, or a negative value to cut it. The stream also
+ * ends when the client hangs up or the server stops. done() is called once
+ * at the end (NULL allowed) to free ud. The status line and headers go out
+ * at once, before next() is first called (server-sent events need that). */
+typedef int (*httpd_stream_next)(void *ud, struct buf *out, int timeout_ms);
+typedef void (*httpd_stream_done)(void *ud);
+void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
+                        httpd_stream_next next, httpd_stream_done done, void *ud);
+
+#endif

@@ -1,0 +1,218 @@
+"""Fixtures for pier's end-to-end tests.
+
+Every test starts the servers it needs on free loopback ports under its own
+temporary directory and stops them by PID at the end, also on failure.
+Daemons built with the sanitizers are stopped with SIGTERM so LeakSanitizer
+reports, and a sanitizer report on their stderr fails the test.
+
+Run with `/usr/bin/python3 -m pytest tests/e2e` and PIER_BUILD_DIR set to
+the meson build directory (the one holding `pierd` and `pier`).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",  # UndefinedBehaviorSanitizer
+)
+
+_handed_out = set()
+
+
+def free_port():
+    """A loopback TCP port nothing listens on, never the same twice in a run."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+def sanitizer_reports(text):
+    """The lines of text that start a sanitizer report."""
+    return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKERS)]
+
+
+def http_status(url, timeout=1.0):
+    """The HTTP status of GET url, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+class Daemon:
+    """A server process started for a test.
+
+    Its stdout and stderr go to files in its directory (a pipe could fill up
+    and block it). start() waits until ready() says so; stop() sends SIGTERM
+    to its PID, waits, and kills it if it does not exit in time.
+    """
+
+    def __init__(self, name, argv, workdir, env=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ if env is None else env)
+        self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.stdout_path = self.workdir / f"{name}.stdout"
+        self.stderr_path = self.workdir / f"{name}.stderr"
+        self.proc = None
+        self.returncode = None
+
+    def start(self, ready, timeout=15.0):
+        """Starts the process and waits until ready() is true."""
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, cwd=self.workdir, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while "
+                                   f"starting:\n{self.stderr_tail()}")
+            if ready():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.stderr_tail()}")
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Stops the process by PID; returns its exit status. Safe to call twice."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def stderr_text(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stderr_tail(self, lines=60):
+        return "\n".join(self.stderr_text().splitlines()[-lines:])
+
+    def check_sanitizers(self):
+        """Fails the test when the daemon's stderr holds a sanitizer report."""
+        text = self.stderr_text()
+        if sanitizer_reports(text):
+            pytest.fail(f"{self.name} (pid {self.pid}) reported a sanitizer error:\n{text[-8000:]}",
+                        pytrace=False)
+
+
+class Pierd(Daemon):
+    """`pierd SUBCOMMAND --listen 127.0.0.1:PORT --data-dir DIR [args]`, ready
+    when GET /.well-known/status answers 200."""
+
+    def __init__(self, build_dir, subcommand, workdir, args=(), env=None, port=None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = Path(workdir) / "data"
+        argv = [Path(build_dir) / "pierd", subcommand, "--listen", f"127.0.0.1:{self.port}",
+                "--data-dir", self.data_dir, *args]
+        super().__init__(f"pierd-{subcommand}", argv, workdir, env)
+
+    def start(self, timeout=15.0):
+        return super().start(lambda: http_status(self.url + "/.well-known/status") == 200,
+                             timeout)
+
+
+def start_etcd(workdir, name="etcd"):
+    """An etcd 3.4 member on free ports, tuned to elect itself fast."""
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    d = Daemon(name, [
+        "/usr/bin/etcd", "--name", name, "--data-dir", Path(workdir) / "data",
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
+        "--heartbeat-interval=10", "--election-timeout=100",
+    ], workdir)
+    d.url = url
+    return d.start(lambda: http_status(url + "/health") == 200)
+
+
+@pytest.fixture(scope="session")
+def pier_build():
+    """The meson build directory ($PIER_BUILD_DIR)."""
+    d = os.environ.get("PIER_BUILD_DIR")
+    if not d:
+        pytest.fail("PIER_BUILD_DIR is not set (the meson build directory)", pytrace=False)
+    return Path(d).resolve()
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture():
+    """The free_port function, for tests that pick their own ports."""
+    return free_port
+
+
+@pytest.fixture
+def start_pierd(pier_build, tmp_path):
+    """A factory: start_pierd("store", args=[...]) starts a pierd subcommand
+    and returns its Pierd. All are stopped at teardown (last started first),
+    and a sanitizer report from any of them fails the test."""
+    started = []
+
+    def start(subcommand, args=(), env=None, name=None):
+        exe = pier_build / "pierd"
+        if not exe.exists():
+            pytest.fail(f"{exe} has not been built", pytrace=False)
+        workdir = tmp_path / (name or f"{subcommand}-{len(started)}")
+        d = Pierd(pier_build, subcommand, workdir, args=args, env=env)
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in reversed(started):
+        d.stop()
+    for d in started:
+        d.check_sanitizers()
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """The URL of a fresh single-member etcd."""
+    d = start_etcd(tmp_path / "etcd")
+    try:
+        yield d.url
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def pier_store(start_pierd):
+    """The URL of a fresh `pierd store`."""
+    return start_pierd("store", name="store").url

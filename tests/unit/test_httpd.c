@@ -1,0 +1,354 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "lib/base64.h"
+#include "lib/cleanup.h"
+#include "lib/httpc.h"
+#include "lib/httpd.h"
+#include "lib/jsonx.h"
+
+struct fixture {
+    struct httpd *flynn, *etcd;
+    struct httpc *c;
+    char flynn_url[64], etcd_url[64];
+};
+
+static atomic_int streams_done;
+
+static void echo(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    json_t *j = json_pack("{s:s,s:s?,s:s?,s:s?,s:s?}", "method", httpd_method(r), "id",
+                          httpd_param(r, "id"), "rest", httpd_param(r, "*"), "q",
+                          httpd_query(r, "q"), "hdr", httpd_header(r, "x-test"));
+    httpd_reply_json(r, 200, j);
+}
+
+static void body_json(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    json_t *j = NULL;
+    if (httpd_body_json(r, &j) < 0)
+        return;
+    httpd_reply_json(r, 200, j);
+}
+
+static void fail_conflict(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    struct pier_err e = {0};
+    err_set(&e, PIER_ECONFLICT, "app \"x\" changed meanwhile");
+    httpd_reply_err(r, &e);
+}
+
+static void fail_missing(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    struct pier_err e = {0};
+    err_set(&e, PIER_ENOTFOUND, "app \"x\" not found");
+    httpd_reply_err(r, &e);
+}
+
+static void no_reply(struct httpd_req *r, void *ud)
+{
+    (void)r;
+    (void)ud;
+}
+
+/* A stream of "n\n" for n = 0..count-1, then the end; count 0 = forever. */
+struct counter {
+    int n, count;
+};
+
+static int count_next(void *ud, struct buf *out, int timeout_ms)
+{
+    (void)timeout_ms;
+    struct counter *c = ud;
+    if (c->count && c->n >= c->count)
+        return 0;
+    if (!c->count)
+        usleep(20 * 1000);
+    buf_printf(out, "%d\n", c->n++);
+    return 1;
+}
+
+static void count_done(void *ud)
+{
+    free(ud);
+    atomic_fetch_add(&streams_done, 1);
+}
+
+static void stream(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    struct counter *c = xcalloc(1, sizeof(*c));
+    c->count = atoi(httpd_param(r, "n"));
+    httpd_reply_stream(r, 200, "text/plain", count_next, count_done, c);
+}
+
+static void add_routes(struct httpd *h)
+{
+    httpd_route(h, "GET", "/apps/:id", echo, NULL, false);
+    httpd_route(h, "GET", "/files/*", echo, NULL, false);
+    httpd_route(h, "POST", "/json", body_json, NULL, false);
+    httpd_route(h, "GET", "/conflict", fail_conflict, NULL, false);
+    httpd_route(h, "GET", "/missing", fail_missing, NULL, false);
+    httpd_route(h, "GET", "/silent", no_reply, NULL, false);
+    httpd_route(h, "GET", "/stream/:n", stream, NULL, false);
+    httpd_route(h, "GET", "/open", echo, NULL, true);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = xcalloc(1, sizeof(*f));
+    struct httpd_options fo = {.listen = "127.0.0.1:0",
+                               .comp = "test",
+                               .max_body = 1024,
+                               .key = "s3cret",
+                               .errors = HTTPD_ERRORS_FLYNN};
+    struct httpd_options eo = {
+        .listen = "127.0.0.1:0", .comp = "test", .max_body = 1024, .errors = HTTPD_ERRORS_ETCD};
+    f->flynn = httpd_new(&fo);
+    f->etcd = httpd_new(&eo);
+    add_routes(f->flynn);
+    add_routes(f->etcd);
+    struct pier_err err = {0};
+    assert_int_equal(httpd_start(f->flynn, &err), 0);
+    assert_int_equal(httpd_start(f->etcd, &err), 0);
+    snprintf(f->flynn_url, sizeof(f->flynn_url), "http://127.0.0.1:%d", httpd_port(f->flynn));
+    snprintf(f->etcd_url, sizeof(f->etcd_url), "http://127.0.0.1:%d", httpd_port(f->etcd));
+    f->c = httpc_new();
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    httpc_free(f->c);
+    httpd_free(f->flynn);
+    httpd_free(f->etcd);
+    free(f);
+    return 0;
+}
+
+static const char *AUTH[] = {"Authorization: Basic OnMzY3JldA==", "X-Test: yes", NULL};
+
+/* Does one request; returns the status and leaves the body in resp. */
+static long call(struct fixture *f, const char *base, const char *method, const char *path,
+                 const char *body, const char *const *headers, struct httpc_resp *resp)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "%s%s", base, path);
+    struct httpc_req req = {.method = method,
+                            .url = url,
+                            .headers = headers,
+                            .body = body,
+                            .body_len = body ? strlen(body) : 0,
+                            .want_headers = (const char *[]){"Content-Type", NULL}};
+    struct pier_err err = {0};
+    assert_int_equal(httpc_do(f->c, &req, resp, &err), 0);
+    return resp->status;
+}
+
+static json_t *body_of(struct httpc_resp *resp)
+{
+    json_t *j = NULL;
+    assert_int_equal(jsonx_parse(resp->body.p, resp->body.len, &j, NULL), 0);
+    return j;
+}
+
+static void test_routing(void **state)
+{
+    struct fixture *f = *state;
+    struct httpc_resp resp = {0};
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/web-1?q=a%20b", NULL, AUTH, &resp), 200);
+    cleanup_json json_t *j = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(j, "id")), "web-1");
+    assert_string_equal(json_string_value(json_object_get(j, "q")), "a b");
+    assert_string_equal(json_string_value(json_object_get(j, "hdr")), "yes");
+    httpc_resp_release(&resp);
+
+    assert_int_equal(call(f, f->flynn_url, "GET", "/files/a/b/c", NULL, AUTH, &resp), 200);
+    cleanup_json json_t *k = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(k, "rest")), "a/b/c");
+    httpc_resp_release(&resp);
+
+    /* Too many segments for /apps/:id */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/a/b", NULL, AUTH, &resp), 404);
+    httpc_resp_release(&resp);
+    /* Known path, wrong method */
+    assert_int_equal(call(f, f->flynn_url, "DELETE", "/apps/a", NULL, AUTH, &resp), 405);
+    httpc_resp_release(&resp);
+}
+
+static void test_status_and_auth(void **state)
+{
+    struct fixture *f = *state;
+    struct httpc_resp resp = {0};
+    assert_int_equal(call(f, f->flynn_url, "GET", "/.well-known/status", NULL, NULL, &resp), 200);
+    httpc_resp_release(&resp);
+    /* No key: a bare 401. */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/x", NULL, NULL, &resp), 401);
+    assert_int_equal(resp.body.len, 0);
+    httpc_resp_release(&resp);
+    const char *wrong[] = {"Authorization: Basic Ondyb25n", NULL}; /* ":wrong" */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/x", NULL, wrong, &resp), 401);
+    httpc_resp_release(&resp);
+    const char *bearer[] = {"Authorization: Bearer s3cret", NULL};
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/x", NULL, bearer, &resp), 200);
+    httpc_resp_release(&resp);
+    const char *garbage[] = {"Authorization: Basic !!!", NULL};
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/x", NULL, garbage, &resp), 401);
+    httpc_resp_release(&resp);
+    /* A public route needs no key, but a wrong key presented is refused. */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/open", NULL, NULL, &resp), 200);
+    httpc_resp_release(&resp);
+    assert_int_equal(call(f, f->flynn_url, "GET", "/open", NULL, wrong, &resp), 401);
+    httpc_resp_release(&resp);
+    assert_int_equal(call(f, f->flynn_url, "GET", "/.well-known/status", NULL, wrong, &resp), 401);
+    httpc_resp_release(&resp);
+    assert_int_equal(call(f, f->flynn_url, "GET", "/.well-known/status", NULL, AUTH, &resp), 200);
+    httpc_resp_release(&resp);
+}
+
+static void test_errors_flynn(void **state)
+{
+    struct fixture *f = *state;
+    struct httpc_resp resp = {0};
+    /* Not found: bare, no JSON content type (a Flynn client relies on it). */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/nowhere", NULL, AUTH, &resp), 404);
+    assert_int_equal(resp.body.len, 0);
+    assert_null(httpc_resp_header(&resp, "Content-Type"));
+    httpc_resp_release(&resp);
+    assert_int_equal(call(f, f->flynn_url, "GET", "/missing", NULL, AUTH, &resp), 404);
+    assert_int_equal(resp.body.len, 0);
+    httpc_resp_release(&resp);
+
+    assert_int_equal(call(f, f->flynn_url, "GET", "/conflict", NULL, AUTH, &resp), 409);
+    cleanup_json json_t *j = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "conflict");
+    assert_non_null(strstr(json_string_value(json_object_get(j, "message")), "changed"));
+    assert_string_equal(httpc_resp_header(&resp, "Content-Type"), "application/json");
+    httpc_resp_release(&resp);
+
+    assert_int_equal(call(f, f->flynn_url, "POST", "/json", "{\"a\":", AUTH, &resp), 400);
+    cleanup_json json_t *k = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(k, "code")), "syntax_error");
+    httpc_resp_release(&resp);
+
+    assert_int_equal(call(f, f->flynn_url, "GET", "/silent", NULL, AUTH, &resp), 500);
+    httpc_resp_release(&resp);
+}
+
+static void test_errors_etcd(void **state)
+{
+    struct fixture *f = *state;
+    struct httpc_resp resp = {0};
+    assert_int_equal(call(f, f->etcd_url, "GET", "/nowhere", NULL, NULL, &resp), 404);
+    cleanup_json json_t *j = body_of(&resp);
+    assert_int_equal(json_integer_value(json_object_get(j, "code")), 5);
+    assert_non_null(json_string_value(json_object_get(j, "error")));
+    httpc_resp_release(&resp);
+    assert_int_equal(call(f, f->etcd_url, "GET", "/conflict", NULL, NULL, &resp), 409);
+    cleanup_json json_t *k = body_of(&resp);
+    assert_int_equal(json_integer_value(json_object_get(k, "code")), 9);
+    httpc_resp_release(&resp);
+}
+
+static void test_body_limit(void **state)
+{
+    struct fixture *f = *state;
+    struct httpc_resp resp = {0};
+    char big[2048];
+    memset(big, ' ', sizeof(big) - 3);
+    big[0] = '{';
+    big[sizeof(big) - 3] = '}';
+    big[sizeof(big) - 2] = '\0';
+    assert_int_equal(call(f, f->flynn_url, "POST", "/json", big, AUTH, &resp), 400);
+    cleanup_json json_t *j = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "request_body_too_big");
+    httpc_resp_release(&resp);
+    /* Within the limit it goes through. */
+    assert_int_equal(call(f, f->flynn_url, "POST", "/json", "{\"ok\":true}", AUTH, &resp), 200);
+    httpc_resp_release(&resp);
+}
+
+static int collect(const char *data, size_t len, void *ud)
+{
+    buf_append(ud, data, len);
+    return 0;
+}
+
+static void test_stream(void **state)
+{
+    struct fixture *f = *state;
+    char url[128];
+    snprintf(url, sizeof(url), "%s/stream/5", f->flynn_url);
+    struct httpc_req req = {.url = url, .headers = AUTH};
+    cleanup_buf struct buf got = BUF_INIT;
+    long status = 0;
+    struct pier_err err = {0};
+    int before = atomic_load(&streams_done);
+    assert_int_equal(httpc_stream_run(f->c, &req, collect, &got, &status, &err), 0);
+    assert_int_equal(status, 200);
+    assert_string_equal(got.p, "0\n1\n2\n3\n4\n");
+    for (int i = 0; i < 100 && atomic_load(&streams_done) == before; i++)
+        usleep(10 * 1000);
+    assert_int_equal(atomic_load(&streams_done), before + 1);
+}
+
+static void test_stream_client_gone(void **state)
+{
+    struct fixture *f = *state;
+    char url[128];
+    snprintf(url, sizeof(url), "%s/stream/0", f->flynn_url);
+    struct httpc_req req = {.url = url, .headers = AUTH};
+    cleanup_buf struct buf got = BUF_INIT;
+    struct httpc_stream *s = NULL;
+    struct pier_err err = {0};
+    int before = atomic_load(&streams_done);
+    assert_int_equal(httpc_stream_open(f->c, &req, collect, &got, &s, &err), 0);
+    while (got.len < 6)
+        assert_true(httpc_stream_poll(s, 1000, &err) >= 0);
+    httpc_stream_close(s);
+    /* The server notices the hang-up and frees the endless stream. */
+    for (int i = 0; i < 300 && atomic_load(&streams_done) == before; i++)
+        usleep(10 * 1000);
+    assert_int_equal(atomic_load(&streams_done), before + 1);
+}
+
+static void test_listen_errors(void **state)
+{
+    (void)state;
+    const char *bad[] = {"nope", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:x1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct httpd_options o = {.listen = bad[i]};
+        struct httpd *h = httpd_new(&o);
+        struct pier_err err = {0};
+        assert_true(httpd_start(h, &err) < 0);
+        assert_non_null(strstr(err.msg, bad[i]));
+        httpd_free(h);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_routing),
+        cmocka_unit_test(test_status_and_auth),
+        cmocka_unit_test(test_errors_flynn),
+        cmocka_unit_test(test_errors_etcd),
+        cmocka_unit_test(test_body_limit),
+        cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_stream_client_gone),
+        cmocka_unit_test(test_listen_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
