@@ -4,13 +4,18 @@
 #include <stdio.h>
 #include <unistd.h>
 
+static void say(const char *fmt, va_list ap)
+{
+    fputs("pier: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 int ui_fail(const char *hint, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("pier: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(fmt, ap);
     va_end(ap);
     if (hint)
         fprintf(stderr, "  hint: %s\n", hint);
@@ -21,9 +26,7 @@ int ui_usage(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("pier: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(fmt, ap);
     va_end(ap);
     fprintf(stderr, "  see 'pier help%s%s'\n", cmd && *cmd ? " " : "", cmd ? cmd : "");
     return 2;

@@ -146,26 +146,36 @@ static void start_stream(struct httpd_req *r, struct discoverd *d, const char *s
     httpd_reply_stream(r, 200, "text/event-stream", stream_next, stream_done, es);
 }
 
-/* ---- GET /services/:service/instances ---- */
+/* ---- GET /services/:service/instances and /leader ---- */
 
-static void instances_list(struct httpd_req *r, void *ud)
+/* The start both GETs share: checks the service name and, when the client
+ * asks for events, starts the stream. Returns the current list for a plain
+ * GET, or NULL when the request has already been answered. */
+static struct discover_list *service_get(struct httpd_req *r, struct discoverd *d, bool leader_only)
 {
-    struct discoverd *d = ud;
     const char *service = httpd_param(r, "service");
     struct pier_err err = {0};
     if (discover_check_service(service, &err) < 0) {
         httpd_reply_err(r, &err);
-        return;
+        return NULL;
     }
     if (wants_events(r)) {
-        start_stream(r, d, service, false);
-        return;
+        start_stream(r, d, service, leader_only);
+        return NULL;
     }
     struct discover_list *l = NULL;
     if (discover_list(d->s, service, &l, &err) < 0) {
         httpd_reply_err(r, &err);
-        return;
+        return NULL;
     }
+    return l;
+}
+
+static void instances_list(struct httpd_req *r, void *ud)
+{
+    struct discover_list *l = service_get(r, ud, false);
+    if (!l)
+        return;
     json_t *arr = json_array();
     for (size_t i = 0; i < l->n; i++)
         json_array_append_new(arr, discover_instance_json(&l->v[i]));
@@ -173,26 +183,11 @@ static void instances_list(struct httpd_req *r, void *ud)
     httpd_reply_json(r, 200, arr);
 }
 
-/* ---- GET /services/:service/leader ---- */
-
 static void leader_get(struct httpd_req *r, void *ud)
 {
-    struct discoverd *d = ud;
-    const char *service = httpd_param(r, "service");
-    struct pier_err err = {0};
-    if (discover_check_service(service, &err) < 0) {
-        httpd_reply_err(r, &err);
+    struct discover_list *l = service_get(r, ud, true);
+    if (!l)
         return;
-    }
-    if (wants_events(r)) {
-        start_stream(r, d, service, true);
-        return;
-    }
-    struct discover_list *l = NULL;
-    if (discover_list(d->s, service, &l, &err) < 0) {
-        httpd_reply_err(r, &err);
-        return;
-    }
     if (l->n == 0)
         httpd_reply_not_found(r);
     else
