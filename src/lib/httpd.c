@@ -251,8 +251,8 @@ static void reply_error_msg(struct httpd_req *r, int status, const char *code, i
     json_t *j = json_object();
     if (r->h->opt.errors == HTTPD_ERRORS_ETCD) {
         json_object_set_new(j, "error", json_string(msg));
-        json_object_set_new(j, "code", json_integer(grpc_code));
         json_object_set_new(j, "message", json_string(msg));
+        json_object_set_new(j, "code", json_integer(grpc_code));
     } else {
         json_object_set_new(j, "code", json_string(code));
         json_object_set_new(j, "message", json_string(msg));
@@ -273,37 +273,15 @@ void httpd_reply_error(struct httpd_req *r, int status, const char *code, int gr
     reply_error_msg(r, status, code, grpc_code, msg);
 }
 
-/* The gRPC status code etcd's gateway puts in its error bodies. */
-static int grpc_code_of(int code)
-{
-    switch (code) {
-    case PIER_EINVAL:
-    case PIER_ETOOBIG: return 3;     /* InvalidArgument */
-    case PIER_ENOTFOUND: return 5;   /* NotFound */
-    case PIER_EEXISTS: return 6;     /* AlreadyExists */
-    case PIER_ECONFLICT: return 9;   /* FailedPrecondition */
-    case PIER_ECOMPACTED: return 11; /* OutOfRange */
-    case PIER_EUNAVAIL:
-    case PIER_ETIMEOUT: return 14; /* Unavailable */
-    default: return 13;            /* Internal */
-    }
-}
-
 void httpd_reply_err(struct httpd_req *r, const struct pier_err *e)
 {
     int status = err_http_status(e->code);
-    if (r->h->opt.errors == HTTPD_ERRORS_ETCD) {
-        /* etcd's gateway answers OutOfRange (compacted) with 400 too. */
-        if (e->code == PIER_ECOMPACTED)
-            status = 400;
-        reply_error_msg(r, status, err_code_name(e->code), grpc_code_of(e->code), e->msg);
-        return;
-    }
-    if (status == 404) {
+    if (status == 404 && r->h->opt.errors == HTTPD_ERRORS_FLYNN) {
         httpd_reply_not_found(r);
         return;
     }
-    reply_error_msg(r, status, err_code_name(e->code), grpc_code_of(e->code), e->msg);
+    /* gRPC's Unknown: servers in etcd's style map their own errors. */
+    reply_error_msg(r, status, err_code_name(e->code), 2, e->msg);
 }
 
 /* ---- streams ---- */

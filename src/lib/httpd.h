@@ -77,8 +77,9 @@ void httpd_reply_json(struct httpd_req *r, int status, json_t *j);
  * ("validation_error", ...); for the etcd style, grpc_code is used. */
 void httpd_reply_error(struct httpd_req *r, int status, const char *code, int grpc_code,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-/* Replies with a pier_err, mapping its code to status and code name. A
- * not-found in Flynn style becomes a bare 404. */
+/* Replies with a pier_err, mapping its code to Flynn's status and code
+ * name; a not-found in Flynn style becomes a bare 404. (An etcd-style server
+ * maps its own errors to gRPC codes and calls httpd_reply_error.) */
 void httpd_reply_err(struct httpd_req *r, const struct pier_err *e);
 /* A bare 404: no body, no JSON content type. */
 void httpd_reply_not_found(struct httpd_req *r);

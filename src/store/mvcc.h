@@ -12,9 +12,9 @@
  * Errors: PIER_EINVAL for bad input (message names the field),
  * PIER_ECOMPACTED for a revision out of range (older than the compacted one,
  * or in the future; also a lease TTL too large: all etcd's OutOfRange),
- * PIER_ENOTFOUND for an
- * unknown lease, PIER_EEXISTS for granting a lease ID in use, PIER_EUNAVAIL
- * once the store is closing, PIER_EINTERNAL for SQLite failures. Where etcd
+ * PIER_ENOTFOUND for an unknown lease, PIER_EEXISTS for granting a lease ID
+ * in use, PIER_EUNAVAIL once the store is closing, PIER_EINTERNAL for SQLite
+ * failures. Where etcd
  * has a message for the error, the message is etcd's, word for word
  * ("etcdserver: mvcc: required revision has been compacted"), so the glue
  * can answer {"error":msg,"code":mvcc_grpc_code(rc),"message":msg}.

@@ -11,6 +11,14 @@
 #include "lib/log.h"
 #include "store/mvcc.h"
 
+/* Answers an engine error as etcd's gateway does. */
+static void reply_mvcc_err(struct httpd_req *r, const struct pier_err *err)
+{
+    int status = 500;
+    int grpc = mvcc_grpc_code(err->code, &status);
+    httpd_reply_error(r, status, err_code_name(err->code), grpc, "%s", err->msg);
+}
+
 typedef int (*mvcc_call)(struct mvcc *m, const json_t *req, json_t **resp, struct pier_err *err);
 
 struct unary {
@@ -28,7 +36,7 @@ static void unary_handler(struct httpd_req *r, void *ud)
     struct pier_err err = {0};
     json_t *resp = NULL;
     if (u->call(u->m, req, &resp, &err) < 0) {
-        httpd_reply_err(r, &err);
+        reply_mvcc_err(r, &err);
         return;
     }
     if (u->wrap_result)
@@ -91,10 +99,21 @@ static void watch_handler(struct httpd_req *r, void *ud)
     struct watch_stream *ws = xcalloc(1, sizeof(*ws));
     if (mvcc_watch_create(m, create, &ws->w, &ws->created, &err) < 0) {
         free(ws);
-        httpd_reply_err(r, &err);
+        reply_mvcc_err(r, &err);
         return;
     }
     httpd_reply_stream(r, 200, "application/json", watch_next, watch_done, ws);
+}
+
+static void leases_handler(struct httpd_req *r, void *ud)
+{
+    struct pier_err err = {0};
+    json_t *resp = NULL;
+    if (mvcc_lease_leases(ud, &resp, &err) < 0) {
+        reply_mvcc_err(r, &err);
+        return;
+    }
+    httpd_reply_json(r, 200, resp);
 }
 
 static void health_handler(struct httpd_req *r, void *ud)
@@ -182,6 +201,8 @@ int store_server_main(int argc, char **argv)
     /* etcd 3.4 also answers the older lease paths under /v3/kv. */
     httpd_route(h, "POST", "/v3/kv/lease/revoke", unary_handler, &calls[6], true);
     httpd_route(h, "POST", "/v3/kv/lease/timetolive", unary_handler, &calls[8], true);
+    httpd_route(h, "POST", "/v3/lease/leases", leases_handler, m, true);
+    httpd_route(h, "POST", "/v3/kv/lease/leases", leases_handler, m, true);
     httpd_route(h, "POST", "/v3/watch", watch_handler, m, true);
     httpd_route(h, "GET", "/health", health_handler, NULL, true);
     httpd_route(h, "GET", "/version", version_handler, NULL, true);

@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * under the check below: keep every valid TTL past the run's end
          * (malformed ones still reach the parser). */
         int64_t ttl;
-        if (jsonx_get_int64(req, "TTL", &ttl, NULL) == 1)
+        if (jsonx_get_int64(req, "TTL", &ttl, NULL) >= 0) /* absent (the minimum) or valid */
             json_object_set_new(req, "TTL", json_string("3600"));
     }
     int64_t before = mvcc_revision(engine);
@@ -129,8 +129,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = calls[pick](engine, req, &resp, &err);
     if (rc < 0) {
         /* A refused request changes nothing, and says why. */
-        if (mvcc_revision(engine) != before || resp || !err.msg[0])
+        int64_t after = mvcc_revision(engine);
+        if (after != before || resp || !err.msg[0]) {
+            fprintf(
+                stderr,
+                "refused request broke a promise: rc=%d msg=\"%s\" revision %lld -> %lld resp=%p\n",
+                rc, err.msg, (long long)before, (long long)after, (void *)resp);
             abort();
+        }
     } else if (!json_is_object(resp) || !json_is_object(json_object_get(resp, "header"))) {
         abort();
     }

@@ -32,11 +32,12 @@ struct fixture {
 
 /* ---- helpers ---- */
 
-/* base64 of s, from a small pool of static buffers (enough for one call). */
+/* base64 of s, from a small per-thread pool of buffers (enough for one
+ * call). */
 static const char *B(const char *s)
 {
-    static char pool[16][256];
-    static int next;
+    static _Thread_local char pool[16][256];
+    static _Thread_local int next;
     char *out = pool[next++ % 16];
     struct buf b = BUF_INIT;
     base64_encode(&b, s, strlen(s));
@@ -62,6 +63,10 @@ static json_t *J(const char *fmt, ...)
 
 /* The main thread's last response, freed by the next one (or teardown). */
 static json_t *last;
+
+/* Watches still open when a test fails are freed by teardown, so that
+ * mvcc_close (which waits for them) returns and the failure is reported. */
+static struct mvcc_watch *open_watches[64];
 
 static json_t *keep(json_t *resp)
 {
@@ -179,6 +184,10 @@ static int teardown(void **state)
     struct fixture *f = *state;
     json_decref(last);
     last = NULL;
+    for (size_t i = 0; i < 64; i++) {
+        mvcc_watch_free(open_watches[i]);
+        open_watches[i] = NULL;
+    }
     mvcc_close(f->m);
     nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
@@ -500,6 +509,14 @@ static json_t *next(struct mvcc_watch *w, int timeout_ms)
     return keep(resp);
 }
 
+static void unwatch(struct mvcc_watch *w)
+{
+    for (size_t i = 0; i < 64; i++)
+        if (open_watches[i] == w)
+            open_watches[i] = NULL;
+    mvcc_watch_free(w);
+}
+
 static struct mvcc_watch *watch(struct mvcc *m, json_t *cr, int64_t *created_rev)
 {
     struct mvcc_watch *w = NULL;
@@ -512,6 +529,12 @@ static struct mvcc_watch *watch(struct mvcc *m, json_t *cr, int64_t *created_rev
         *created_rev = I(created, "header.revision");
     json_decref(created);
     json_decref(cr);
+    for (size_t i = 0; i < 64; i++) {
+        if (!open_watches[i]) {
+            open_watches[i] = w;
+            break;
+        }
+    }
     return w;
 }
 
@@ -544,7 +567,7 @@ static void test_watch_history(void **state)
     json_t *none = NULL;
     assert_int_equal(mvcc_watch_next(w, 50, &none), 0);
     assert_null(none);
-    mvcc_watch_free(w);
+    unwatch(w);
 
     /* Filters, and the compacted case. */
     w = watch(m, J("{\"key\":\"%s\",\"start_revision\":1,\"filters\":[\"NOPUT\"]}", B("w/a")),
@@ -552,7 +575,7 @@ static void test_watch_history(void **state)
     r = next(w, 1000);
     assert_int_equal(N(r, "events"), 1);
     assert_string_equal(S(r, "events.0.type"), "DELETE");
-    mvcc_watch_free(w);
+    unwatch(w);
     r = ok(m, mvcc_compact, J("{\"revision\":4}"));
     w = watch(m, J("{\"key\":\"%s\",\"start_revision\":3}", B("w/a")), NULL);
     r = next(w, 1000);
@@ -560,11 +583,11 @@ static void test_watch_history(void **state)
     assert_int_equal(I(r, "compact_revision"), 4);
     assert_null(at(r, "header.revision"));
     assert_int_equal(mvcc_watch_next(w, 10, &none), -ECANCELED);
-    mvcc_watch_free(w);
+    unwatch(w);
     w = watch(m, J("{\"key\":\"%s\",\"start_revision\":4}", B("x")), NULL);
     r = next(w, 1000);
     assert_int_equal(I(r, "events.0.kv.mod_revision"), 4);
-    mvcc_watch_free(w);
+    unwatch(w);
 }
 
 #define WATCHERS 12
@@ -619,23 +642,23 @@ static void test_watch_live(void **state)
         pthread_join(th[i], NULL);
         assert_int_equal(ls[i].got, LIVE_PUTS);
         assert_true(ls[i].in_order);
-        mvcc_watch_free(ls[i].w);
+        unwatch(ls[i].w);
     }
 
     /* progress_notify: a bare header once the interval passes (300 ms). */
     struct mvcc_watch *w = watch(m, J("{\"key\":\"%s\",\"progress_notify\":true}", B("p")), NULL);
     json_t *r = NULL;
-    int rc = mvcc_watch_next(w, 100, &r);
+    int rc = mvcc_watch_next(w, 0, &r);
     assert_int_equal(rc, 0);
     assert_null(r);
-    usleep(250 * 1000);
-    rc = mvcc_watch_next(w, 100, &r);
+    usleep(400 * 1000);
+    rc = mvcc_watch_next(w, 0, &r);
     assert_int_equal(rc, 0);
     assert_non_null(r);
     assert_int_equal(I(r, "header.revision"), mvcc_revision(m));
     assert_null(at(r, "events"));
     json_decref(r);
-    mvcc_watch_free(w);
+    unwatch(w);
 }
 
 /* ---- leases ---- */
@@ -667,7 +690,7 @@ static void test_lease_expiry(void **state)
     assert_string_equal(S(r, "events.0.type"), "DELETE");
     assert_int_equal(I(r, "events.0.kv.mod_revision"), rev + 1);
     assert_int_equal(I(r, "events.1.kv.mod_revision"), rev + 1);
-    mvcc_watch_free(w);
+    unwatch(w);
     assert_int_equal(mvcc_revision(m), rev + 1);
     r = get(m, "l/1");
     assert_null(at(r, "kvs"));
@@ -819,7 +842,7 @@ static void test_watch_behind_ring(void **state)
             assert_int_equal(I(r, p), want++);
         }
     }
-    mvcc_watch_free(w);
+    unwatch(w);
 }
 
 /* A write acknowledged is on disk: a child puts and reports each ack, the
