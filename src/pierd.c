@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "discoverd/discoverd.h"
+#include "store/migrate.h"
 #include "store/server.h"
 
 struct subcommand {
@@ -14,13 +15,15 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
     {"store", store_server_main, "the embedded cluster store (etcd v3 JSON gateway on SQLite)"},
     {"discoverd", discoverd_main, "service discovery over HTTP, with server-sent events"},
+    {"store-migrate", store_migrate_main,
+     "move the cluster's state to another store (pierd store <-> etcd)"},
 };
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: pierd SUBCOMMAND [flags]\n\nsubcommands:\n");
     for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++)
-        fprintf(out, "  %-12s %s\n", subcommands[i].name, subcommands[i].summary);
+        fprintf(out, "  %-14s %s\n", subcommands[i].name, subcommands[i].summary);
     fprintf(out, "\n'pierd SUBCOMMAND --help' lists its flags.\n");
 }
 
