@@ -151,7 +151,7 @@ int config_pick(const struct config *c, const char *name, const char **url, cons
         return err_set(err, PIER_EINVAL, "cluster \"%s\" in %s has no url", name, c->path);
     if (!*key)
         *key = "";
-    if (env_key && *env_key)
-        *key = env_key;
+    /* PIER_CONTROLLER_KEY belongs to PIER_CONTROLLER_URL only: applied to
+     * a cluster from the file, it could send one cluster's key to another. */
     return 0;
 }

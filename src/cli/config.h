@@ -31,8 +31,9 @@ json_t *config_cluster(const struct config *c, const char *name);
 const char *config_default(const struct config *c);
 
 /* Picks the cluster a command talks to: name if given (else $PIER_CLUSTER,
- * else the default). $PIER_CONTROLLER_URL and $PIER_CONTROLLER_KEY, when
- * set, override the file. *url and *key are borrowed from c or the
+ * else the default). $PIER_CONTROLLER_URL (with $PIER_CONTROLLER_KEY, which
+ * goes with it and with nothing else), when set and no name is given,
+ * overrides the file. *url and *key are borrowed from c or the
  * environment. A helpful PIER_ENOTFOUND when no cluster is configured. */
 int config_pick(const struct config *c, const char *name, const char **url, const char **key,
                 struct pier_err *err);

@@ -37,7 +37,8 @@ static void usage(FILE *out)
     fprintf(out, "\noptions:\n"
                  "  -c, --cluster NAME   use this cluster instead of the default\n"
                  "                       (env PIER_CLUSTER; PIER_CONTROLLER_URL and\n"
-                 "                       PIER_CONTROLLER_KEY override the config file)\n"
+                 "                       PIER_CONTROLLER_KEY, together, override the\n"
+                 "                       config file)\n"
                  "\n'pier help COMMAND' tells more about a command.\n");
 }
 

@@ -33,6 +33,8 @@ static int check_instance_id(const char *id, struct pier_err *err)
     size_t n = strlen(id);
     if (n == 0 || n > 64)
         return err_set(err, PIER_EINVAL, "instance id must be 1 to 64 characters long");
+    if (id[0] == '.')
+        return err_set(err, PIER_EINVAL, "instance id \"%s\" must not start with '.'", id);
     for (size_t i = 0; i < n; i++) {
         char c = id[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -42,11 +44,6 @@ static int check_instance_id(const char *id, struct pier_err *err)
                            id);
     }
     return 0;
-}
-
-static void instance_key(struct buf *b, const char *service, const char *id)
-{
-    buf_printf(b, "%s%s/%s", DISCOVER_PREFIX, service, id);
 }
 
 /* ---- GET /services ---- */
@@ -66,6 +63,8 @@ static void services_list(struct httpd_req *r, void *ud)
     const char *last = NULL;
     size_t last_len = 0;
     for (size_t i = 0; i < rg->n; i++) {
+        if (rg->kvs[i].key_len <= plen)
+            continue;
         const char *name = rg->kvs[i].key + plen;
         const char *slash = strchr(name, '/');
         size_t len = slash ? (size_t)(slash - name) : strlen(name);
@@ -83,9 +82,18 @@ static void services_list(struct httpd_req *r, void *ud)
 
 struct event_stream {
     struct discover_watch *w;
+    char *service;
     bool leader_only;
-    long quiet_ms;
+    int64_t last_write_ms; /* when something last went out */
+    int64_t warned_ms;     /* when we last logged that the store is away */
 };
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static json_t *event_json(const struct discover_event *e, const char *service)
 {
@@ -102,26 +110,26 @@ static int stream_next(void *ud, struct buf *out, int timeout_ms)
     struct discover_event *e = NULL;
     struct pier_err err = {0};
     int rc = discover_watch_next(es->w, timeout_ms, &e, &err);
-    if (rc < 0) {
-        /* A timeout, or the store is away (the watch keeps trying). */
-        if (rc != PIER_ETIMEOUT)
-            log_warn("discoverd", "watch waiting for the store", "reason=\"%s\"", err.msg);
-        es->quiet_ms += timeout_ms;
-        if (es->quiet_ms >= SSE_KEEPALIVE_MS) {
-            buf_puts(out, SSE_KEEPALIVE);
-            es->quiet_ms = 0;
-        }
-        return 1;
-    }
-    es->quiet_ms = 0;
-    if (!es->leader_only || e->kind == DISCOVER_LEADER) {
-        json_t *j = event_json(e, e->inst.service ? e->inst.service : "");
+    int64_t now = now_ms();
+    if (rc == 0 && (!es->leader_only || e->kind == DISCOVER_LEADER)) {
+        json_t *j = event_json(e, es->service);
         buf_puts(out, "data: ");
         jsonx_dump(out, j);
         buf_puts(out, "\n\n");
         json_decref(j);
+        es->last_write_ms = now;
     }
     discover_event_free(e);
+    if (rc < 0 && rc != PIER_ETIMEOUT && now - es->warned_ms >= SSE_KEEPALIVE_MS) {
+        /* The watch keeps trying; say so once in a while, not per poll. */
+        log_warn("discoverd", "event stream waiting for the store", "service=%s reason=\"%s\"",
+                 es->service, err.msg);
+        es->warned_ms = now;
+    }
+    if (now - es->last_write_ms >= SSE_KEEPALIVE_MS) {
+        buf_puts(out, SSE_KEEPALIVE);
+        es->last_write_ms = now;
+    }
     return 1;
 }
 
@@ -129,6 +137,7 @@ static void stream_done(void *ud)
 {
     struct event_stream *es = ud;
     discover_watch_close(es->w);
+    free(es->service);
     free(es);
 }
 
@@ -138,11 +147,13 @@ static void start_stream(struct httpd_req *r, struct discoverd *d, const char *s
     struct pier_err err = {0};
     struct event_stream *es = xcalloc(1, sizeof(*es));
     es->leader_only = leader_only;
+    es->last_write_ms = now_ms();
     if (discover_watch_open(d->s, service, &es->w, &err) < 0) {
         free(es);
         httpd_reply_err(r, &err);
         return;
     }
+    es->service = xstrdup(service);
     httpd_reply_stream(r, 200, "text/event-stream", stream_next, stream_done, es);
 }
 
@@ -218,15 +229,8 @@ static int parse_reg(const json_t *body, struct reg_req *q, struct pier_err *err
     if ((rc = jsonx_get_obj(body, "meta", &meta, err)) < 0)
         return rc;
     q->meta = meta;
-    if (meta) {
-        const char *k;
-        json_t *v;
-        json_object_foreach(meta, k, v)
-        {
-            if (!json_is_string(v))
-                return err_set(err, PIER_EINVAL, "meta \"%s\" must be a string", k);
-        }
-    }
+    if ((rc = discover_check_instance(q->addr, q->proto, meta, err)) < 0)
+        return rc;
     if ((rc = jsonx_get_int64(body, "ttl", &q->ttl, err)) < 0)
         return rc;
     if (q->ttl < 1 || q->ttl > MAX_TTL)
@@ -235,37 +239,54 @@ static int parse_reg(const json_t *body, struct reg_req *q, struct pier_err *err
 }
 
 /* Registers, or renews, an instance without keeping any state here: the
- * lease id is read back from the stored key, so any discoverd (or this one
- * after a restart) can take the next heartbeat. */
+ * lease is read back from the stored key, so any discoverd (or this one
+ * after a restart) can take the next heartbeat. The stored value carries the
+ * TTL asked for, so a heartbeat with another TTL (or other fields) is a new
+ * registration under a fresh lease. Writes are compare-and-swap on the key's
+ * mod revision: two racing heartbeats cannot undo each other, and the loser
+ * looks again. A lease the key had before is left to run out (it may hold
+ * other keys of its owner). */
 static int register_instance(struct store *s, const char *service, const char *id,
                              const struct reg_req *q, struct discover_instance *out,
                              struct pier_err *err)
 {
     cleanup_buf struct buf key = BUF_INIT;
-    instance_key(&key, service, id);
+    discover_instance_key(&key, service, id);
     json_t *meta = q->meta ? json_deep_copy(q->meta) : json_object();
-    json_t *v = json_pack("{s:s,s:s,s:s,s:s,s:o}", "id", id, "service", service, "addr", q->addr,
-                          "proto", q->proto, "meta", meta);
+    json_t *v = json_pack("{s:s,s:s,s:s,s:s,s:o,s:I}", "id", id, "service", service, "addr",
+                          q->addr, "proto", q->proto, "meta", meta, "ttl", (json_int_t)q->ttl);
     cleanup_buf struct buf value = BUF_INIT;
     jsonx_dump(&value, v);
     json_decref(v);
 
-    struct store_kv *cur = NULL;
-    int rc = store_get(s, key.p, &cur, err);
-    if (rc < 0 && rc != PIER_ENOTFOUND)
-        return rc;
-    int64_t lease = cur ? cur->lease : 0;
-    bool same = cur && cur->value_len == value.len && memcmp(cur->value, value.p, value.len) == 0;
-    store_kv_free(cur);
-    if (lease && store_lease_keepalive(s, lease, NULL, NULL) < 0)
-        lease = 0; /* it expired between the read and now: start over */
-    if (!lease) {
-        if ((rc = store_lease_grant(s, q->ttl, &lease, err)) < 0)
+    int rc = PIER_ECONFLICT;
+    for (int attempt = 0; attempt < 5 && rc == PIER_ECONFLICT; attempt++) {
+        struct store_kv *cur = NULL;
+        rc = store_get(s, key.p, &cur, err);
+        if (rc < 0 && rc != PIER_ENOTFOUND)
             return rc;
-        same = false;
+        int64_t mod = cur ? cur->mod_revision : 0;
+        int64_t lease = cur ? cur->lease : 0;
+        bool same =
+            cur && cur->value_len == value.len && memcmp(cur->value, value.p, value.len) == 0;
+        store_kv_free(cur);
+        if (same && lease) {
+            rc = store_lease_keepalive(s, lease, NULL, err);
+            if (rc != PIER_ENOTFOUND)
+                break; /* renewed, or the store is away */
+        }
+        int64_t fresh = 0;
+        if ((rc = store_lease_grant(s, q->ttl, &fresh, err)) < 0)
+            return rc;
+        rc = store_cas(s, key.p, value.p, value.len, mod, fresh, NULL, err);
+        if (rc < 0)
+            store_lease_revoke(s, fresh, NULL);
     }
-    int64_t rev = 0;
-    if (!same && (rc = store_put(s, key.p, value.p, value.len, lease, &rev, err)) < 0)
+    if (rc == PIER_ECONFLICT)
+        return err_set(err, PIER_ECONFLICT,
+                       "instance %s of %s kept changing while registering it; try again", id,
+                       service);
+    if (rc < 0)
         return rc;
     struct store_kv *kv = NULL;
     if ((rc = store_get(s, key.p, &kv, err)) < 0)
@@ -306,11 +327,7 @@ static void instance_put(struct httpd_req *r, void *ud)
         return;
     }
     httpd_reply_json(r, 200, discover_instance_json(&in));
-    free(in.id);
-    free(in.service);
-    free(in.addr);
-    free(in.proto);
-    json_decref(in.meta);
+    discover_instance_clear(&in);
 }
 
 /* ---- DELETE /services/:service/instances/:id ---- */
@@ -326,7 +343,7 @@ static void instance_delete(struct httpd_req *r, void *ud)
         return;
     }
     cleanup_buf struct buf key = BUF_INIT;
-    instance_key(&key, service, id);
+    discover_instance_key(&key, service, id);
     struct store_kv *cur = NULL;
     if (store_get(d->s, key.p, &cur, &err) < 0) {
         httpd_reply_err(r, &err);
@@ -334,9 +351,14 @@ static void instance_delete(struct httpd_req *r, void *ud)
     }
     int64_t lease = cur->lease;
     store_kv_free(cur);
-    /* Revoking the lease deletes the key; delete it too in case it had none. */
-    if (lease)
+    /* Watchers must see it go at once. Deleting the key does that; the lease
+     * is revoked too when it holds nothing else (a lease shared with other
+     * keys of the same owner, such as a host's, must live on). */
+    struct store_lease_info *li = NULL;
+    if (lease && store_lease_timetolive(d->s, lease, true, &li, NULL) == 0 && li->n_keys == 1 &&
+        strcmp(li->keys[0], key.p) == 0)
         store_lease_revoke(d->s, lease, NULL);
+    store_lease_info_free(li);
     if (store_delete(d->s, key.p, NULL, NULL, &err) < 0) {
         httpd_reply_err(r, &err);
         return;
@@ -383,7 +405,8 @@ int discoverd_main(int argc, char **argv)
         store_close(d.s);
         return 1;
     }
-    log_info("discoverd", "listening", "addr=%s store=%s", f.listen, f.store);
+    log_info("discoverd", "listening", "addr=%s port=%d store=%s", f.listen, httpd_port(h),
+             f.store);
     int sig = daemon_wait();
     log_info("discoverd", "stopping", "signal=%d", sig);
     httpd_free(h);

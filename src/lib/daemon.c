@@ -109,5 +109,9 @@ int daemon_wait(void)
     sigaddset(&set, SIGTERM);
     int sig = 0;
     sigwait(&set, &sig);
+    /* A second signal during a slow shutdown ends the process at once. */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     return sig;
 }

@@ -38,7 +38,8 @@ struct daemon_spec {
 int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct daemon_flags *f,
                  struct pier_err *err);
 
-/* Waits for SIGINT or SIGTERM and returns the signal number. */
+/* Waits for SIGINT or SIGTERM and returns the signal number. A second one
+ * after that kills the process (for a shutdown that hangs). */
 int daemon_wait(void);
 
 #endif

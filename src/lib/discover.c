@@ -43,7 +43,7 @@ void discover_instance_id(const char *proto, const char *addr, char out[33])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-static void instance_clear(struct discover_instance *in)
+void discover_instance_clear(struct discover_instance *in)
 {
     free(in->id);
     free(in->service);
@@ -57,7 +57,7 @@ void discover_instance_free(struct discover_instance *in)
 {
     if (!in)
         return;
-    instance_clear(in);
+    discover_instance_clear(in);
     free(in);
 }
 
@@ -84,20 +84,31 @@ json_t *discover_instance_json(const struct discover_instance *in)
     return j;
 }
 
-/* Checks that meta is an object of strings (Flynn's map[string]string). */
-static int check_meta(const json_t *meta, struct pier_err *err)
+int discover_check_instance(const char *addr, const char *proto, const json_t *meta,
+                            struct pier_err *err)
 {
+    if (!addr || !*addr)
+        return err_set(err, PIER_EINVAL, "an instance needs an addr (HOST:PORT)");
+    if (strlen(addr) > DISCOVER_MAX_ADDR)
+        return err_set(err, PIER_EINVAL, "addr is longer than %d bytes", DISCOVER_MAX_ADDR);
+    if (proto && (!*proto || strlen(proto) > DISCOVER_MAX_PROTO))
+        return err_set(err, PIER_EINVAL, "proto must be 1 to %d bytes long", DISCOVER_MAX_PROTO);
     if (!meta)
         return 0;
     if (!json_is_object(meta))
         return err_set(err, PIER_EINVAL, "instance meta must be an object of strings");
+    size_t total = 0;
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)meta, k, v)
     {
         if (!json_is_string(v))
             return err_set(err, PIER_EINVAL, "instance meta \"%s\" must be a string", k);
+        total += strlen(k) + json_string_length(v);
     }
+    if (total > DISCOVER_MAX_META)
+        return err_set(err, PIER_EINVAL, "instance meta is larger than %d bytes",
+                       DISCOVER_MAX_META);
     return 0;
 }
 
@@ -114,7 +125,7 @@ static int instance_from_kv(const struct store_kv *kv, struct discover_instance 
         jsonx_get_str(j, "addr", &addr, NULL) <= 0 || jsonx_get_str(j, "proto", &proto, NULL) <= 0)
         return PIER_EPROTO;
     json_t *meta = json_object_get(j, "meta");
-    if (meta && check_meta(meta, NULL) < 0)
+    if (discover_check_instance(addr, proto, meta, NULL) < 0)
         return PIER_EPROTO;
     out->id = xstrdup(id);
     out->service = xstrdup(service);
@@ -129,6 +140,12 @@ static int instance_from_kv(const struct store_kv *kv, struct discover_instance 
 static void service_prefix(struct buf *b, const char *service)
 {
     buf_printf(b, "%s%s/", DISCOVER_PREFIX, service);
+}
+
+void discover_instance_key(struct buf *b, const char *service, const char *id)
+{
+    service_prefix(b, service);
+    buf_puts(b, id);
 }
 
 static int cmp_create(const void *a, const void *b)
@@ -169,7 +186,7 @@ void discover_list_free(struct discover_list *l)
     if (!l)
         return;
     for (size_t i = 0; i < l->n; i++)
-        instance_clear(&l->v[i]);
+        discover_instance_clear(&l->v[i]);
     free(l->v);
     free(l);
 }
@@ -213,23 +230,29 @@ static void on_lease_lost(int64_t id, const struct pier_err *why, void *ud)
 }
 
 /* Grants a lease, writes the instance under it and starts its keeper.
- * Called with r->mu held. */
+ * Called without r->mu (it talks to the store); takes it to publish. */
 static int reg_attach(struct discover_reg *r, struct pier_err *err)
 {
+    pthread_mutex_lock(&r->mu);
+    cleanup_free char *value = instance_value(r);
+    pthread_mutex_unlock(&r->mu);
     int64_t lease = 0;
+    struct store_keeper *keeper = NULL;
     int rc = store_lease_grant(r->s, r->ttl, &lease, err);
     if (rc < 0)
         return rc;
-    cleanup_free char *value = instance_value(r);
     rc = store_put(r->s, r->key, value, strlen(value), lease, NULL, err);
     if (rc == 0)
-        rc = store_keeper_start(r->s, lease, r->ttl, on_lease_lost, r, &r->keeper, err);
+        rc = store_keeper_start(r->s, lease, r->ttl, on_lease_lost, r, &keeper, err);
     if (rc < 0) {
         store_lease_revoke(r->s, lease, NULL);
         return rc;
     }
+    pthread_mutex_lock(&r->mu);
     r->lease = lease;
+    r->keeper = keeper;
     r->lost = false;
+    pthread_mutex_unlock(&r->mu);
     return 0;
 }
 
@@ -243,13 +266,15 @@ static void *reg_thread(void *arg)
             pthread_cond_wait(&r->cond, &r->mu);
             continue;
         }
-        if (r->keeper) {
-            /* The keeper has called back and ended; joining it is quick. */
-            store_keeper_stop(r->keeper, false);
-            r->keeper = NULL;
-        }
+        struct store_keeper *old = r->keeper;
+        r->keeper = NULL;
+        pthread_mutex_unlock(&r->mu);
+        /* The keeper has called back and ended; joining it is quick. */
+        store_keeper_stop(old, false);
         struct pier_err err = {0};
-        if (reg_attach(r, &err) == 0) {
+        int rc = reg_attach(r, &err);
+        pthread_mutex_lock(&r->mu);
+        if (rc == 0) {
             log_info("discover", "registered again", "service=%s id=%s", r->service, r->id);
             backoff_ms = 100;
             continue;
@@ -257,6 +282,7 @@ static void *reg_thread(void *arg)
         log_warn("discover", "cannot register, retrying",
                  "service=%s id=%s in_ms=%ld reason=\"%s\"", r->service, r->id, backoff_ms,
                  err.msg);
+        /* A wall-clock wait: a clock jump only moves one retry. */
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += backoff_ms / 1000;
@@ -279,10 +305,8 @@ int discover_register(struct store *s, const char *service, const char *addr,
     int rc = discover_check_service(service, err);
     if (rc < 0)
         return rc;
-    if (!addr || !*addr)
-        return err_set(err, PIER_EINVAL, "an instance needs an address");
     const json_t *meta = opts ? opts->meta : NULL;
-    if ((rc = check_meta(meta, err)) < 0)
+    if ((rc = discover_check_instance(addr, opts ? opts->proto : NULL, meta, err)) < 0)
         return rc;
     struct discover_reg *r = xcalloc(1, sizeof(*r));
     r->s = s;
@@ -293,14 +317,11 @@ int discover_register(struct store *s, const char *service, const char *addr,
     r->meta = meta ? json_deep_copy(meta) : json_object();
     discover_instance_id(r->proto, r->addr, r->id);
     struct buf key = BUF_INIT;
-    service_prefix(&key, service);
-    buf_puts(&key, r->id);
+    discover_instance_key(&key, service, r->id);
     r->key = buf_detach(&key);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cond, NULL);
-    pthread_mutex_lock(&r->mu);
     rc = reg_attach(r, err);
-    pthread_mutex_unlock(&r->mu);
     if (rc == 0 && pthread_create(&r->thread, NULL, reg_thread, r) != 0)
         rc = err_set(err, PIER_EINTERNAL, "cannot start the registration thread of %s", service);
     else if (rc == 0)
@@ -320,16 +341,18 @@ const char *discover_reg_id(const struct discover_reg *r)
 
 int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pier_err *err)
 {
-    int rc = check_meta(meta, err);
+    int rc = discover_check_instance(r->addr, r->proto, meta, err);
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&r->mu);
     json_decref(r->meta);
     r->meta = meta ? json_deep_copy(meta) : json_object();
     cleanup_free char *value = instance_value(r);
-    rc = store_put(r->s, r->key, value, strlen(value), r->lease, NULL, err);
+    int64_t lease = r->lease;
     pthread_mutex_unlock(&r->mu);
-    return rc;
+    /* If the lease is being replaced meanwhile, the new registration
+     * writes the new meta anyway. */
+    return store_put(r->s, r->key, value, strlen(value), lease, NULL, err);
 }
 
 void discover_unregister(struct discover_reg *r)
@@ -366,7 +389,7 @@ void discover_event_free(struct discover_event *e)
 {
     if (!e)
         return;
-    instance_clear(&e->inst);
+    discover_instance_clear(&e->inst);
     free(e);
 }
 
@@ -435,7 +458,7 @@ static void check_leader(struct discover_watch *w)
 static void set_remove(struct discover_watch *w, size_t i)
 {
     push(w, DISCOVER_DOWN, &w->set[i]);
-    instance_clear(&w->set[i]);
+    discover_instance_clear(&w->set[i]);
     w->set[i] = w->set[--w->n];
 }
 
@@ -449,7 +472,7 @@ static void set_upsert(struct discover_watch *w, struct discover_instance *in)
         i = -1;
     }
     if (i >= 0) {
-        instance_clear(&w->set[i]);
+        discover_instance_clear(&w->set[i]);
         w->set[i] = *in;
         push(w, DISCOVER_UPDATE, in);
         return;
@@ -520,7 +543,10 @@ static void apply(struct discover_watch *w, const struct store_events *evs)
 {
     for (size_t i = 0; i < evs->n; i++) {
         const struct store_event *e = &evs->ev[i];
-        const char *id = e->kv.key + strlen(w->prefix);
+        size_t plen = strlen(w->prefix);
+        if (e->kv.key_len <= plen || memcmp(e->kv.key, w->prefix, plen) != 0)
+            continue; /* not one of ours: the watch is on this prefix */
+        const char *id = e->kv.key + plen;
         if (e->type == STORE_EVENT_DELETE) {
             ssize_t at = find(w, id);
             if (at >= 0)
@@ -529,7 +555,7 @@ static void apply(struct discover_watch *w, const struct store_events *evs)
         }
         struct discover_instance in;
         if (instance_from_kv(&e->kv, &in) < 0 || strcmp(in.id, id) != 0) {
-            instance_clear(&in);
+            discover_instance_clear(&in);
             log_warn("discover", "skipping a malformed instance", "key=%s", e->kv.key);
             continue;
         }
@@ -583,7 +609,7 @@ void discover_watch_close(struct discover_watch *w)
         return;
     store_watch_close(w->sw);
     for (size_t i = 0; i < w->n; i++)
-        instance_clear(&w->set[i]);
+        discover_instance_clear(&w->set[i]);
     free(w->set);
     for (size_t i = w->qhead; i < w->qlen; i++)
         discover_event_free(w->queue[i]);

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/store.h"
 
@@ -43,6 +44,20 @@ struct discover_list {
 /* Checks a service name: 1-100 of [a-z0-9-_.], starting with a letter or
  * digit. Returns 0 or PIER_EINVAL with a message. */
 int discover_check_service(const char *service, struct pier_err *err);
+/* Largest addr, proto and meta (keys plus values) an instance may have. */
+#define DISCOVER_MAX_ADDR 255
+#define DISCOVER_MAX_PROTO 32
+#define DISCOVER_MAX_META 16384
+
+/* Checks an instance's fields: addr required, sizes within the limits
+ * above, meta (NULL allowed) an object of strings. PIER_EINVAL with a
+ * message naming the field. */
+int discover_check_instance(const char *addr, const char *proto, const json_t *meta,
+                            struct pier_err *err);
+/* Appends the store key of an instance: /pier/v1/services/<service>/<id>. */
+void discover_instance_key(struct buf *b, const char *service, const char *id);
+/* Frees what an instance holds (not the struct) and zeroes it. */
+void discover_instance_clear(struct discover_instance *in);
 /* Writes the instance id for proto and addr (33 bytes with the NUL). */
 void discover_instance_id(const char *proto, const char *addr, char out[33]);
 

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -36,7 +37,7 @@ struct route {
 };
 
 struct httpd {
-    struct httpd_options opt; /* strings below are owned copies */
+    struct httpd_options opt; /* its strings are borrowed: use the copies below */
     char *listen, *comp, *key;
     struct route *routes;
     size_t nroutes;
@@ -130,11 +131,10 @@ static void clear_params(struct httpd_req *r)
     r->nparams = 0;
 }
 
-/* Matches path against rt, filling r's params on success. */
-static bool route_match(const struct route *rt, const char *path, struct httpd_req *r)
+/* Matches the request's path segments against rt, filling r's params on
+ * success. */
+static bool route_match(const struct route *rt, char **segs, size_t n, struct httpd_req *r)
 {
-    size_t n;
-    char **segs = split_path(path, &n);
     bool ok = rt->star ? n >= rt->nsegs - 1 : n == rt->nsegs;
     size_t fixed = rt->star ? rt->nsegs - 1 : rt->nsegs;
     clear_params(r);
@@ -161,7 +161,6 @@ static bool route_match(const struct route *rt, const char *path, struct httpd_r
     }
     if (!ok)
         clear_params(r);
-    free_segs(segs, n);
     return ok;
 }
 
@@ -218,7 +217,8 @@ static void queue(struct httpd_req *r, int status, struct MHD_Response *resp)
         return;
     }
     r->replied = true;
-    MHD_queue_response(r->c, (unsigned)status, resp);
+    if (MHD_queue_response(r->c, (unsigned)status, resp) != MHD_YES)
+        log_warn(r->h->comp, "cannot queue a response", "status=%d path=%s", status, r->path);
     MHD_destroy_response(resp);
 }
 
@@ -352,6 +352,17 @@ void httpd_reply_stream(struct httpd_req *r, int status, const char *content_typ
 
 /* ---- dispatch ---- */
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 static bool authorized(struct httpd_req *r)
 {
     const char *key = r->h->key;
@@ -360,8 +371,9 @@ static bool authorized(struct httpd_req *r)
         return true;
     if (!auth)
         return false;
+    size_t klen = strlen(key);
     if (strncasecmp(auth, "Bearer ", 7) == 0)
-        return strcmp(auth + 7, key) == 0;
+        return strlen(auth + 7) == klen && CRYPTO_memcmp(auth + 7, key, klen) == 0;
     if (strncasecmp(auth, "Basic ", 6) != 0)
         return false;
     cleanup_buf struct buf dec = BUF_INIT;
@@ -371,7 +383,8 @@ static bool authorized(struct httpd_req *r)
     if (!colon)
         return false;
     size_t plen = dec.len - (size_t)(colon + 1 - dec.p);
-    return plen == strlen(key) && memcmp(colon + 1, key, plen) == 0;
+    /* Constant time, so the answer's timing says nothing about the key. */
+    return plen == klen && CRYPTO_memcmp(colon + 1, key, plen) == 0;
 }
 
 static void status_handler(struct httpd_req *r, void *ud)
@@ -390,9 +403,12 @@ static void dispatch(struct httpd_req *r)
         return;
     }
     bool path_matched = false;
-    for (size_t i = 0; i < h->nroutes; i++) {
+    size_t nsegs;
+    char **segs = split_path(r->path, &nsegs);
+    bool done = false;
+    for (size_t i = 0; i < h->nroutes && !done; i++) {
         struct route *rt = &h->routes[i];
-        if (!route_match(rt, r->path, r))
+        if (!route_match(rt, segs, nsegs, r))
             continue;
         path_matched = true;
         if (strcmp(rt->method, "*") != 0 && strcmp(rt->method, r->method) != 0)
@@ -400,17 +416,20 @@ static void dispatch(struct httpd_req *r)
         /* Public routes answer without credentials, but credentials that
          * are presented must be right: a client with a wrong key then
          * learns it from its first request, health checks included. */
+        done = true;
         if ((!rt->public || httpd_header(r, "Authorization")) && !authorized(r)) {
             httpd_reply(r, 401, NULL, "", 0);
-            return;
+            break;
         }
         rt->fn(r, rt->ud);
         if (!r->replied) {
             log_error(h->comp, "handler did not reply", "method=%s path=%s", r->method, r->path);
             httpd_reply_error(r, 500, "unknown_error", 13, "internal error");
         }
-        return;
     }
+    free_segs(segs, nsegs);
+    if (done)
+        return;
     if (path_matched) {
         httpd_reply_error(r, 405, "method_not_allowed", 12, "method %s is not allowed on %s",
                           r->method, r->path);
@@ -474,6 +493,27 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Decodes %XX in paths and query strings, except %00: a NUL would cut the
+ * C string short and make "a%00b" name "a". Left as it is, it fails any
+ * name check instead. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    char *out = s;
+    for (char *p = s; *p; p++) {
+        int hi, lo;
+        if (p[0] == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0 && (hi | lo) != 0) {
+            *out++ = (char)(hi << 4 | lo);
+            p += 2;
+        } else {
+            *out++ = *p;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     struct httpd *h = cls;
@@ -485,7 +525,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     for (char *p = msg; *p; p++)
         if (*p == '"')
             *p = '\'';
-    log_debug(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
+    log_warn(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
 }
 
 /* Splits "HOST:PORT", "[V6]:PORT" or ":PORT" and resolves it. */
@@ -543,8 +583,9 @@ int httpd_start(struct httpd *h, struct pier_err *err)
         flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)4000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_UNESCAPE_CALLBACK,
+                            unescape, h, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (!h->d)
         return err_set(err, PIER_EUNAVAIL, "cannot listen on %s: %s (is the port in use?)",

@@ -1,7 +1,10 @@
 /* log: the one logger. One line per event, logfmt, on stderr:
  *   ts=2026-11-25T14:00:00.123456Z level=info comp=store msg="listening" addr=127.0.0.1:7001
  * The fields argument is itself logfmt ("k=%s n=%d"); values with spaces
- * should be quoted by the caller (log_quote helps). Thread-safe. */
+ * should be quoted by the caller (reason=\"%s\"). Control characters in msg
+ * and fields are escaped (\n, \x01), so outside text can never start a
+ * line of its own; quotes and backslashes in msg are escaped too. Lines
+ * are cut at 2 KiB. Thread-safe. */
 #ifndef PIER_LOG_H
 #define PIER_LOG_H
 

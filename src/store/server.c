@@ -154,6 +154,14 @@ int store_server_main(int argc, char **argv)
             fprintf(stderr, "pierd store: %s\n", err.msg);
         return rc < 0 ? 2 : 0;
     }
+    if (f.key) {
+        /* Accepting a key we do not check would promise protection that is
+         * not there. */
+        fprintf(stderr, "pierd store: the store has no authentication yet, so --key (or "
+                        "PIER_KEY) cannot be honoured; keep its port on loopback or a private "
+                        "network, and unset the key\n");
+        return 2;
+    }
     if (!f.data_dir) {
         fprintf(stderr, "pierd store: needs a data directory: --data-dir DIR (or PIER_DATA_DIR)\n");
         return 2;
@@ -212,8 +220,8 @@ int store_server_main(int argc, char **argv)
         mvcc_close(m);
         return 1;
     }
-    log_info("store", "listening", "addr=%s data_dir=%s revision=%lld", f.listen, f.data_dir,
-             (long long)mvcc_revision(m));
+    log_info("store", "listening", "addr=%s port=%d data_dir=%s revision=%lld", f.listen,
+             httpd_port(h), f.data_dir, (long long)mvcc_revision(m));
     int sig = daemon_wait();
     log_info("store", "stopping", "signal=%d", sig);
     httpd_free(h);

@@ -381,7 +381,8 @@ def test_status_with_a_wrong_key_says_so(pier, start_pierd, pier_store):
     # An empty key is a wrong key too; the right one from the environment works.
     ok(pier("cluster", "add", "nokey", d.url, ""))
     assert "refused the key (401)" in pier("-c", "nokey", "status").stderr
-    assert ok(pier("status", env={"PIER_CONTROLLER_KEY": "k"})).stdout == f"{d.url}: healthy\n"
+    env = {"PIER_CONTROLLER_URL": d.url, "PIER_CONTROLLER_KEY": "k"}
+    assert ok(pier("status", env=env)).stdout == f"{d.url}: healthy\n"
     assert json.loads(pier.config.read_text())["clusters"][0]["key"] == "not-the-key"
 
 
@@ -422,12 +423,13 @@ def test_environment_overrides_the_config(pier, fake_controller):
     ok(pier("status", env={"PIER_CONTROLLER_URL": f.url,
                            "PIER_CONFIG": str(pier.config) + ".absent"}))
 
-    # PIER_CONTROLLER_KEY alone replaces the key of the chosen cluster.
+    # PIER_CONTROLLER_KEY goes with PIER_CONTROLLER_URL only: it never
+    # replaces the key of a cluster from the file (it could be another's).
     ok(pier("cluster", "add", "fake", f.url, "file-key"))
     ok(pier("-c", "fake", "status"))
     assert f.requests[-1][1] == basic("file-key")
     ok(pier("-c", "fake", "status", env={"PIER_CONTROLLER_KEY": "env-key"}))
-    assert f.requests[-1][1] == basic("env-key")
+    assert f.requests[-1][1] == basic("file-key")
 
     # An explicit -c wins over PIER_CONTROLLER_URL.
     p = pier("-c", "down", "status", env={"PIER_CONTROLLER_URL": f.url})

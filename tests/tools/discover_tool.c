@@ -2,11 +2,12 @@
  *
  *   discover_tool register SERVICE ADDR TTL   registers, prints "registered
  *                                             <id>", stays until SIGTERM
- *                                             (then deregisters)
+ *                                             or SIGINT (then deregisters)
  *   discover_tool watch SERVICE               prints one JSON line per event
  *                                             ({"kind","id","addr"}) until
  *                                             SIGTERM
  * The store is $PIER_STORE. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +34,14 @@ static int do_register(struct store *s, const char *service, const char *addr, l
     }
     printf("registered %s\n", discover_reg_id(r));
     fflush(stdout);
-    while (!stop)
-        pause();
+    /* SIGTERM is blocked in every thread (main blocked it before the
+     * library started any), so sigwait here is sure to take it. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig;
+    sigwait(&set, &sig);
     discover_unregister(r);
     return 0;
 }
@@ -78,9 +85,14 @@ int main(int argc, char **argv)
         return 2;
     }
     int rc = 2;
-    if (argc == 5 && strcmp(argv[1], "register") == 0)
+    if (argc == 5 && strcmp(argv[1], "register") == 0) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
         rc = do_register(s, argv[2], argv[3], atol(argv[4]));
-    else if (argc == 3 && strcmp(argv[1], "watch") == 0)
+    } else if (argc == 3 && strcmp(argv[1], "watch") == 0)
         rc = do_watch(s, argv[2]);
     else
         fprintf(stderr, "usage: discover_tool register SERVICE ADDR TTL | watch SERVICE\n");

@@ -180,6 +180,12 @@ static void test_routing(void **state)
     assert_string_equal(json_string_value(json_object_get(k, "rest")), "a/b/c");
     httpc_resp_release(&resp);
 
+    /* %00 is never decoded: a NUL would cut the name short. */
+    assert_int_equal(call(f, f->flynn_url, "GET", "/apps/a%00b%41", NULL, AUTH, &resp), 200);
+    cleanup_json json_t *z = body_of(&resp);
+    assert_string_equal(json_string_value(json_object_get(z, "id")), "a%00bA");
+    httpc_resp_release(&resp);
+
     /* Too many segments for /apps/:id */
     assert_int_equal(call(f, f->flynn_url, "GET", "/apps/a/b", NULL, AUTH, &resp), 404);
     httpc_resp_release(&resp);
