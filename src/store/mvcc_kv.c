@@ -111,7 +111,9 @@ static int range_stmt(struct xctx *x, const struct range_req *r, int64_t rev, bo
     for (int i = 0; i < 4 && s == SQLITE_OK; i++)
         s = bind_i64(*st, 4 + i, vals[i]);
     if (s == SQLITE_OK)
-        s = bind_i64(*st, 9, r->limit > 0 ? r->limit + 1 : -1);
+        /* One more than the limit tells whether there is "more"; a limit
+         * of INT64_MAX is no limit (and +1 would overflow). */
+        s = bind_i64(*st, 9, r->limit > 0 && r->limit < INT64_MAX ? r->limit + 1 : -1);
     return s == SQLITE_OK ? 0 : conn_err(x->c, s, err);
 }
 

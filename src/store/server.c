@@ -166,7 +166,10 @@ int store_server_main(int argc, char **argv)
         fprintf(stderr, "pierd store: needs a data directory: --data-dir DIR (or PIER_DATA_DIR)\n");
         return 2;
     }
-    struct mvcc_options mo = {.auto_compact_revisions = 100000};
+    /* Progress every 5 s on watches that ask for it: a client that hears
+     * nothing for a few intervals knows its connection is dead even when
+     * no FIN ever came (a host that vanished, a cut cable). */
+    struct mvcc_options mo = {.auto_compact_revisions = 100000, .watch_progress_interval_ms = 5000};
     if (history) {
         char *end;
         long long n = strtoll(history, &end, 10);

@@ -183,3 +183,18 @@ def test_help_and_bad_flags(pier_build, tmp_path):
     out = subprocess.run([pierd, "nosuch"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown subcommand" in out.stderr
     assert not sanitizer_reports(out.stderr)
+
+
+def test_extreme_numbers_are_handled(pier_store):
+    """Limits and revisions at the edges of int64 answer sensibly; under the
+    sanitized build an overflow would abort the store and fail teardown."""
+    for i in range(3):
+        assert post(pier_store, "/v3/kv/put", {"key": b64(f"/x/{i}"), "value": b64("v")})[0] == 200
+    status, body = post(pier_store, "/v3/kv/range", {"key": b64("/x/"), "range_end": b64("/x0"),
+                                                     "limit": "9223372036854775807"})
+    assert status == 200 and len(body["kvs"]) == 3 and not body.get("more"), body
+    status, body = post(pier_store, "/v3/kv/range", {"key": b64("/x/"),
+                                                     "revision": "9223372036854775807"})
+    assert status == 400 and "future revision" in body["message"], body
+    status, body = post(pier_store, "/v3/kv/range", {"key": b64("/x/"), "limit": "-5"})
+    assert status in (200, 400), body
