@@ -373,6 +373,7 @@ int discoverd_main(int argc, char **argv)
         .summary = "Service discovery over HTTP: register, list and follow service instances.",
         .default_listen = "127.0.0.1:1111",
         .opts = NULL,
+        .uses = DAEMON_USES_LISTEN | DAEMON_USES_STORE | DAEMON_USES_KEY,
     };
     struct daemon_flags f;
     struct pier_err err = {0};

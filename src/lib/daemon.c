@@ -8,35 +8,51 @@
 
 #include "lib/log.h"
 
+/* The common flags, in the order --help lists them. */
+static const struct {
+    const char *name, *metavar, *env, *help;
+    unsigned bit;
+} common[] = {
+    {"listen", "HOST:PORT", NULL, "where the HTTP API listens", DAEMON_USES_LISTEN},
+    {"store", "URL[,URL]", "PIER_STORE", "the cluster store", DAEMON_USES_STORE},
+    {"data-dir", "DIR", "PIER_DATA_DIR", "where files are kept", DAEMON_USES_DATA_DIR},
+    {"key", "KEY", "PIER_KEY", "the cluster key for API auth", DAEMON_USES_KEY},
+};
+#define N_COMMON (sizeof(common) / sizeof(common[0]))
+
 static void usage(const struct daemon_spec *spec)
 {
-    printf("usage: pierd %s [flags]\n\n%s\n\ncommon flags:\n", spec->sub, spec->summary);
-    printf("  --listen HOST:PORT   where the HTTP API listens (default %s)\n",
-           spec->default_listen ? spec->default_listen : "none");
-    printf("  --store URL[,URL]    the cluster store (env PIER_STORE)\n");
-    printf("  --data-dir DIR       where files are kept (env PIER_DATA_DIR)\n");
-    printf("  --key KEY            the cluster key for API auth (env PIER_KEY)\n");
-    printf("  --log-level LEVEL    debug, info, warn or error (env PIER_LOG_LEVEL)\n");
-    if (spec->opts && spec->opts[0].name) {
-        printf("\n%s flags:\n", spec->sub);
-        for (const struct daemon_opt *o = spec->opts; o->name; o++) {
-            char left[64];
-            snprintf(left, sizeof(left), "--%s %s", o->name, o->metavar ? o->metavar : "VALUE");
-            printf("  %-20s %s\n", left, o->help);
-        }
+    printf("usage: pierd %s [flags]\n\n%s\n\nflags:\n", spec->sub, spec->summary);
+    for (size_t i = 0; i < N_COMMON; i++) {
+        if (!(spec->uses & common[i].bit))
+            continue;
+        char left[64], right[160];
+        snprintf(left, sizeof(left), "--%s %s", common[i].name, common[i].metavar);
+        snprintf(right, sizeof(right), "%s%s%s%s", common[i].help, common[i].env ? " (env " : "",
+                 common[i].env ? common[i].env : "", common[i].env ? ")" : "");
+        if (common[i].bit == DAEMON_USES_LISTEN && spec->default_listen)
+            snprintf(right, sizeof(right), "%s (default %s)", common[i].help, spec->default_listen);
+        printf("  %-22s %s\n", left, right);
+    }
+    printf("  %-22s %s\n", "--log-level LEVEL", "debug, info, warn or error (env PIER_LOG_LEVEL)");
+    for (const struct daemon_opt *o = spec->opts; o && o->name; o++) {
+        char left[64];
+        snprintf(left, sizeof(left), "--%s %s", o->name, o->metavar ? o->metavar : "VALUE");
+        printf("  %-22s %s\n", left, o->help);
     }
 }
 
-static const char **common_slot(struct daemon_flags *f, const char *name)
+/* The field of f for a common flag, or NULL when name is not one. */
+static const char **common_slot(struct daemon_flags *f, const char *name, unsigned *bit)
 {
-    if (strcmp(name, "listen") == 0)
-        return &f->listen;
-    if (strcmp(name, "store") == 0)
-        return &f->store;
-    if (strcmp(name, "data-dir") == 0)
-        return &f->data_dir;
-    if (strcmp(name, "key") == 0)
-        return &f->key;
+    const char **slots[] = {&f->listen, &f->store, &f->data_dir, &f->key};
+    for (size_t i = 0; i < N_COMMON; i++) {
+        if (strcmp(name, common[i].name) == 0) {
+            *bit = common[i].bit;
+            return slots[i];
+        }
+    }
+    *bit = 0;
     if (strcmp(name, "log-level") == 0)
         return &f->log_level;
     return NULL;
@@ -53,10 +69,10 @@ int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct d
     signal(SIGPIPE, SIG_IGN);
 
     memset(f, 0, sizeof(*f));
-    f->listen = spec->default_listen;
-    f->store = getenv("PIER_STORE");
-    f->data_dir = getenv("PIER_DATA_DIR");
-    f->key = getenv("PIER_KEY");
+    f->listen = spec->uses & DAEMON_USES_LISTEN ? spec->default_listen : NULL;
+    f->store = spec->uses & DAEMON_USES_STORE ? getenv("PIER_STORE") : NULL;
+    f->data_dir = spec->uses & DAEMON_USES_DATA_DIR ? getenv("PIER_DATA_DIR") : NULL;
+    f->key = spec->uses & DAEMON_USES_KEY ? getenv("PIER_KEY") : NULL;
     f->log_level = getenv("PIER_LOG_LEVEL");
 
     for (int i = 0; i < argc; i++) {
@@ -76,7 +92,11 @@ int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct d
             return err_set(err, PIER_EINVAL, "unknown flag \"%s\"", a);
         memcpy(key, name, klen);
         key[klen] = '\0';
-        const char **slot = common_slot(f, key);
+        unsigned bit;
+        const char **slot = common_slot(f, key, &bit);
+        if (slot && bit && !(spec->uses & bit))
+            return err_set(err, PIER_EINVAL, "pierd %s does not use --%s (see pierd %s --help)",
+                           spec->sub, key, spec->sub);
         for (const struct daemon_opt *o = spec->opts; !slot && o && o->name; o++)
             if (strcmp(o->name, key) == 0)
                 slot = o->value;

@@ -23,11 +23,22 @@ struct daemon_opt {
     const char **value;
 };
 
+/* The common flags a subcommand uses (daemon_spec.uses). */
+enum {
+    DAEMON_USES_LISTEN = 1,
+    DAEMON_USES_STORE = 2,
+    DAEMON_USES_DATA_DIR = 4,
+    DAEMON_USES_KEY = 8,
+};
+
 struct daemon_spec {
     const char *sub;     /* "store" */
     const char *summary; /* one line for --help */
     const char *default_listen;
     const struct daemon_opt *opts; /* extra flags, ended by {NULL} ; NULL for none */
+    unsigned uses;                 /* DAEMON_USES_*: a common flag it does not use is refused
+                                      on the command line (and its environment variable, which
+                                      may be set for the whole cluster, is ignored) */
 };
 
 /* Blocks SIGINT and SIGTERM in the calling thread (call before starting any

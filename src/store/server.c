@@ -145,6 +145,9 @@ int store_server_main(int argc, char **argv)
         .summary = "The embedded cluster store: etcd's v3 JSON gateway on SQLite.",
         .default_listen = "127.0.0.1:7001",
         .opts = opts,
+        /* No --key: the store has no authentication yet; keep its port on
+         * loopback or a private network. No --store: it is the store. */
+        .uses = DAEMON_USES_LISTEN | DAEMON_USES_DATA_DIR,
     };
     struct daemon_flags f;
     struct pier_err err = {0};
@@ -153,14 +156,6 @@ int store_server_main(int argc, char **argv)
         if (rc < 0)
             fprintf(stderr, "pierd store: %s\n", err.msg);
         return rc < 0 ? 2 : 0;
-    }
-    if (f.key) {
-        /* Accepting a key we do not check would promise protection that is
-         * not there. */
-        fprintf(stderr, "pierd store: the store has no authentication yet, so --key (or "
-                        "PIER_KEY) cannot be honoured; keep its port on loopback or a private "
-                        "network, and unset the key\n");
-        return 2;
     }
     if (!f.data_dir) {
         fprintf(stderr, "pierd store: needs a data directory: --data-dir DIR (or PIER_DATA_DIR)\n");

@@ -132,15 +132,19 @@ class Daemon:
 
 
 class Pierd(Daemon):
-    """`pierd SUBCOMMAND --listen 127.0.0.1:PORT --data-dir DIR [args]`, ready
+    """`pierd SUBCOMMAND --listen 127.0.0.1:PORT [--data-dir DIR] [args]`, ready
     when GET /.well-known/status answers 200."""
+
+    KEEPS_FILES = {"store"}
 
     def __init__(self, build_dir, subcommand, workdir, args=(), env=None, port=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(workdir) / "data"
+        # Only subcommands that keep files take --data-dir (others refuse it).
+        files = ["--data-dir", self.data_dir] if subcommand in self.KEEPS_FILES else []
         argv = [Path(build_dir) / "pierd", subcommand, "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", self.data_dir, *args]
+                *files, *args]
         super().__init__(f"pierd-{subcommand}", argv, workdir, env)
 
     def start(self, timeout=15.0):
@@ -159,6 +163,9 @@ def start_etcd(workdir, name="etcd"):
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
         "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
         "--heartbeat-interval=10", "--election-timeout=100",
+        # as docs/store.md asks: quiet watches hear from etcd every 5 s, so
+        # the client's silence window (30 s) tells a dead connection apart
+        "--experimental-watch-progress-notify-interval=5s",
     ], workdir)
     d.url = url
     return d.start(lambda: http_status(url + "/health") == 200)

@@ -180,6 +180,13 @@ def test_help_and_bad_flags(pier_build, tmp_path):
     out = subprocess.run([pierd, "store", "--data-dir", str(tmp_path), "--history", "many"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--history" in out.stderr
+    # Common flags a subcommand does not use are refused, not ignored.
+    out = subprocess.run([pierd, "store", "--data-dir", str(tmp_path), "--key", "k"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "does not use --key" in out.stderr
+    out = subprocess.run([pierd, "discoverd", "--store", "http://127.0.0.1:1", "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "does not use --data-dir" in out.stderr
     out = subprocess.run([pierd, "nosuch"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown subcommand" in out.stderr
     assert not sanitizer_reports(out.stderr)

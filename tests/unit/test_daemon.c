@@ -13,8 +13,15 @@ static const struct daemon_opt opts[] = {
     {"tags", "K=V", "host tags", &tags},
     {NULL, NULL, NULL, NULL},
 };
-static const struct daemon_spec spec = {
-    .sub = "test", .summary = "a test daemon", .default_listen = "127.0.0.1:9", .opts = opts};
+static const struct daemon_spec spec = {.sub = "test",
+                                        .summary = "a test daemon",
+                                        .default_listen = "127.0.0.1:9",
+                                        .opts = opts,
+                                        .uses = DAEMON_USES_LISTEN | DAEMON_USES_STORE |
+                                                DAEMON_USES_DATA_DIR | DAEMON_USES_KEY};
+/* A subcommand that keeps no files and needs no store. */
+static const struct daemon_spec narrow = {
+    .sub = "narrow", .summary = "uses little", .default_listen = NULL, .uses = DAEMON_USES_KEY};
 
 static int parse(int argc, char **argv, struct daemon_flags *f, struct pier_err *err)
 {
@@ -67,6 +74,26 @@ static void test_bad_flags(void **state)
     assert_non_null(strstr(err.msg, "loud"));
 }
 
+static void test_unused_common_flags(void **state)
+{
+    (void)state;
+    struct daemon_flags f;
+    struct pier_err err = {0};
+    /* The environment is the cluster's: variables a subcommand does not use
+     * are ignored, but a flag it does not use is a mistake to point out. */
+    setenv("PIER_STORE", "http://127.0.0.1:1", 1);
+    setenv("PIER_KEY", "k", 1);
+    assert_int_equal(daemon_parse(&narrow, 0, NULL, &f, &err), 0);
+    assert_null(f.store);
+    assert_null(f.listen);
+    assert_string_equal(f.key, "k");
+    char *argv[] = {"--data-dir", "/tmp"};
+    assert_int_equal(daemon_parse(&narrow, 2, argv, &f, &err), PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "pierd narrow does not use --data-dir"));
+    unsetenv("PIER_STORE");
+    unsetenv("PIER_KEY");
+}
+
 static void test_help(void **state)
 {
     (void)state;
@@ -81,6 +108,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_and_env),
         cmocka_unit_test(test_bad_flags),
+        cmocka_unit_test(test_unused_common_flags),
         cmocka_unit_test(test_help),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
