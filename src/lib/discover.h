@@ -10,7 +10,12 @@
  * revision: the one registered longest ago. When it goes, the next oldest
  * leads; a returning instance registers anew and queues at the back. No
  * extra keys or elections are needed, and every reader agrees because they
- * read the same revisions. */
+ * read the same revisions.
+ *
+ * Errors: PIER_EINVAL for a bad service name or instance field (the message
+ * names it); otherwise the store's errors (store.h) pass through unchanged.
+ * Threads: a registration is safe to use from any thread; a watch belongs
+ * to one thread at a time. */
 #ifndef PIER_DISCOVER_H
 #define PIER_DISCOVER_H
 
@@ -91,7 +96,8 @@ const char *discover_reg_id(const struct discover_reg *r);
 /* Replaces the instance's metadata (borrowed, copied). */
 int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pier_err *err);
 /* Deregisters (revoking the lease, so watchers see it go at once) and
- * frees r. NULL allowed. */
+ * frees r. It talks to the store, so it may take up to the store's request
+ * timeout when the store is away. NULL allowed. */
 void discover_unregister(struct discover_reg *r);
 
 /* --- watching ---- */

@@ -51,7 +51,8 @@ void err_clear(struct pier_err *err)
 const char *err_code_name(int code)
 {
     switch (code) {
-    case PIER_EINVAL: return "validation_error";
+    case PIER_EINVAL:
+    case -EINVAL: return "validation_error";
     case PIER_ENOTFOUND:
     case -ENOENT: return "not_found";
     case PIER_EEXISTS:

@@ -45,7 +45,10 @@ struct httpd *httpd_new(const struct httpd_options *opt);
  * (a header that is present must still carry the right key). */
 void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd_handler fn,
                  void *ud, bool public);
-/* Binds and starts serving. Every server also answers GET /.well-known/status. */
+/* Binds and starts serving. Every server also answers GET /.well-known/status.
+ * PIER_EINVAL for a listen address that cannot be parsed or resolved,
+ * PIER_EUNAVAIL when it cannot be bound (in use, not ours); the message
+ * names the address. */
 int httpd_start(struct httpd *h, struct pier_err *err);
 /* The bound port (useful after listening on port 0). */
 int httpd_port(const struct httpd *h);
@@ -89,7 +92,8 @@ void httpd_reply_not_found(struct httpd_req *r);
  * has to out. It returns 1 while the stream goes on (out may be empty), 0 to
  * end the stream cleanly, or a negative value to cut it. The stream also
  * ends when the client hangs up or the server stops. done() is called once
- * at the end (NULL allowed) to free ud. The status line and headers go out
+ * at the end (NULL allowed) to free ud, also when the stream could not be
+ * started. The status line and headers go out
  * at once, before next() is first called (server-sent events need that). */
 typedef int (*httpd_stream_next)(void *ud, struct buf *out, int timeout_ms);
 typedef void (*httpd_stream_done)(void *ud);

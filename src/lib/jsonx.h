@@ -27,7 +27,8 @@ int jsonx_get_int64(const json_t *obj, const char *field, int64_t *out, struct p
 /* A borrowed string, valid while obj lives. */
 int jsonx_get_str(const json_t *obj, const char *field, const char **out, struct pier_err *err);
 int jsonx_get_bool(const json_t *obj, const char *field, bool *out, struct pier_err *err);
-/* A borrowed object or array (whichever type is asked by want). */
+/* A borrowed object (jsonx_get_obj) or array (jsonx_get_array); the wrong
+ * type is PIER_EINVAL. */
 int jsonx_get_obj(const json_t *obj, const char *field, json_t **out, struct pier_err *err);
 int jsonx_get_array(const json_t *obj, const char *field, json_t **out, struct pier_err *err);
 /* A base64 field decoded into out (appended). */
