@@ -2,17 +2,29 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
+#include <sys/socket.h>
+
+#include "lib/clock.h"
 
 #define POOL_IDLE_MAX 32
 #define DEFAULT_CONNECT_TIMEOUT_MS 2000
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_MAX_BODY (64u << 20)
+/* TCP keepalive: a peer that vanished without a FIN or RST (a partition, a
+ * host powered off) is noticed after KEEPIDLE + KEEPCNT * KEEPINTVL seconds
+ * of silence, about 20 s, instead of the kernel's two hours. This matters
+ * most for idle pooled connections and long streams (watches), which no
+ * timeout of their own covers. */
+#define KEEPIDLE_S 5L
+#define KEEPINTVL_S 5L
+#define KEEPCNT 3
 
 /* The pool: idle easy handles, each keeping its own keep-alive connection
  * in its connection cache. mu guards idle and n_idle only; a handle taken
@@ -29,13 +41,6 @@ static CURLcode global_result;
 static void global_init(void)
 {
     global_result = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct httpc *httpc_new(void)
@@ -96,6 +101,18 @@ static const char *peer(const struct httpc_req *req)
     return req->name ? req->name : req->url;
 }
 
+/* Sets what curl has no option for (before 8.9): how many unanswered
+ * keepalive probes mean the connection is dead. */
+static int set_sockopts(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    (void)ud;
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        int cnt = KEEPCNT;
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)); /* best effort */
+    }
+    return CURL_SOCKOPT_OK;
+}
+
 /* Sets the options every request shares. *hdrs gets the header list, which
  * the caller frees after the transfer. */
 static int setup(CURL *c, const struct httpc_req *req, char *errbuf, struct curl_slist **hdrs,
@@ -110,6 +127,9 @@ static int setup(CURL *c, const struct httpc_req *req, char *errbuf, struct curl
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L); /* threads: no SIGALRM for DNS timeouts */
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, KEEPIDLE_S);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, KEEPINTVL_S);
+    curl_easy_setopt(c, CURLOPT_SOCKOPTFUNCTION, set_sockopts);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     errbuf[0] = '\0';
     long cto = req->connect_timeout_ms > 0 ? req->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
@@ -383,9 +403,9 @@ int httpc_stream_open(struct httpc *h, const struct httpc_req *req, httpc_data_f
     curl_multi_add_handle(s->multi, s->easy);
 
     long timeout = req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS;
-    int64_t deadline = now_ms() + timeout;
+    int64_t deadline = clock_now_ms() + timeout;
     while (!s->headers_done && !s->done) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - clock_now_ms();
         if (left <= 0) {
             r = err_set(err, PIER_ETIMEOUT, "%s: no answer within %ld ms", peer(req), timeout);
             goto fail;
@@ -411,12 +431,12 @@ long httpc_stream_status(const struct httpc_stream *s)
 
 int httpc_stream_poll(struct httpc_stream *s, int timeout_ms, struct pier_err *err)
 {
-    int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX : clock_now_ms() + timeout_ms;
     s->delivered = false;
     for (;;) {
         if (s->done)
             return stream_result(s, err);
-        int64_t left = deadline == INT64_MAX ? 1000 : deadline - now_ms();
+        int64_t left = deadline == INT64_MAX ? 1000 : deadline - clock_now_ms();
         stream_step(s, left > 1000 ? 1000 : (int)(left < 0 ? 0 : left));
         if (s->done) /* also when bytes came with the end, or fn aborted */
             return stream_result(s, err);

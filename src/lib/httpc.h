@@ -5,7 +5,10 @@
  * struct httpc are thread-safe: each request borrows an idle connection (or
  * opens one) and gives it back afterwards, so concurrent requests from
  * several threads run on separate connections and sequential ones reuse
- * them. A struct httpc_stream belongs to one thread at a time.
+ * them. A struct httpc_stream belongs to one thread at a time. Every
+ * connection uses TCP keepalive probes after 5 s of quiet (5 s apart, 3
+ * unanswered: dead), so a peer that vanished without closing is noticed in
+ * about 20 s even on an idle stream.
  *
  * Errors name the peer and the cause ("store at http://127.0.0.1:7001:
  * connection refused"); the peer is req->name, or the URL when it is NULL:

@@ -5,26 +5,21 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "lib/httpc.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 #include "lib/store_int.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
+#define DEFAULT_WATCH_SILENCE_MS 30000
+#define MIN_ATTEMPT_MS 50 /* the shortest timeout an attempt is given */
 
 const char *const store_json_headers[] = {"Content-Type: application/json", NULL};
-
-int64_t store_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* --- opening --------------------------------------------------------- */
 
@@ -60,6 +55,7 @@ int store_open(const char *endpoints, struct store **out, struct pier_err *err)
     s->http = httpc_new();
     atomic_init(&s->cur, 0);
     atomic_init(&s->timeout_ms, DEFAULT_TIMEOUT_MS);
+    atomic_init(&s->watch_silence_ms, DEFAULT_WATCH_SILENCE_MS);
     *out = s;
     return 0;
 }
@@ -92,6 +88,11 @@ const char *store_endpoint(struct store *s)
 void store_set_timeout(struct store *s, long timeout_ms)
 {
     atomic_store(&s->timeout_ms, timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
+}
+
+void store_set_watch_silence(struct store *s, long silence_ms)
+{
+    atomic_store(&s->watch_silence_ms, silence_ms > 0 ? silence_ms : DEFAULT_WATCH_SILENCE_MS);
 }
 
 /* --- the exchange ---------------------------------------------------- */
@@ -158,34 +159,48 @@ static int answer_error(const char *name, long status, const json_t *j, struct p
     return err_set(err, code, "%s: %s", name, msg ? msg : "error without a message");
 }
 
-/* The length of the first complete JSON object or array at the start of p
- * (after whitespace), or 0 while it is incomplete. Strings are skipped with
- * their escapes, so braces inside values do not count. */
-size_t store_json_value_len(const char *p, size_t len)
+/* Strings are skipped with their escapes, so braces inside values do not
+ * count; the state (depth, in a string, after a backslash) survives between
+ * calls, so a message that arrives in many pieces is scanned once. */
+size_t store_json_scan(struct store_json_scan *sc, const char *p, size_t len)
 {
-    size_t i = 0;
-    int depth = 0;
-    bool in_str = false;
-    while (i < len && (p[i] == ' ' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t'))
-        i++;
-    if (i < len && p[i] != '{' && p[i] != '[')
-        return len; /* not JSON: hand it all over, to be refused by the parser */
+    size_t i = sc->pos;
+    for (; i < len && !sc->started; i++) {
+        char c = p[i];
+        if (c == '{' || c == '[') {
+            sc->started = true;
+            sc->depth = 1;
+        } else if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
+            sc->pos = len;
+            return len; /* not JSON: hand it all over, to be refused by the parser */
+        }
+    }
     for (; i < len; i++) {
         char c = p[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
+        if (sc->in_str) {
+            if (sc->esc)
+                sc->esc = false;
+            else if (c == '\\')
+                sc->esc = true;
             else if (c == '"')
-                in_str = false;
+                sc->in_str = false;
         } else if (c == '"') {
-            in_str = true;
+            sc->in_str = true;
         } else if (c == '{' || c == '[') {
-            depth++;
-        } else if ((c == '}' || c == ']') && --depth <= 0) {
+            sc->depth++;
+        } else if ((c == '}' || c == ']') && --sc->depth <= 0) {
+            sc->pos = i + 1;
             return i + 1;
         }
     }
+    sc->pos = len;
     return 0;
+}
+
+size_t store_json_value_len(const char *p, size_t len)
+{
+    struct store_json_scan sc = STORE_JSON_SCAN_INIT;
+    return store_json_scan(&sc, p, len);
 }
 
 /* Parses one answer (a stream answer is {"result": ...}: unwrapped) into a
@@ -218,52 +233,107 @@ int store_parse_answer(const char *name, long status, const char *p, size_t len,
     return 0;
 }
 
-/* Posts req to path on the current endpoint, moving on to the next one
- * when no connection can be made. On success *resp is a new object. */
-int store_call(struct store *s, const char *path, const json_t *req, long timeout_ms, json_t **resp,
-               struct pier_err *err)
+/* Failover. An endpoint that cannot be connected to is skipped, as before.
+ * One that accepts connections but cannot serve (an etcd member cut off
+ * from its quorum times out or answers "no leader") would otherwise keep
+ * every request: cur moves past it, so the next request goes elsewhere even
+ * when this one, a write, cannot be retried. cur only moves forward from
+ * the endpoint that failed (compare-and-swap), so threads failing at once
+ * on one endpoint move it by one, not by one each. */
+int store_failover(struct store *s, bool idempotent, int64_t deadline, store_try_fn try, void *ud,
+                   struct pier_err *err)
 {
-    cleanup_buf struct buf body = BUF_INIT;
-    cleanup_buf struct buf url = BUF_INIT;
-    jsonx_dump(&body, req);
-    if (timeout_ms <= 0)
-        timeout_ms = atomic_load(&s->timeout_ms);
-    size_t first = atomic_load(&s->cur);
-    int r = 0;
+    long timeout = atomic_load(&s->timeout_ms);
+    size_t first = atomic_load(&s->cur) % s->n_eps;
+    int r = err_set(err, PIER_EUNAVAIL, "store: no endpoint tried");
     for (size_t i = 0; i < s->n_eps; i++) {
         size_t at = (first + i) % s->n_eps;
-        buf_reset(&url);
-        buf_printf(&url, "%s%s", s->eps[at], path);
-        struct httpc_req hr = {
-            .url = url.p,
-            .name = s->names[at],
-            .headers = store_json_headers,
-            .body = body.p,
-            .body_len = body.len,
-            .connect_timeout_ms = timeout_ms < 1000 ? timeout_ms : 1000,
-            .timeout_ms = timeout_ms,
-            .max_body = STORE_MAX_ANSWER,
-        };
-        struct httpc_resp hresp;
-        r = httpc_do(s->http, &hr, &hresp, err);
+        long t = timeout;
+        if (deadline != INT64_MAX) {
+            int64_t left = deadline - clock_now_ms();
+            if (left <= 0 && i > 0)
+                break;
+            if (left < t)
+                t = left < MIN_ATTEMPT_MS ? MIN_ATTEMPT_MS : (long)left;
+        }
+        r = try(s, at, t < 1000 ? t : 1000, t, ud, err);
         if (r < 0 && httpc_not_sent(r))
             continue;
-        if (r < 0)
+        if (r == PIER_ETIMEOUT || r == PIER_EUNAVAIL) {
+            size_t expect = at;
+            if (s->n_eps > 1 &&
+                atomic_compare_exchange_strong(&s->cur, &expect, (at + 1) % s->n_eps))
+                log_info("store", "endpoint unhealthy, moving on", "endpoint=%s next=%s err=\"%s\"",
+                         s->eps[at], s->eps[(at + 1) % s->n_eps], err ? err->msg : "");
+            if (idempotent)
+                continue;
             return r;
-        if (i > 0)
+        }
+        if (atomic_load(&s->cur) != at)
             atomic_store(&s->cur, at);
-        r = store_parse_answer(s->names[at], hresp.status, hresp.body.p, hresp.body.len, resp, err);
-        httpc_resp_release(&hresp);
         return r;
     }
     return r;
 }
 
-int64_t store_header_revision(const json_t *resp)
+struct call {
+    const char *path;
+    const struct buf *body;
+    json_t **resp;
+};
+
+static int call_try(struct store *s, size_t at, long connect_timeout_ms, long timeout_ms, void *ud,
+                    struct pier_err *err)
 {
-    int64_t rev = 0;
-    jsonx_get_int64(json_object_get(resp, "header"), "revision", &rev, NULL);
-    return rev;
+    struct call *c = ud;
+    cleanup_buf struct buf url = BUF_INIT;
+    buf_printf(&url, "%s%s", s->eps[at], c->path);
+    struct httpc_req hr = {
+        .url = url.p,
+        .name = s->names[at],
+        .headers = store_json_headers,
+        .body = c->body->p,
+        .body_len = c->body->len,
+        .connect_timeout_ms = connect_timeout_ms,
+        .timeout_ms = timeout_ms,
+        .max_body = STORE_MAX_ANSWER,
+    };
+    struct httpc_resp hresp;
+    int r = httpc_do(s->http, &hr, &hresp, err);
+    if (r < 0)
+        return r;
+    r = store_parse_answer(s->names[at], hresp.status, hresp.body.p, hresp.body.len, c->resp, err);
+    httpc_resp_release(&hresp);
+    return r;
+}
+
+int store_call(struct store *s, const char *path, const json_t *req, long timeout_ms,
+               bool idempotent, json_t **resp, struct pier_err *err)
+{
+    cleanup_buf struct buf body = BUF_INIT;
+    jsonx_dump(&body, req);
+    struct call c = {path, &body, resp};
+    int64_t deadline = timeout_ms > 0 ? clock_now_ms() + timeout_ms : INT64_MAX;
+    return store_failover(s, idempotent, deadline, call_try, &c, err);
+}
+
+bool store_revision_ok(int64_t n)
+{
+    return n >= 0 && n < INT64_MAX;
+}
+
+int store_header_revision(const json_t *resp, int64_t *rev, struct pier_err *err)
+{
+    *rev = 0;
+    json_t *h = json_object_get(resp, "header"); /* borrowed */
+    if (!h)
+        return 0;
+    if (!json_is_object(h) || jsonx_get_int64(h, "revision", rev, NULL) < 0 ||
+        !store_revision_ok(*rev)) {
+        *rev = 0;
+        return err_set(err, PIER_EPROTO, "store: unreadable answer: bad header revision");
+    }
+    return 0;
 }
 
 /* --- decoding -------------------------------------------------------- */
@@ -278,11 +348,15 @@ int store_kv_decode(const json_t *o, struct store_kv *kv, struct pier_err *err)
         jsonx_get_int64(o, "create_revision", &kv->create_revision, &e) < 0 ||
         jsonx_get_int64(o, "mod_revision", &kv->mod_revision, &e) < 0 ||
         jsonx_get_int64(o, "version", &kv->version, &e) < 0 ||
-        jsonx_get_int64(o, "lease", &kv->lease, &e) < 0) {
+        jsonx_get_int64(o, "lease", &kv->lease, &e) < 0 ||
+        !store_revision_ok(kv->create_revision) || !store_revision_ok(kv->mod_revision) ||
+        !store_revision_ok(kv->version)) {
         buf_free(&k);
         buf_free(&v);
         return err_set(err, PIER_EPROTO, "store: unreadable key-value: %s",
-                       e.code ? e.msg : "not an object");
+                       e.code              ? e.msg
+                       : json_is_object(o) ? "revision or version out of range"
+                                           : "not an object");
     }
     kv->key_len = k.len;
     kv->key = buf_detach(&k);
@@ -309,14 +383,16 @@ struct store_kv *store_kv_move(struct store_kv *from)
 int store_range_decode(const json_t *o, struct store_range *r, struct pier_err *err)
 {
     memset(r, 0, sizeof(*r));
-    r->revision = store_header_revision(o);
+    int e = store_header_revision(o, &r->revision, err);
+    if (e < 0)
+        return e;
     jsonx_get_int64(o, "count", &r->count, NULL);
     jsonx_get_bool(o, "more", &r->more, NULL);
     json_t *kvs = json_object_get(o, "kvs"); /* borrowed */
     size_t n = json_is_array(kvs) ? json_array_size(kvs) : 0;
     r->kvs = n ? xcalloc(n, sizeof(*r->kvs)) : NULL;
     for (; r->n < n; r->n++) {
-        int e = store_kv_decode(json_array_get(kvs, r->n), &r->kvs[r->n], err);
+        e = store_kv_decode(json_array_get(kvs, r->n), &r->kvs[r->n], err);
         if (e < 0)
             return e; /* r holds what was read; the caller frees it */
     }
@@ -361,7 +437,7 @@ void store_set_range(json_t *o, const char *key, size_t klen, bool prefix)
 static int range(struct store *s, json_t *req, struct store_range *out, struct pier_err *err)
 {
     cleanup_json json_t *resp = NULL;
-    int r = store_call(s, "/v3/kv/range", req, 0, &resp, err);
+    int r = store_call(s, "/v3/kv/range", req, 0, true, &resp, err);
     if (r < 0)
         return r;
     r = store_range_decode(resp, out, err);
@@ -462,11 +538,21 @@ int store_put_prev(struct store *s, const char *key, const void *value, size_t l
     if (prev)
         json_object_set_new(req, "prev_kv", json_true());
     cleanup_json json_t *resp = NULL;
-    int r = store_call(s, "/v3/kv/put", req, 0, &resp, err);
+    int r = store_call(s, "/v3/kv/put", req, 0, false, &resp, err);
+    if (r < 0)
+        return r;
+    return store_put_decode(resp, revision, prev, err);
+}
+
+int store_put_decode(const json_t *resp, int64_t *revision, struct store_kv **prev,
+                     struct pier_err *err)
+{
+    int64_t rev = 0;
+    int r = store_header_revision(resp, &rev, err);
     if (r < 0)
         return r;
     if (revision)
-        *revision = store_header_revision(resp);
+        *revision = rev;
     json_t *pkv = json_object_get(resp, "prev_kv"); /* borrowed */
     if (prev && pkv) {
         struct store_kv kv;
@@ -489,15 +575,25 @@ static int delete_range(struct store *s, const char *key, bool prefix, int64_t *
     cleanup_json json_t *req = json_object();
     store_set_range(req, key, strlen(key), prefix);
     cleanup_json json_t *resp = NULL;
-    int r = store_call(s, "/v3/kv/deleterange", req, 0, &resp, err);
+    int r = store_call(s, "/v3/kv/deleterange", req, 0, false, &resp, err);
     if (r < 0)
         return r;
-    if (deleted) {
-        *deleted = 0;
-        jsonx_get_int64(resp, "deleted", deleted, NULL);
-    }
+    return store_delete_decode(resp, deleted, revision, err);
+}
+
+int store_delete_decode(const json_t *resp, int64_t *deleted, int64_t *revision,
+                        struct pier_err *err)
+{
+    int64_t rev = 0, n = 0;
+    int r = store_header_revision(resp, &rev, err);
+    if (r < 0)
+        return r;
+    if (jsonx_get_int64(resp, "deleted", &n, NULL) < 0 || n < 0)
+        return err_set(err, PIER_EPROTO, "store: unreadable answer: bad \"deleted\"");
+    if (deleted)
+        *deleted = n;
     if (revision)
-        *revision = store_header_revision(resp);
+        *revision = rev;
     return 0;
 }
 
@@ -652,11 +748,21 @@ int store_txn_commit(struct store *s, const struct store_txn *t, struct store_tx
     json_object_set(req, "success", t->then);
     json_object_set(req, "failure", t->otherwise);
     cleanup_json json_t *resp = NULL;
-    int r = store_call(s, "/v3/kv/txn", req, 0, &resp, err);
+    int r = store_call(s, "/v3/kv/txn", req, 0, false, &resp, err);
     if (r < 0)
         return r;
+    return store_txn_decode(resp, out, err);
+}
+
+int store_txn_decode(const json_t *resp, struct store_txn_result **out, struct pier_err *err)
+{
+    *out = NULL;
     struct store_txn_result *res = xcalloc(1, sizeof(*res));
-    res->revision = store_header_revision(resp);
+    int r = store_header_revision(resp, &res->revision, err);
+    if (r < 0) {
+        free(res);
+        return r;
+    }
     jsonx_get_bool(resp, "succeeded", &res->succeeded, NULL);
     json_t *resps = json_object_get(resp, "responses"); /* borrowed */
     size_t n = json_is_array(resps) ? json_array_size(resps) : 0;
@@ -683,7 +789,7 @@ int store_compact(struct store *s, int64_t revision, struct pier_err *err)
     jsonx_set_int64_str(req, "revision", revision);
     json_object_set_new(req, "physical", json_true());
     cleanup_json json_t *resp = NULL;
-    return store_call(s, "/v3/kv/compaction", req, 0, &resp, err);
+    return store_call(s, "/v3/kv/compaction", req, 0, false, &resp, err);
 }
 
 /* --- results --------------------------------------------------------- */

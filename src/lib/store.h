@@ -5,10 +5,16 @@
  * HTTP/1.1 with keep-alive, so the same client works against `pierd store`
  * and a real etcd 3.4. Keys are usually C strings; values are bytes.
  *
- * Endpoints: "http://127.0.0.1:7001[,http://127.0.0.1:7002...]". A request
- * whose connection cannot be made moves on to the next endpoint, which then
- * stays the current one. A request that reached a server is not retried
- * elsewhere (it may have been applied).
+ * Endpoints: "http://127.0.0.1:7001[,http://127.0.0.1:7002...]". Requests
+ * go to the current endpoint. One whose connection cannot be made moves on
+ * to the next endpoint, which then stays the current one. When an endpoint
+ * was reached but cannot serve (no answer within the timeout, a 503 or
+ * "no leader", as from an etcd member cut off from its quorum), the next
+ * request goes to the next endpoint; reads (get, list, revision, lease
+ * time-to-live) and watches are also retried there at once. Writes (put,
+ * delete, txn, create, cas, compact, lease grant/keepalive/revoke) that
+ * reached a server are never retried elsewhere, since they may have been
+ * applied: the caller gets PIER_ETIMEOUT or PIER_EUNAVAIL and decides.
  *
  * Errors (negative returns, message in struct pier_err):
  *   PIER_ENOTFOUND   the key or lease does not exist
@@ -71,8 +77,19 @@ void store_close(struct store *s);
 const char *store_endpoint(struct store *s);
 
 /* Per-request timeout in milliseconds (default 5000; connect timeout is
- * min(1000, this)). Not for watches, which wait as long as asked. */
+ * min(1000, this)), per endpoint tried. Watches use it to connect and wait
+ * for the server's first answer, never longer than their own timeout. */
 void store_set_timeout(struct store *s, long timeout_ms);
+
+/* How long a watch's connection may stay completely silent (no event, no
+ * progress notification) before it counts as dead (a half-open connection
+ * to a partitioned server) and is made again; <= 0: the default, 30000.
+ * Watches ask for progress notifications, which `pierd store` sends every
+ * 5 s of quiet; etcd only every 10 minutes unless started with
+ * --experimental-watch-progress-notify-interval=5s (docs/store.md). Keep
+ * this about three progress intervals: shorter, and quiet watches reconnect
+ * for nothing. Applies to watches opened afterwards. */
+void store_set_watch_silence(struct store *s, long silence_ms);
 
 /* --- reads ----------------------------------------------------------- */
 
@@ -213,8 +230,12 @@ int store_watch_open(struct store *s, const char *key, const struct store_watch_
  * PIER_ECOMPACTED when the revision to deliver next was compacted (the watch
  * is then dead: list again and open a new one from the listed revision + 1);
  * or, while the connection is down and cannot be made again within the
- * timeout, the connection error. Other than after PIER_ECOMPACTED, the watch
- * stays usable: calling again keeps trying. */
+ * timeout, the connection error. Reconnecting is bounded by timeout_ms too
+ * (each attempt gets what is left, at least 50 ms), so the call returns
+ * within about timeout_ms. A connection silent for longer than the store's
+ * watch silence (store_set_watch_silence) is dropped and made again.
+ * Other than after PIER_ECOMPACTED, the watch stays usable: calling again
+ * keeps trying. */
 int store_watch_next(struct store_watch *w, int timeout_ms, struct store_events **out,
                      struct pier_err *err);
 /* The revision the watch will deliver from next (last delivered + 1). */
@@ -250,10 +271,20 @@ struct store_lease_info {
 int store_lease_timetolive(struct store *s, int64_t id, bool with_keys,
                            struct store_lease_info **out, struct pier_err *err);
 
-/* A keeper keeps a lease alive from a background thread, renewing it every
- * TTL/3 (and retrying sooner when a renewal fails). When the lease is lost
- * (the store says it expired, or no renewal succeeded within a TTL), it
- * calls lost once from its thread, with the reason, and stops renewing. */
+/* A keeper keeps a lease alive from a background thread: it renews at once,
+ * then every TTL/3, retrying sooner when a renewal fails. When the lease is
+ * lost it calls lost once from its thread, with the reason, and stops
+ * renewing. Lost means: the store said the lease expired, or no renewal has
+ * succeeded by S + TTL - margin, where S is the time the last successful
+ * renewal was *sent* (the keeper's start before the first one) and margin
+ * is max(TTL/10, 200 ms) (TTL/2 for TTLs under 400 ms). The server cannot
+ * expire the lease before S + TTL, because it renewed it at or after S; so
+ * lost is reported no later than the server could have expired the lease,
+ * and a holder that stops acting as the lease holder on lost never
+ * overlaps with the next one (provided clocks run at the same rate, and the
+ * keeper is started right after the grant or the last renewal). Each
+ * renewal's timeout ends at that deadline, so a hung server cannot delay
+ * the report. */
 struct store_keeper;
 typedef void (*store_lease_lost_fn)(int64_t id, const struct pier_err *why, void *ud);
 

@@ -1,7 +1,8 @@
 /* conformance: what the store client's conformance tests share. The
  * program (test_store_client.c) opens the store named by PIER_STORE and
  * works under a key prefix of its own; watch_lease.c holds the tests of
- * watches, leases and compaction. */
+ * watches, leases and compaction, client_faults.c those of the client
+ * against a fake server that misbehaves. */
 #ifndef PIER_CONFORMANCE_H
 #define PIER_CONFORMANCE_H
 
@@ -44,5 +45,14 @@ void test_lease_expiry(void **state);
 void test_lease_revoke(void **state);
 void test_lease_keeper(void **state);
 void test_compaction(void **state);
+
+/* client_faults.c */
+void test_client_failover_on_timeout(void **state);
+void test_client_failover_no_leader(void **state);
+void test_client_watch_silence(void **state);
+void test_client_watch_next_deadline(void **state);
+void test_client_watch_big_message(void **state);
+void test_client_bad_revisions(void **state);
+void test_client_keeper_loss_in_time(void **state);
 
 #endif

@@ -555,6 +555,13 @@ int main(void)
         cmocka_unit_test(test_lease_keeper),
         cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_client_failover_on_timeout),
+        cmocka_unit_test(test_client_failover_no_leader),
+        cmocka_unit_test(test_client_watch_silence),
+        cmocka_unit_test(test_client_watch_next_deadline),
+        cmocka_unit_test(test_client_watch_big_message),
+        cmocka_unit_test(test_client_bad_revisions),
+        cmocka_unit_test(test_client_keeper_loss_in_time),
         cmocka_unit_test(test_compaction),
     };
     const char *filter = getenv("PIER_TEST_FILTER"); /* e.g. "test_watch_*" */

@@ -911,6 +911,52 @@ static void test_stream_poll_timing(void **state)
     raw_stop(srv);
 }
 
+/* The keepalive timer of the client's socket to port, as /proc/net/tcp
+ * shows it: *timer 2 means keepalive, *when its expiry in 1/100 s. */
+static bool client_keepalive_timer(int port, int *timer, long *when)
+{
+    FILE *fp = fopen("/proc/net/tcp", "r");
+    if (!fp)
+        return false;
+    char line[512];
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), fp)) {
+        unsigned rport = 0, st = 0;
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %x:%lx", &rport, &st, (unsigned *)timer,
+                   when) == 4 &&
+            (int)rport == port && st == 1 /* established */)
+            found = true;
+    }
+    fclose(fp);
+    return found;
+}
+
+/* A connection that goes quiet is probed after seconds, not the kernel's
+ * two hours, so a peer that vanished (a partition) is noticed. */
+static void test_tcp_keepalive(void **state)
+{
+    struct fixture *f = *state;
+    struct raw *srv = raw_start(RAW_HOLD);
+    struct httpc_req req = {.url = srv->url};
+    cleanup_buf struct buf got = BUF_INIT;
+    struct httpc_stream *s = NULL;
+    struct pier_err err = {0};
+    assert_int_equal(httpc_stream_open(f->c, &req, collect, &got, &s, &err), 0);
+    int port = atoi(strrchr(srv->url, ':') + 1);
+    int timer = 0;
+    long when = 0;
+    if (!client_keepalive_timer(port, &timer, &when)) {
+        httpc_stream_close(s);
+        raw_stop(srv);
+        skip(); /* no /proc/net/tcp here */
+    }
+    assert_int_equal(timer, 2); /* the keepalive timer runs */
+    if (when > 6 * 100)
+        fail_msg("first keepalive probe due in %ld.%02ld s", when / 100, when % 100);
+    httpc_stream_close(s);
+    raw_stop(srv);
+}
+
 struct stopper {
     struct buf got;
     size_t stop_at;
@@ -1073,6 +1119,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_pools),
         cmocka_unit_test(test_stream_to_the_end),
         cmocka_unit_test(test_stream_poll_timing),
+        cmocka_unit_test(test_tcp_keepalive),
         cmocka_unit_test(test_stream_abort),
         cmocka_unit_test(test_stream_close_while_open),
         cmocka_unit_test(test_stream_run),

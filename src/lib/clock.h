@@ -1,0 +1,20 @@
+/* clock: time for timeouts and deadlines, on the monotonic clock (which
+ * wall-clock steps do not move), in milliseconds. */
+#ifndef PIER_CLOCK_H
+#define PIER_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* Milliseconds on CLOCK_MONOTONIC (an arbitrary origin: only differences
+ * mean anything). */
+int64_t clock_now_ms(void);
+
+/* The absolute CLOCK_MONOTONIC time ms milliseconds from now (ms <= 0: now),
+ * for pthread_cond_timedwait. That call reads the deadline on the clock of
+ * the condition variable, which is CLOCK_REALTIME unless it was made with a
+ * condattr set by pthread_condattr_setclock(&attr, CLOCK_MONOTONIC): only
+ * use this deadline with a condition variable made that way. */
+struct timespec clock_deadline_in(int64_t ms);
+
+#endif
