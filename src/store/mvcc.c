@@ -46,10 +46,17 @@
  *
  * Keeping the files bounded: compaction deletes history (auto-compaction
  * runs in the group's transaction when more than auto_compact_revisions
- * revisions are kept); once the free list is large, PRAGMA incremental_vacuum
- * gives the pages back; the writer checks the WAL's size at most once a
- * second and runs wal_checkpoint(TRUNCATE) past 64 MiB, and
- * journal_size_limit trims it after ordinary checkpoints too. */
+ * revisions are kept). Everything else is off the commit path, on the
+ * upkeep thread and its own connection (mvcc_upkeep.c): the writer's
+ * connection never checkpoints (wal_autocheckpoint=0; its WAL hook only
+ * notes the WAL's length); the upkeep thread checkpoints beside the commits
+ * (PASSIVE, every 4 MiB of WAL and every second while there are writes),
+ * restarts the WAL past 8 MiB (truncates it past 16 MiB) in a short pause
+ * of the writer, which it gets by closing the gate (the writer passes it
+ * around each group's transaction), logs when readers keep it from doing
+ * so, and gives free pages back with PRAGMA incremental_vacuum, a chunk at
+ * a time with the gate closed, once the free list is over a quarter of the
+ * file. journal_size_limit is only a backstop. */
 #include "store/mvcc_int.h"
 
 #include <errno.h>
@@ -64,10 +71,6 @@
 #include "lib/cleanup.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
-
-#define WAL_CHECK_MS 1000
-#define WAL_TRUNCATE_BYTES (64 << 20)
-#define FREELIST_VACUUM_PAGES 2048
 
 int64_t mvcc_now_ms(void)
 {
@@ -263,36 +266,7 @@ static void run_group(struct mvcc *m, struct wreq *batch)
         if (r->rc == 0 && r->after)
             r->after(m, r->arg);
     if (compact != compact0)
-        m->last_wal_check_ms = 0; /* look at the free list and the WAL now */
-}
-
-/* Keeps the files bounded: gives free pages back after compactions and
- * truncates a WAL that grew past WAL_TRUNCATE_BYTES (readers that never
- * pause would otherwise keep it growing). */
-static void maintain(struct mvcc *m)
-{
-    int64_t now = mvcc_now_ms();
-    if (now - m->last_wal_check_ms < WAL_CHECK_MS)
-        return;
-    m->last_wal_check_ms = now;
-    struct conn *c = m->wconn;
-    struct pier_err e;
-    sqlite3_stmt *st = NULL;
-    int64_t free_pages = 0;
-    if (conn_stmt(c, "PRAGMA freelist_count", &st, &e) == 0) {
-        if (sqlite3_step(st) == SQLITE_ROW)
-            free_pages = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
-    if (free_pages > FREELIST_VACUUM_PAGES && conn_exec(c, "PRAGMA incremental_vacuum", &e) < 0)
-        log_warn("store", "incremental vacuum failed", "error=\"%s\"", e.msg);
-    cleanup_free char *wal = NULL;
-    if (asprintf(&wal, "%s/store.db-wal", m->dir) < 0)
-        abort();
-    struct stat sb;
-    if (stat(wal, &sb) == 0 && sb.st_size > WAL_TRUNCATE_BYTES &&
-        conn_exec(c, "PRAGMA wal_checkpoint(TRUNCATE)", &e) < 0)
-        log_warn("store", "WAL checkpoint failed", "error=\"%s\"", e.msg);
+        mvcc_upkeep_kick(m); /* it freed pages */
 }
 
 static void *writer_main(void *arg)
@@ -307,7 +281,9 @@ static void *writer_main(void *arg)
         struct wreq *batch = m->q_head;
         m->q_head = m->q_tail = NULL;
         pthread_mutex_unlock(&m->q_mu);
+        mvcc_gate_enter(m);
         run_group(m, batch);
+        mvcc_gate_leave(m);
         conn_trim(m->wconn);
         pthread_mutex_lock(&m->q_mu);
         for (struct wreq *r = batch, *next; r; r = next) {
@@ -315,9 +291,6 @@ static void *writer_main(void *arg)
             r->done = true;
         }
         pthread_cond_broadcast(&m->done_cond);
-        pthread_mutex_unlock(&m->q_mu);
-        maintain(m);
-        pthread_mutex_lock(&m->q_mu);
     }
     pthread_mutex_unlock(&m->q_mu);
     return NULL;
@@ -409,8 +382,9 @@ static void sync_init(struct mvcc *m)
 {
     if (pthread_mutex_init(&m->q_mu, NULL) != 0 || pthread_mutex_init(&m->pool_mu, NULL) != 0 ||
         pthread_mutex_init(&m->ring_mu, NULL) != 0 || pthread_mutex_init(&m->lease_mu, NULL) != 0 ||
-        pthread_cond_init(&m->q_cond, NULL) != 0 || pthread_cond_init(&m->done_cond, NULL) != 0 ||
-        pthread_cond_init(&m->pool_cond, NULL) != 0)
+        pthread_mutex_init(&m->gate_mu, NULL) != 0 || pthread_cond_init(&m->q_cond, NULL) != 0 ||
+        pthread_cond_init(&m->done_cond, NULL) != 0 ||
+        pthread_cond_init(&m->pool_cond, NULL) != 0 || pthread_cond_init(&m->gate_cond, NULL) != 0)
         abort();
     cond_init_monotonic(&m->ring_cond);
     cond_init_monotonic(&m->lease_cond);
@@ -439,6 +413,8 @@ int mvcc_open(const char *dir, const struct mvcc_options *opt, struct mvcc **out
     int rc = conn_open(path, true, &m->wconn, err);
     if (rc == 0)
         rc = load_meta(m, err);
+    if (rc == 0)
+        rc = mvcc_upkeep_start(m, err);
     if (rc == 0) {
         m->ring_start = atomic_load(&m->rev) + 1;
         rc = mvcc_lease_start(m, m->wconn, err);
@@ -473,6 +449,7 @@ void mvcc_close(struct mvcc *m)
                  "dir=%s revision=%" PRId64 " writes=%" PRIu64 " commits=%" PRIu64, m->dir,
                  atomic_load(&m->rev), m->n_writes, m->n_groups);
     }
+    mvcc_upkeep_stop(m);
     while (m->pool_free) {
         struct conn *c = m->pool_free;
         m->pool_free = c->next_free;
@@ -485,9 +462,11 @@ void mvcc_close(struct mvcc *m)
     pthread_mutex_destroy(&m->pool_mu);
     pthread_mutex_destroy(&m->ring_mu);
     pthread_mutex_destroy(&m->lease_mu);
+    pthread_mutex_destroy(&m->gate_mu);
     pthread_cond_destroy(&m->q_cond);
     pthread_cond_destroy(&m->done_cond);
     pthread_cond_destroy(&m->pool_cond);
+    pthread_cond_destroy(&m->gate_cond);
     pthread_cond_destroy(&m->ring_cond);
     pthread_cond_destroy(&m->lease_cond);
     free(m->dir);

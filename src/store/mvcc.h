@@ -22,7 +22,9 @@
  *
  * Thread-safe: any number of threads may call in at once. Writes are applied
  * by one writer and committed in groups (one fsync for many concurrent
- * writes); a call returns only after its write is durable. */
+ * writes); a call returns only after its write is durable. A thread of the
+ * engine's own checkpoints the WAL and gives free pages back, off the
+ * commit path (mvcc_upkeep.c). */
 #ifndef PIER_MVCC_H
 #define PIER_MVCC_H
 

@@ -109,6 +109,7 @@ int conn_open(const char *path, bool writer, struct conn **out, struct pier_err 
     const char *pragmas = writer ? "PRAGMA auto_vacuum=INCREMENTAL;"
                                    "PRAGMA journal_mode=WAL;"
                                    "PRAGMA synchronous=FULL;"
+                                   "PRAGMA wal_autocheckpoint=0;"
                                    "PRAGMA journal_size_limit=67108864;"
                                    "PRAGMA temp_store=MEMORY;"
                                    "PRAGMA cache_size=-16384;"

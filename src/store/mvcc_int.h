@@ -5,7 +5,8 @@
  * history rows; mvcc_parse.c reads requests; mvcc_kv.c applies the
  * key-value requests; mvcc_watch.c keeps the ring of recent events and
  * serves watches; mvcc_lease.c keeps the lease table and its expiry
- * thread. */
+ * thread; mvcc_upkeep.c checkpoints the WAL and gives free pages back on a
+ * thread of its own. */
 #ifndef PIER_MVCC_INT_H
 #define PIER_MVCC_INT_H
 
@@ -51,7 +52,8 @@ int conn_stmt(struct conn *c, const char *sql, sqlite3_stmt **out, struct pier_e
 /* Between requests: finalizes the least used statements past CONN_CACHE. */
 void conn_trim(struct conn *c);
 /* Opens dir's database for the writer (which sets the database up: WAL,
- * synchronous=FULL, auto_vacuum) or for reading. */
+ * synchronous=FULL, auto_vacuum; no automatic checkpoints) or for
+ * reading. */
 int conn_open(const char *path, bool writer, struct conn **out, struct pier_err *err);
 /* Finalizes the statements and closes. NULL allowed. */
 void conn_close(struct conn *c);
@@ -171,6 +173,12 @@ struct wreq {
 };
 /* Queues r, waits until it is durable (or failed); returns r->rc. */
 int mvcc_submit(struct mvcc *m, struct wreq *r);
+/* mvcc_submit, then on success moves r->resp to *resp (or drops it when
+ * resp is NULL), on failure copies r->err to *err. */
+int mvcc_submit_resp(struct mvcc *m, struct wreq *r, json_t **resp, struct pier_err *err);
+/* Queues rs[0..n) together, so they are applied in order in one group (one
+ * commit), and waits until all are durable or failed; see each rs[i]->rc. */
+void mvcc_submit_all(struct mvcc *m, struct wreq *rs, size_t n);
 
 /* The response "header": the full one (cluster_id, member_id, revision,
  * raft_term; revision omitted when 0), or the short {"revision"} etcd puts
@@ -257,6 +265,8 @@ struct lease {
     int64_t expiry_ms; /* CLOCK_MONOTONIC */
     bool revoking;
 };
+/* Whether lease id is granted, as the write connection c sees it. */
+int mvcc_lease_row_exists(struct conn *c, int64_t id, bool *exists, struct pier_err *err);
 int mvcc_lease_start(struct mvcc *m, struct conn *c, struct pier_err *err);
 void mvcc_lease_stop(struct mvcc *m);
 
@@ -272,6 +282,18 @@ void mvcc_ring_close(struct mvcc *m);
 
 int64_t mvcc_now_ms(void);
 
+/* Upkeep (mvcc_upkeep.c): checkpoints the WAL and gives free pages back on
+ * its own thread and connection. Start it once the tables exist and before
+ * the writer runs; stop it after the writer has stopped (NULL m->up
+ * allowed). mvcc_upkeep_kick tells it a compaction freed pages. */
+struct upkeep;
+int mvcc_upkeep_start(struct mvcc *m, struct pier_err *err);
+void mvcc_upkeep_stop(struct mvcc *m);
+void mvcc_upkeep_kick(struct mvcc *m);
+/* The writer passes the gate around each group's transaction. */
+void mvcc_gate_enter(struct mvcc *m);
+void mvcc_gate_leave(struct mvcc *m);
+
 struct mvcc {
     char *dir;
     struct mvcc_options opt;
@@ -286,8 +308,17 @@ struct mvcc {
     pthread_cond_t done_cond; /* callers wait for their write */
     struct wreq *q_head, *q_tail;
     bool q_stop;
-    int64_t last_wal_check_ms;
     uint64_t n_groups, n_writes; /* the writer's own counters */
+    /* The gate, under gate_mu: the writer is inside it for each group's
+     * transaction (gate_writer); the upkeep thread closes it (gate_upkeep)
+     * for its steps that need SQLite's write lock, and the writer starts no
+     * group while it is closed. */
+    pthread_mutex_t gate_mu;
+    pthread_cond_t gate_cond;
+    bool gate_writer, gate_upkeep;
+    bool gate_waiting;    /* the writer waits for the gate to open */
+    uint64_t gate_passes; /* groups that went through */
+    struct upkeep *up;
 
     /* Read pool, under pool_mu. */
     pthread_mutex_t pool_mu;

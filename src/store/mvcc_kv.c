@@ -184,20 +184,6 @@ static int kv_get(struct conn *c, const struct buf *key, struct kv *kv, bool *fo
     return s == SQLITE_ROW || s == SQLITE_DONE ? 0 : conn_err(c, s, err);
 }
 
-static int lease_exists(struct conn *c, int64_t id, struct pier_err *err)
-{
-    sqlite3_stmt *st cleanup_stmt = NULL;
-    int rc = conn_stmt(c, "SELECT 1 FROM leases WHERE id = ?1", &st, err);
-    if (rc < 0)
-        return rc;
-    int s = sqlite3_bind_int64(st, 1, id);
-    if (s == SQLITE_OK)
-        s = sqlite3_step(st);
-    if (s == SQLITE_DONE)
-        return err_set(err, PIER_ENOTFOUND, "etcdserver: requested lease not found");
-    return s == SQLITE_ROW ? 0 : conn_err(c, s, err);
-}
-
 static int kv_store(struct conn *c, const struct kv *kv, struct pier_err *err)
 {
     sqlite3_stmt *st cleanup_stmt = NULL;
@@ -224,8 +210,12 @@ static int put_exec(struct xctx *x, const struct put_req *p, json_t *resp, struc
     if (rc == 0 && (p->ignore_value || p->ignore_lease) && !ev.has_prev)
         rc = err_set(err, PIER_EINVAL, "etcdserver: key not found");
     int64_t lease = p->ignore_lease ? ev.prev.lease : p->lease;
-    if (rc == 0 && lease && !p->ignore_lease)
-        rc = lease_exists(x->c, lease, err);
+    if (rc == 0 && lease && !p->ignore_lease) {
+        bool exists = false;
+        rc = mvcc_lease_row_exists(x->c, lease, &exists, err);
+        if (rc == 0 && !exists)
+            rc = err_set(err, PIER_ENOTFOUND, "etcdserver: requested lease not found");
+    }
     if (rc == 0) {
         struct kv *kv = &ev.kv;
         buf_append(&kv->key, p->key.p, p->key.len);
@@ -459,14 +449,7 @@ static int run_op(struct mvcc *m, struct op *op, json_t **resp, struct pier_err 
 {
     if (op_writes(op)) {
         struct wreq r = {.apply = op_apply, .arg = op};
-        int rc = mvcc_submit(m, &r);
-        if (rc < 0) {
-            if (err)
-                *err = r.err;
-            return rc;
-        }
-        *resp = r.resp;
-        return 0;
+        return mvcc_submit_resp(m, &r, resp, err);
     }
     struct conn *c = NULL;
     int rc = mvcc_conn_get(m, &c, err);
@@ -541,12 +524,5 @@ int mvcc_compact(struct mvcc *m, const json_t *req, json_t **resp, struct pier_e
     if (rc < 0)
         return rc;
     struct wreq r = {.apply = compact_apply, .arg = &rev};
-    rc = mvcc_submit(m, &r);
-    if (rc < 0) {
-        if (err)
-            *err = r.err;
-        return rc;
-    }
-    *resp = r.resp;
-    return 0;
+    return mvcc_submit_resp(m, &r, resp, err);
 }

@@ -5,8 +5,10 @@
  * takes over: a restart must not expire everything at once.
  *
  * The expiry thread looks every EXPIRY_TICK_MS for leases past their time
- * and revokes each through the writer, like a revoke request: the attached
- * keys are deleted in one revision, emitting DELETE events. Which keys are
+ * and revokes them through the writer, like revoke requests: each lease's
+ * attached keys are deleted in a revision of its own, emitting DELETE
+ * events, and all the leases due at one tick are queued together, so they
+ * are committed as one group (one fsync, not one per lease). Which keys are
  * attached is the kv table's lease column (indexed). */
 #include "store/mvcc_int.h"
 
@@ -22,7 +24,9 @@
 #include "lib/log.h"
 
 #define EXPIRY_TICK_MS 100
-#define EXPIRY_BATCH 64
+/* At most this many leases expire per tick: etcd's revoke rate (1000 a
+ * second), and one group commit each tick. */
+#define EXPIRY_BATCH 100
 #define E_NOLEASE "etcdserver: requested lease not found"
 
 struct lease_arg {
@@ -73,7 +77,7 @@ static void lease_remove(struct mvcc *m, int64_t id)
 
 /* ---- grant and revoke, applied by the writer ---- */
 
-static int lease_row_exists(struct conn *c, int64_t id, bool *exists, struct pier_err *err)
+int mvcc_lease_row_exists(struct conn *c, int64_t id, bool *exists, struct pier_err *err)
 {
     sqlite3_stmt *st cleanup_stmt = NULL;
     int rc = conn_stmt(c, "SELECT 1 FROM leases WHERE id = ?1", &st, err);
@@ -102,10 +106,10 @@ static int grant_apply(struct wctx *w, void *arg, json_t **resp, struct pier_err
     if (a->id == 0) {
         do {
             a->id = random_id();
-            rc = a->id ? lease_row_exists(w->c, a->id, &exists, err) : 0;
+            rc = a->id ? mvcc_lease_row_exists(w->c, a->id, &exists, err) : 0;
         } while (rc == 0 && (a->id == 0 || exists));
     } else {
-        rc = lease_row_exists(w->c, a->id, &exists, err);
+        rc = mvcc_lease_row_exists(w->c, a->id, &exists, err);
         if (rc == 0 && exists)
             rc = err_set(err, PIER_EEXISTS, "etcdserver: lease already exists");
     }
@@ -177,21 +181,6 @@ static void revoke_after(struct mvcc *m, void *arg)
     pthread_mutex_unlock(&m->lease_mu);
 }
 
-static int submit(struct mvcc *m, struct wreq *r, json_t **resp, struct pier_err *err)
-{
-    int rc = mvcc_submit(m, r);
-    if (rc < 0) {
-        if (err)
-            *err = r->err;
-        return rc;
-    }
-    if (resp)
-        *resp = r->resp;
-    else
-        json_decref(r->resp);
-    return 0;
-}
-
 /* ---- the requests ---- */
 
 int mvcc_lease_grant(struct mvcc *m, const json_t *req, json_t **resp, struct pier_err *err)
@@ -209,7 +198,7 @@ int mvcc_lease_grant(struct mvcc *m, const json_t *req, json_t **resp, struct pi
     if (a.ttl < 1)
         a.ttl = 1; /* etcd raises a TTL to its minimum */
     struct wreq r = {.apply = grant_apply, .after = grant_after, .arg = &a};
-    return submit(m, &r, resp, err);
+    return mvcc_submit_resp(m, &r, resp, err);
 }
 
 int mvcc_lease_revoke(struct mvcc *m, const json_t *req, json_t **resp, struct pier_err *err)
@@ -221,7 +210,7 @@ int mvcc_lease_revoke(struct mvcc *m, const json_t *req, json_t **resp, struct p
     if (rc < 0)
         return rc;
     struct wreq r = {.apply = revoke_apply, .after = revoke_after, .arg = &a};
-    return submit(m, &r, resp, err);
+    return mvcc_submit_resp(m, &r, resp, err);
 }
 
 int mvcc_lease_keepalive(struct mvcc *m, const json_t *req, json_t **resp, struct pier_err *err)
@@ -338,22 +327,35 @@ int mvcc_lease_leases(struct mvcc *m, json_t **resp, struct pier_err *err)
 
 /* ---- expiry ---- */
 
-static void expire(struct mvcc *m, int64_t id)
+/* Revokes the due leases ids[0..n) as one group: each lease its own write
+ * (and revision, when it had keys), as etcd's revokes are, but one commit
+ * for them all. */
+static void expire(struct mvcc *m, const int64_t *ids, size_t n)
 {
-    struct lease_arg a = {.id = id, .expire = true};
-    struct wreq r = {.apply = revoke_apply, .after = revoke_after, .arg = &a};
-    struct pier_err err;
-    if (submit(m, &r, NULL, &err) == 0) {
-        log_debug("store", "lease expired", "id=%" PRId64, id);
-        return;
+    struct lease_arg *args = xcalloc(n, sizeof(*args));
+    struct wreq *rs = xcalloc(n, sizeof(*rs));
+    for (size_t i = 0; i < n; i++) {
+        args[i] = (struct lease_arg){.id = ids[i], .expire = true};
+        rs[i] = (struct wreq){.apply = revoke_apply, .after = revoke_after, .arg = &args[i]};
     }
-    log_warn("store", "expiring a lease failed", "id=%" PRId64 " error=\"%s\"", id, err.msg);
-    pthread_mutex_lock(&m->lease_mu);
-    bool found;
-    size_t i = lease_pos(m, id, &found);
-    if (found)
-        m->leases[i].revoking = false; /* try again at the next tick */
-    pthread_mutex_unlock(&m->lease_mu);
+    mvcc_submit_all(m, rs, n);
+    for (size_t i = 0; i < n; i++) {
+        json_decref(rs[i].resp);
+        if (rs[i].rc == 0) {
+            log_debug("store", "lease expired", "id=%" PRId64, ids[i]);
+            continue;
+        }
+        log_warn("store", "expiring a lease failed", "id=%" PRId64 " error=\"%s\"", ids[i],
+                 rs[i].err.msg);
+        pthread_mutex_lock(&m->lease_mu);
+        bool found;
+        size_t k = lease_pos(m, ids[i], &found);
+        if (found)
+            m->leases[k].revoking = false; /* try again at the next tick */
+        pthread_mutex_unlock(&m->lease_mu);
+    }
+    free(rs);
+    free(args);
 }
 
 static void *expiry_main(void *arg)
@@ -378,8 +380,8 @@ static void *expiry_main(void *arg)
             }
         }
         pthread_mutex_unlock(&m->lease_mu);
-        for (size_t i = 0; i < n; i++)
-            expire(m, ids[i]);
+        if (n)
+            expire(m, ids, n);
         pthread_mutex_lock(&m->lease_mu);
     }
     pthread_mutex_unlock(&m->lease_mu);

@@ -16,6 +16,13 @@
 
 #define E_NOKEY "etcdserver: key is not provided"
 #define E_TOOBIG "etcdserver: request is too large"
+#define E_TOOMANY "etcdserver: too many operations in txn request"
+/* etcd caps each txn's compares and each branch at --max-txn-ops
+ * (MVCC_MAX_TXN_OPS) but not a tree of nested txns, which its 1.5 MiB
+ * request limit lets hold ~50000 ops. Here the whole tree's compares and
+ * ops together are capped too, with etcd's message: nothing real nests
+ * that much, and a bound keeps a request's checks and apply short. */
+#define MAX_TREE_OPS 4096
 
 static const char *const sort_orders[] = {"NONE", "ASCEND", "DESCEND"};
 static const char *const sort_targets[] = {"KEY", "VERSION", "CREATE", "MOD", "VALUE"};
@@ -215,10 +222,12 @@ static void txn_free(struct txn_req *t)
     free(t);
 }
 
+/* ops_left: what is left of MAX_TREE_OPS for the request's txn tree. */
 static int parse_txn(const json_t *o, struct txn_req **out, int depth, size_t *budget,
-                     struct pier_err *err);
+                     size_t *ops_left, struct pier_err *err);
 
-static int parse_op(const json_t *o, struct op *op, int depth, size_t *budget, struct pier_err *err)
+static int parse_op(const json_t *o, struct op *op, int depth, size_t *budget, size_t *ops_left,
+                    struct pier_err *err)
 {
     json_t *body = NULL; /* borrowed */
     int found = 0;
@@ -243,25 +252,26 @@ static int parse_op(const json_t *o, struct op *op, int depth, size_t *budget, s
     case OP_RANGE: rc = parse_range(body, &op->range, budget, err); break;
     case OP_PUT: rc = parse_put(body, &op->put, budget, err); break;
     case OP_DEL: rc = parse_del(body, &op->del, budget, err); break;
-    default: rc = parse_txn(body, &op->txn, depth + 1, budget, err); break;
+    default: rc = parse_txn(body, &op->txn, depth + 1, budget, ops_left, err); break;
     }
     return rc < 0 ? wrap_path(err, rc, "%s", op_names[op->kind]) : 0;
 }
 
 static int parse_ops(const json_t *o, const char *field, struct op **out, size_t *n, int depth,
-                     size_t *budget, struct pier_err *err)
+                     size_t *budget, size_t *ops_left, struct pier_err *err)
 {
     json_t *arr = NULL; /* borrowed */
     int rc = jsonx_get_array(o, field, &arr, err);
     if (rc <= 0)
         return rc;
-    if (json_array_size(arr) > MVCC_MAX_TXN_OPS)
-        return err_set(err, PIER_EINVAL, "etcdserver: too many operations in txn request");
+    if (json_array_size(arr) > MVCC_MAX_TXN_OPS || json_array_size(arr) > *ops_left)
+        return err_set(err, PIER_EINVAL, E_TOOMANY);
+    *ops_left -= json_array_size(arr);
     *out = xcalloc(json_array_size(arr), sizeof(**out));
     for (size_t i = 0; i < json_array_size(arr); i++) {
         (*n)++;
         json_t *el = json_array_get(arr, i);
-        rc = json_is_object(el) ? parse_op(el, &(*out)[i], depth, budget, err)
+        rc = json_is_object(el) ? parse_op(el, &(*out)[i], depth, budget, ops_left, err)
                                 : err_set(err, PIER_EINVAL, "must be an object");
         if (rc < 0)
             return wrap_path(err, rc, "%s[%zu]", field, i);
@@ -270,16 +280,17 @@ static int parse_ops(const json_t *o, const char *field, struct op **out, size_t
 }
 
 static int parse_txn(const json_t *o, struct txn_req **out, int depth, size_t *budget,
-                     struct pier_err *err)
+                     size_t *ops_left, struct pier_err *err)
 {
     if (depth > MVCC_MAX_TXN_DEPTH)
         return err_set(err, PIER_EINVAL, "txns nested more than %d deep", MVCC_MAX_TXN_DEPTH);
     struct txn_req *t = *out = xcalloc(1, sizeof(*t));
     json_t *arr = NULL; /* borrowed */
     int rc = jsonx_get_array(o, "compare", &arr, err);
-    if (rc > 0 && json_array_size(arr) > MVCC_MAX_TXN_OPS)
-        return err_set(err, PIER_EINVAL, "etcdserver: too many operations in txn request");
+    if (rc > 0 && (json_array_size(arr) > MVCC_MAX_TXN_OPS || json_array_size(arr) > *ops_left))
+        return err_set(err, PIER_EINVAL, E_TOOMANY);
     if (rc > 0) {
+        *ops_left -= json_array_size(arr);
         t->cmps = xcalloc(json_array_size(arr), sizeof(*t->cmps));
         for (size_t i = 0; i < json_array_size(arr); i++) {
             t->ncmp++;
@@ -289,114 +300,220 @@ static int parse_txn(const json_t *o, struct txn_req **out, int depth, size_t *b
         }
     }
     if (rc >= 0)
-        rc = parse_ops(o, "success", &t->succ, &t->nsucc, depth, budget, err);
+        rc = parse_ops(o, "success", &t->succ, &t->nsucc, depth, budget, ops_left, err);
     if (rc >= 0)
-        rc = parse_ops(o, "failure", &t->fail, &t->nfail, depth, budget, err);
+        rc = parse_ops(o, "failure", &t->fail, &t->nfail, depth, budget, ops_left, err);
     return rc < 0 ? rc : 0;
 }
 
-/* ---- etcd's duplicate-key rule ---- */
+/* ---- etcd's duplicate-key rule ----
+ *
+ * etcd's checkIntervals, level by level from the leaves: a level's deletes
+ * go in first; then each nested txn in order: its puts (then and else) must
+ * not be among the puts collected so far (then and else may share a key:
+ * only one runs) nor in a delete seen so far (this level's, and those of
+ * the nested txns before it), and its deletes join the level's; last, the
+ * level's own puts must be new and outside every delete. A delete whose
+ * range_end is "\0" never conflicts (etcd's interval tree never finds a key
+ * in it).
+ *
+ * Done naively that is quadratic in the keys, and a nested txn repeats it
+ * at every level. Here each level sorts instead: the puts by key, tagged
+ * with who put them (a nested txn, or one of the level's own puts), so a
+ * duplicate is two equal neighbours with different owners; and the
+ * put-inside-a-delete check is one sweep over the keys in order, keeping
+ * the deletes that cover the current key in a heap by their arrival
+ * ("time"): a key put at time t conflicts when the earliest delete covering
+ * it came before t. O(n log n) per level. */
 
-struct keyset {
-    const struct buf **v;
-    size_t n, cap;
+struct put_ent {
+    const struct buf *key;
+    size_t owner;
 };
-struct ivset {
-    const struct krange **v;
-    size_t n, cap;
+struct del_ent {
+    const struct krange *kr;
+    size_t time;
+};
+/* What a branch hands its parent: its puts (sorted, distinct) and deletes. */
+struct branch_sets {
+    struct put_ent *puts;
+    size_t nputs, puts_cap;
+    struct del_ent *dels;
+    size_t ndels, dels_cap;
 };
 
-static bool keyset_has(const struct keyset *s, const struct buf *k)
+static void puts_add(struct branch_sets *b, const struct buf *key, size_t owner)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (bytes_cmp(s->v[i]->p, s->v[i]->len, k->p, k->len) == 0)
-            return true;
-    return false;
-}
-
-static void keyset_add(struct keyset *s, const struct buf *k)
-{
-    if (s->n == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 8;
-        s->v = xrealloc(s->v, s->cap * sizeof(*s->v));
+    if (b->nputs == b->puts_cap) {
+        b->puts_cap = b->puts_cap ? b->puts_cap * 2 : 8;
+        b->puts = xrealloc(b->puts, b->puts_cap * sizeof(*b->puts));
     }
-    s->v[s->n++] = k;
+    b->puts[b->nputs++] = (struct put_ent){key, owner};
 }
 
-static void ivset_add(struct ivset *s, const struct krange *kr)
+static void dels_add(struct branch_sets *b, const struct krange *kr, size_t time)
 {
-    if (s->n == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 8;
-        s->v = xrealloc(s->v, s->cap * sizeof(*s->v));
+    if (kr->mode == KR_FROM) /* never conflicts */
+        return;
+    if (b->ndels == b->dels_cap) {
+        b->dels_cap = b->dels_cap ? b->dels_cap * 2 : 8;
+        b->dels = xrealloc(b->dels, b->dels_cap * sizeof(*b->dels));
     }
-    s->v[s->n++] = kr;
+    b->dels[b->ndels++] = (struct del_ent){kr, time};
 }
 
-/* etcd keeps deletes in an interval tree where a range_end of "\0" makes an
- * interval that never intersects a key, so such deletes never conflict. */
-static bool ivset_hits(const struct ivset *s, const struct buf *k)
+static void branch_free(struct branch_sets *b)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (s->v[i]->mode != KR_FROM && krange_match(s->v[i], k->p, k->len))
-            return true;
-    return false;
+    free(b->puts);
+    free(b->dels);
 }
 
-/* etcd's checkIntervals: within one branch, no key is put twice, and no put
- * falls in a deleted range (nested txns' then and else may put the same). */
-static int check_ops(const struct op *ops, size_t n, struct keyset *puts, struct ivset *dels)
+static int put_ent_cmp(const void *a, const void *b)
 {
+    const struct put_ent *x = a, *y = b;
+    int c = bytes_cmp(x->key->p, x->key->len, y->key->p, y->key->len);
+    return c ? c : x->owner < y->owner ? -1 : x->owner > y->owner;
+}
+
+static int del_ent_cmp(const void *a, const void *b)
+{
+    const struct del_ent *x = a, *y = b;
+    return bytes_cmp(x->kr->key.p, x->kr->key.len, y->kr->key.p, y->kr->key.len);
+}
+
+/* A min-heap of deletes by time. */
+struct del_heap {
+    const struct del_ent **v;
+    size_t n;
+};
+
+static void heap_push(struct del_heap *h, const struct del_ent *d)
+{
+    size_t i = h->n++;
+    while (i && h->v[(i - 1) / 2]->time > d->time) {
+        h->v[i] = h->v[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h->v[i] = d;
+}
+
+static void heap_pop(struct del_heap *h)
+{
+    const struct del_ent *d = h->v[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n)
+            break;
+        if (c + 1 < h->n && h->v[c + 1]->time < h->v[c]->time)
+            c++;
+        if (h->v[c]->time >= d->time)
+            break;
+        h->v[i] = h->v[c];
+        i = c;
+    }
+    if (h->n)
+        h->v[i] = d;
+}
+
+/* Whether any put (time: its owner) falls in a delete that came before it.
+ * puts and dels are sorted by key. */
+static bool puts_hit_dels(const struct put_ent *puts, size_t np, const struct del_ent *dels,
+                          size_t nd)
+{
+    struct del_heap h = {.v = xcalloc(nd ? nd : 1, sizeof(*h.v))};
+    size_t next = 0;
+    bool hit = false;
+    for (size_t i = 0; i < np && !hit; i++) {
+        const struct buf *k = puts[i].key;
+        while (next < nd &&
+               bytes_cmp(dels[next].kr->key.p, dels[next].kr->key.len, k->p, k->len) <= 0)
+            heap_push(&h, &dels[next++]);
+        /* Keys only grow: a delete that ends before this key is done with. */
+        while (h.n && !krange_match(h.v[0]->kr, k->p, k->len))
+            heap_pop(&h);
+        hit = h.n && h.v[0]->time < puts[i].owner;
+    }
+    free(h.v);
+    return hit;
+}
+
+static int check_ops(const struct op *ops, size_t n, struct branch_sets *out);
+
+/* Adds nested txn t's puts and deletes to the level's, as owner/time. */
+static int check_nested(const struct txn_req *t, size_t owner, struct branch_sets *lvl)
+{
+    struct branch_sets then = {0}, els = {0};
+    int rc = check_ops(t->succ, t->nsucc, &then);
+    if (rc == 0)
+        rc = check_ops(t->fail, t->nfail, &els);
+    for (size_t k = 0; k < then.nputs; k++)
+        puts_add(lvl, then.puts[k].key, owner);
+    for (size_t k = 0; k < els.nputs; k++)
+        puts_add(lvl, els.puts[k].key, owner);
+    for (size_t k = 0; k < then.ndels; k++)
+        dels_add(lvl, then.dels[k].kr, owner);
+    for (size_t k = 0; k < els.ndels; k++)
+        dels_add(lvl, els.dels[k].kr, owner);
+    branch_free(&then);
+    branch_free(&els);
+    return rc;
+}
+
+/* One branch (ops[0..n)): fails when it breaks the rule, else fills out with
+ * its puts, distinct and sorted, and its deletes. Owners: nested txn i is
+ * i + 1 (its deletes too); the level's deletes are 0; the level's own puts
+ * come after every nested txn. */
+static int check_ops(const struct op *ops, size_t n, struct branch_sets *out)
+{
+    struct branch_sets lvl = {0};
     int rc = 0;
     for (size_t i = 0; i < n; i++)
         if (ops[i].kind == OP_DEL)
-            ivset_add(dels, &ops[i].del.kr);
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        if (ops[i].kind != OP_TXN)
-            continue;
-        const struct txn_req *t = ops[i].txn;
-        struct keyset pt = {0}, pe = {0};
-        struct ivset dt = {0}, de = {0};
-        rc = check_ops(t->succ, t->nsucc, &pt, &dt);
-        if (rc == 0)
-            rc = check_ops(t->fail, t->nfail, &pe, &de);
-        for (size_t k = 0; k < pt.n && rc == 0; k++) {
-            if (keyset_has(puts, pt.v[k]) || ivset_hits(dels, pt.v[k]))
-                rc = -1;
-            keyset_add(puts, pt.v[k]);
-        }
-        for (size_t k = 0; k < pe.n && rc == 0; k++) {
-            bool dup = keyset_has(puts, pe.v[k]);
-            if ((dup && !keyset_has(&pt, pe.v[k])) || ivset_hits(dels, pe.v[k]))
-                rc = -1;
-            if (!dup)
-                keyset_add(puts, pe.v[k]);
-        }
-        for (size_t k = 0; k < dt.n; k++)
-            ivset_add(dels, dt.v[k]);
-        for (size_t k = 0; k < de.n; k++)
-            ivset_add(dels, de.v[k]);
-        free(pt.v), free(pe.v), free(dt.v), free(de.v);
-    }
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        if (ops[i].kind != OP_PUT)
-            continue;
-        if (keyset_has(puts, &ops[i].put.key) || ivset_hits(dels, &ops[i].put.key))
+            dels_add(&lvl, &ops[i].del.kr, 0);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        if (ops[i].kind == OP_TXN)
+            rc = check_nested(ops[i].txn, i + 1, &lvl);
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].kind == OP_PUT)
+            puts_add(&lvl, &ops[i].put.key, n + 1 + i);
+    if (rc == 0) {
+        if (lvl.nputs > 1) /* qsort wants a non-NULL array */
+            qsort(lvl.puts, lvl.nputs, sizeof(*lvl.puts), put_ent_cmp);
+        if (lvl.ndels > 1)
+            qsort(lvl.dels, lvl.ndels, sizeof(*lvl.dels), del_ent_cmp);
+        if (puts_hit_dels(lvl.puts, lvl.nputs, lvl.dels, lvl.ndels))
             rc = -1;
-        keyset_add(puts, &ops[i].put.key);
     }
-    return rc;
+    /* Equal keys are neighbours; only a nested txn's then and else (one
+     * owner) may share one. */
+    size_t w = 0;
+    for (size_t i = 0; i < lvl.nputs && rc == 0; i++) {
+        const struct put_ent *p = &lvl.puts[i];
+        if (w && bytes_cmp(lvl.puts[w - 1].key->p, lvl.puts[w - 1].key->len, p->key->p,
+                           p->key->len) == 0) {
+            if (lvl.puts[w - 1].owner != p->owner)
+                rc = -1;
+            continue;
+        }
+        lvl.puts[w++] = *p;
+    }
+    lvl.nputs = w;
+    if (rc < 0) {
+        branch_free(&lvl);
+        return rc;
+    }
+    *out = lvl;
+    return 0;
 }
 
 static int check_dups(const struct txn_req *t, struct pier_err *err)
 {
     int rc = 0;
     for (int branch = 0; branch < 2 && rc == 0; branch++) {
-        struct keyset puts = {0};
-        struct ivset dels = {0};
-        rc = branch ? check_ops(t->fail, t->nfail, &puts, &dels)
-                    : check_ops(t->succ, t->nsucc, &puts, &dels);
-        free(puts.v);
-        free(dels.v);
+        struct branch_sets b = {0};
+        rc = branch ? check_ops(t->fail, t->nfail, &b) : check_ops(t->succ, t->nsucc, &b);
+        branch_free(&b);
     }
     return rc < 0 ? err_set(err, PIER_EINVAL, "etcdserver: duplicate key given in txn request") : 0;
 }
@@ -428,6 +545,7 @@ int mvcc_parse_op(enum op_kind kind, const json_t *req, struct op *op, struct pi
     case OP_DEL: return parse_del(req, &op->del, &budget, err);
     case OP_TXN: break;
     }
-    int rc = parse_txn(req, &op->txn, 0, &budget, err);
+    size_t ops_left = MAX_TREE_OPS;
+    int rc = parse_txn(req, &op->txn, 0, &budget, &ops_left, err);
     return rc < 0 ? rc : check_dups(op->txn, err);
 }

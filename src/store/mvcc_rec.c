@@ -225,3 +225,56 @@ int mvcc_compact_rows(struct conn *c, int64_t old_rev, int64_t rev, struct pier_
     }
     return 0;
 }
+
+/* ---- submitting writes ----
+ *
+ * These two wrap mvcc_submit's queue (mvcc.c) for the request code. */
+
+int mvcc_submit_resp(struct mvcc *m, struct wreq *r, json_t **resp, struct pier_err *err)
+{
+    int rc = mvcc_submit(m, r);
+    if (rc < 0) {
+        if (err)
+            *err = r->err;
+        return rc;
+    }
+    if (resp)
+        *resp = r->resp;
+    else
+        json_decref(r->resp);
+    r->resp = NULL;
+    return 0;
+}
+
+void mvcc_submit_all(struct mvcc *m, struct wreq *rs, size_t n)
+{
+    if (!n)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        rs[i].done = false;
+        rs[i].next = i + 1 < n ? &rs[i + 1] : NULL;
+        rs[i].rc = 0;
+        rs[i].resp = NULL;
+        rs[i].rec = NULL;
+        err_clear(&rs[i].err);
+    }
+    pthread_mutex_lock(&m->q_mu);
+    if (m->q_stop) {
+        pthread_mutex_unlock(&m->q_mu);
+        for (size_t i = 0; i < n; i++)
+            rs[i].rc = err_set(&rs[i].err, PIER_EUNAVAIL, "the store is closing");
+        return;
+    }
+    /* Linked in one go under q_mu: the writer takes the whole queue at
+     * once, so the chain lands in one group. */
+    if (m->q_tail)
+        m->q_tail->next = &rs[0];
+    else
+        m->q_head = &rs[0];
+    m->q_tail = &rs[n - 1];
+    pthread_cond_signal(&m->q_cond);
+    for (size_t i = 0; i < n; i++)
+        while (!rs[i].done)
+            pthread_cond_wait(&m->done_cond, &m->q_mu);
+    pthread_mutex_unlock(&m->q_mu);
+}

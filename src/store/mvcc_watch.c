@@ -10,6 +10,11 @@
  * fell behind), it reads the log table on a read connection instead, in
  * batches of whole revisions.
  *
+ * A progress notification tells the client it has every event up to the
+ * header's revision (a client resumes from there), so it is sent only when
+ * the watch has caught up, with the revision it has caught up to, both read
+ * under ring_mu: a commit landing just after must not be covered by it.
+ *
  * Invariant: the ring holds exactly the revisions ring_start..rev (every
  * revision has at least one event); it forgets the oldest ones past
  * RING_REVS revisions or RING_BYTES bytes, and a revision too large to keep
@@ -26,8 +31,11 @@
 
 #define RING_REVS 4096
 #define RING_BYTES ((size_t)64 << 20)
-/* A response stops growing past this many events (at a revision's end). */
+/* A response stops growing, at a revision's end, past this many events or
+ * this many bytes of keys and values (a client caps a message's size; a
+ * revision is never split, so one revision's response may be larger). */
 #define BATCH_EVENTS 1000
+#define BATCH_BYTES ((size_t)4 << 20)
 #define BATCH_REVS 1000
 
 struct mvcc_watch {
@@ -218,6 +226,13 @@ static bool wants(const struct mvcc_watch *w, bool del, const struct buf *key)
     return krange_match(&w->kr, key->p, key->len);
 }
 
+/* What an event adds to a batch: its keys and values. */
+static size_t event_bytes(const struct kv *kv, const struct kv *prev)
+{
+    size_t n = kv->key.len + kv->value.len;
+    return prev ? n + prev->key.len + prev->value.len : n;
+}
+
 static json_t *events_resp(struct mvcc_watch *w, int64_t rev, json_t *events)
 {
     json_t *o = json_object();
@@ -280,11 +295,11 @@ static int log_read(struct mvcc_watch *w, struct conn *c, int64_t cur, json_t **
     if (s == SQLITE_OK)
         s = sqlite3_bind_int64(st, 4, cur);
     json_t *events cleanup_json = json_array();
-    size_t scanned = 0;
+    size_t scanned = 0, bytes = 0;
     int64_t next = cur + 1, last = 0;
     while (s == SQLITE_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t rev = sqlite3_column_int64(st, 3);
-        if (scanned >= BATCH_EVENTS && rev != last) {
+        if ((scanned >= BATCH_EVENTS || bytes >= BATCH_BYTES) && rev != last) {
             next = rev;
             break;
         }
@@ -303,8 +318,10 @@ static int log_read(struct mvcc_watch *w, struct conn *c, int64_t cur, json_t **
         bool has_prev = false;
         if (w->prev_kv)
             rc = log_prev(c, &kv.key, rev, &prev, &has_prev, err);
-        if (rc == 0)
+        if (rc == 0) {
             json_array_append_new(events, event_json(del, &kv, has_prev ? &prev : NULL));
+            bytes += event_bytes(&kv, has_prev ? &prev : NULL);
+        }
         kv_free(&kv);
         kv_free(&prev);
         if (rc < 0)
@@ -359,13 +376,16 @@ static int from_ring(struct mvcc_watch *w, json_t **resp)
     pthread_mutex_unlock(&m->ring_mu);
     json_t *events = json_array();
     int64_t last = w->next_rev - 1;
-    for (size_t i = 0; i < k && json_array_size(events) < BATCH_EVENTS; i++) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < k && json_array_size(events) < BATCH_EVENTS && bytes < BATCH_BYTES;
+         i++) {
         for (size_t j = 0; j < recs[i]->n; j++) {
             const struct event *ev = &recs[i]->ev[j];
-            if (wants(w, ev->del, &ev->kv.key))
-                json_array_append_new(
-                    events,
-                    event_json(ev->del, &ev->kv, w->prev_kv && ev->has_prev ? &ev->prev : NULL));
+            if (!wants(w, ev->del, &ev->kv.key))
+                continue;
+            const struct kv *prev = w->prev_kv && ev->has_prev ? &ev->prev : NULL;
+            json_array_append_new(events, event_json(ev->del, &ev->kv, prev));
+            bytes += event_bytes(&ev->kv, prev);
         }
         last = recs[i]->rev;
     }
@@ -393,6 +413,7 @@ int mvcc_watch_next(struct mvcc_watch *w, int timeout_ms, json_t **resp)
         return -ECANCELED;
     struct mvcc *m = w->m;
     int64_t deadline = mvcc_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t progress_rev = -1; /* set when a progress notification is due */
     int rc = 0;
     pthread_mutex_lock(&m->ring_mu);
     for (;;) {
@@ -417,17 +438,22 @@ int mvcc_watch_next(struct mvcc_watch *w, int timeout_ms, json_t **resp)
                 break;
             continue;
         }
-        if (mvcc_now_ms() >= deadline)
+        if (mvcc_now_ms() >= deadline) {
+            /* Caught up here (next_rev is past rev), and the lock keeps it
+             * so while the revision is read. As etcd: the store's revision,
+             * which is next_rev - 1 unless the watch starts in the future. */
+            if (w->progress && mvcc_now_ms() - w->last_sent_ms >= m->opt.watch_progress_interval_ms)
+                progress_rev = atomic_load(&m->rev);
             break;
+        }
         struct timespec ts;
         deadline_ts(deadline, &ts);
         pthread_cond_timedwait(&m->ring_cond, &m->ring_mu, &ts);
     }
     pthread_mutex_unlock(&m->ring_mu);
-    if (rc == 0 && w->progress &&
-        mvcc_now_ms() - w->last_sent_ms >= m->opt.watch_progress_interval_ms) {
+    if (progress_rev >= 0) {
         *resp = json_object();
-        json_object_set_new(*resp, "header", mvcc_header(m, atomic_load(&m->rev)));
+        json_object_set_new(*resp, "header", mvcc_header(m, progress_rev));
         w->last_sent_ms = mvcc_now_ms();
     }
     return rc;

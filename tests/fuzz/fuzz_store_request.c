@@ -1,7 +1,7 @@
 // fuzz-sources: src/store/mvcc.c src/store/mvcc_db.c src/store/mvcc_kv.c
 // fuzz-sources: src/store/mvcc_lease.c src/store/mvcc_parse.c src/store/mvcc_rec.c
 // fuzz-sources: src/store/mvcc_watch.c src/lib/jsonx.c src/lib/buf.c src/lib/err.c
-// fuzz-sources: src/lib/log.c src/lib/base64.c
+// fuzz-sources: src/lib/log.c src/lib/base64.c src/store/mvcc_upkeep.c src/lib/clock.c
 // fuzz-flags: -ljansson -lsqlite3 -lpthread
 /* fuzz_store_request: what a client can send to `pierd store`, fed to the
  * real engine. The first byte picks the endpoint, the rest is the request

@@ -12,10 +12,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/base64.h"
@@ -937,6 +939,263 @@ static void test_bad_input(void **state)
     assert_int_equal(I(r, "count"), 1);
 }
 
+/* ---- reviewed regressions ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* {"request_put":{"key":k}}, a new reference. */
+static json_t *put_op(const char *k)
+{
+    json_t *p = json_object();
+    json_object_set_new(p, "key", json_string(B(k)));
+    json_t *op = json_object();
+    json_object_set_new(op, "request_put", p);
+    return op;
+}
+
+/* {"request_delete_range":{"key":k,"range_end":end}}, a new reference. */
+static json_t *del_op(const char *k, const char *end)
+{
+    json_t *d = json_object();
+    json_object_set_new(d, "key", json_string(B(k)));
+    if (end) /* "" stands for "\0" */
+        json_object_set_new(d, "range_end", json_string(*end ? B(end) : "AA=="));
+    json_t *op = json_object();
+    json_object_set_new(op, "request_delete_range", d);
+    return op;
+}
+
+/* {"request_txn":{branch:ops}}, stealing ops. */
+static json_t *txn_op(const char *branch, json_t *ops)
+{
+    json_t *t = json_object();
+    json_object_set_new(t, branch, ops);
+    json_t *op = json_object();
+    json_object_set_new(op, "request_txn", t);
+    return op;
+}
+
+/* etcd's duplicate-key rule across nested txns, each case checked against
+ * etcd 3.4.23: a txn's puts meet the deletes of the txns before it, not of
+ * those after; then and else may put the same key; a level's own put meets
+ * every nested put. Then a big nested txn: past the tree's op cap it is
+ * refused at once (it took 14 s of CPU to check, quadratically), and one
+ * at the cap is checked quickly, its duplicate found at the very end. */
+static void test_txn_nested_dups(void **state)
+{
+    struct mvcc *m = ((struct fixture *)*state)->m;
+    const char *dup = "etcdserver: duplicate key given in txn request";
+    json_t *ops = json_array();
+    json_array_append_new(ops, txn_op("success", json_pack("[o]", put_op("a"))));
+    json_array_append_new(ops, txn_op("success", json_pack("[o]", del_op("a", NULL))));
+    ok(m, mvcc_txn, json_pack("{s:o}", "success", ops));
+    ops = json_array();
+    json_array_append_new(ops, txn_op("success", json_pack("[o]", del_op("a", "b"))));
+    json_array_append_new(ops, txn_op("success", json_pack("[o]", put_op("a"))));
+    fails(m, mvcc_txn, json_pack("{s:o}", "success", ops), PIER_EINVAL, dup);
+    json_t *t = json_pack("{s:{s:[o],s:[o]}}", "request_txn", "success", put_op("a"), "failure",
+                          put_op("a"));
+    ok(m, mvcc_txn, json_pack("{s:[o]}", "success", t));
+    t = json_pack("{s:{s:[o]}}", "request_txn", "failure", put_op("a"));
+    fails(m, mvcc_txn, json_pack("{s:[o,o]}", "success", t, put_op("a")), PIER_EINVAL, dup);
+    /* A delete ending in "\0" never conflicts (etcd's interval tree). */
+    ok(m, mvcc_txn, json_pack("{s:[o,o]}", "success", del_op("a", ""), put_op("a")));
+
+    /* 128 nested txns of 3 x 128 puts: 49k puts, as the reviewer's. */
+    char k[32];
+    ops = json_array();
+    for (int i = 0; i < 128; i++) {
+        json_t *kids = json_array();
+        for (int j = 0; j < 3; j++) {
+            json_t *puts = json_array();
+            for (int p = 0; p < 128; p++) {
+                snprintf(k, sizeof(k), "big/%d/%d/%d", i, j, p);
+                json_array_append_new(puts, put_op(k));
+            }
+            json_array_append_new(kids, txn_op("success", puts));
+        }
+        json_array_append_new(ops, txn_op("success", kids));
+    }
+    int64_t t0 = now_ms();
+    fails(m, mvcc_txn, json_pack("{s:o}", "success", ops), PIER_EINVAL,
+          "etcdserver: too many operations in txn request");
+    assert_true(now_ms() - t0 < 1000);
+
+    /* 31 nested txns of 127 puts and a delete each (4000 ops in all), in
+     * else branches that do not run, the last put a duplicate. */
+    ops = json_array();
+    for (int i = 0; i < 31; i++) {
+        json_t *kids = json_array();
+        snprintf(k, sizeof(k), "del/%d", i);
+        json_array_append_new(kids, del_op(k, NULL));
+        for (int p = 0; p < 127; p++) {
+            snprintf(k, sizeof(k), "big/%d/%d", i, p);
+            json_array_append_new(kids, put_op(i == 30 && p == 126 ? "big/0/0" : k));
+        }
+        json_array_append_new(ops, txn_op("failure", kids));
+    }
+    json_t *req = json_pack("{s:o}", "success", ops);
+    int64_t rev = mvcc_revision(m);
+    t0 = now_ms();
+    fails(m, mvcc_txn, json_deep_copy(req), PIER_EINVAL, dup);
+    json_t *last_kids = json_object_get(
+        json_object_get(json_array_get(json_object_get(req, "success"), 30), "request_txn"),
+        "failure");
+    json_array_remove(last_kids, json_array_size(last_kids) - 1);
+    json_t *r = ok(m, mvcc_txn, req);
+    assert_true(json_is_true(at(r, "succeeded")));
+    assert_int_equal(N(r, "responses"), 31);
+    assert_true(now_ms() - t0 < 1000);
+    assert_int_equal(mvcc_revision(m), rev); /* the else branches did not run */
+}
+
+/* A watch's response stops growing at a revision's end once it holds a few
+ * MB, from the ring and from the log alike: ten revisions of 1 MiB values
+ * are not one 13 MB message. */
+static void check_big_batches(struct mvcc *m, int64_t first)
+{
+    struct mvcc_watch *w =
+        watch(m,
+              J("{\"key\":\"%s\",\"range_end\":\"%s\",\"start_revision\":\"%" PRId64 "\"}",
+                B("bv/"), B("bv0"), first),
+              NULL);
+    int64_t want = first;
+    int responses = 0;
+    while (want < first + 10) {
+        json_t *r = next(w, 2000);
+        responses++;
+        assert_true(N(r, "events") >= 1 && N(r, "events") <= 5);
+        for (size_t i = 0; i < N(r, "events"); i++) {
+            char p[64];
+            snprintf(p, sizeof(p), "events.%zu.kv.mod_revision", i);
+            assert_int_equal(I(r, p), want++);
+        }
+    }
+    assert_true(responses >= 2);
+    unwatch(w);
+}
+
+static void test_watch_batch_bytes(void **state)
+{
+    struct fixture *f = *state;
+    size_t big = 1024 * 1024;
+    char *raw = malloc(big);
+    memset(raw, 'v', big);
+    struct buf b64 = BUF_INIT;
+    base64_encode(&b64, raw, big);
+    free(raw);
+    int64_t first = mvcc_revision(f->m) + 1;
+    for (int i = 0; i < 10; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "bv/%d", i);
+        json_t *req = json_pack("{s:s,s:s}", "key", B(k), "value", b64.p);
+        json_decref(call(f->m, mvcc_put, req));
+    }
+    buf_free(&b64);
+    check_big_batches(f->m, first); /* from the ring */
+    mvcc_close(f->m);
+    f->m = open_store(f->dir, 0);
+    check_big_batches(f->m, first); /* from the log: a new store's ring is empty */
+}
+
+/* A progress notification's revision is one the watch has sent all events
+ * up to: with every revision a put of the watched key, it never passes the
+ * newest event received, however the commits fall around it. */
+struct churn {
+    struct mvcc *m;
+    atomic_bool stop;
+};
+
+static void *churn_main(void *arg)
+{
+    struct churn *c = arg;
+    while (!atomic_load(&c->stop))
+        put(c->m, "pg", "v");
+    return NULL;
+}
+
+static void test_watch_progress_caught_up(void **state)
+{
+    struct fixture *f = *state;
+    mvcc_close(f->m);
+    struct mvcc_options opt = {.watch_progress_interval_ms = 1};
+    struct pier_err err = {0};
+    f->m = NULL;
+    if (mvcc_open(f->dir, &opt, &f->m, &err) != 0)
+        fail_msg("open: %s", err.msg);
+    int64_t seen = 0;
+    struct mvcc_watch *w =
+        watch(f->m, J("{\"key\":\"%s\",\"progress_notify\":true}", B("pg")), &seen);
+    struct churn c = {.m = f->m};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    int progress = 0;
+    int64_t bad = 0;
+    for (int64_t end = now_ms() + 1500; now_ms() < end && !bad;) {
+        json_t *r = NULL;
+        int rc = mvcc_watch_next(w, 0, &r);
+        if (rc == 1) {
+            seen = I(r, "header.revision");
+            for (size_t i = 0; i < N(r, "events"); i++) {
+                char p[64];
+                snprintf(p, sizeof(p), "events.%zu.kv.mod_revision", i);
+                assert_int_equal(I(r, p), seen - (int64_t)N(r, "events") + 1 + (int64_t)i);
+            }
+        } else if (rc == 0 && r) {
+            progress++;
+            if (I(r, "header.revision") != seen)
+                bad = I(r, "header.revision");
+        }
+        json_decref(r);
+    }
+    atomic_store(&c.stop, true);
+    pthread_join(th, NULL);
+    unwatch(w);
+    if (bad)
+        fail_msg("progress at %" PRId64 " with events sent up to %" PRId64, bad, seen);
+    assert_true(progress > 0);
+}
+
+/* Leases due together expire together: 50 leases of TTL 1 are gone within
+ * about 1.5 s, one revision each, consecutive (one group commit). */
+static void test_lease_expiry_group(void **state)
+{
+    struct mvcc *m = ((struct fixture *)*state)->m;
+    struct mvcc_watch *w =
+        watch(m, J("{\"key\":\"%s\",\"range_end\":\"%s\"}", B("eg/"), B("eg0")), NULL);
+    for (int i = 0; i < 50; i++) {
+        json_t *r = ok(m, mvcc_lease_grant, J("{\"TTL\":1}"));
+        char k[32];
+        snprintf(k, sizeof(k), "eg/%02d", i);
+        ok(m, mvcc_put, J("{\"key\":\"%s\",\"lease\":\"%" PRId64 "\"}", B(k), I(r, "ID")));
+    }
+    int64_t rev = mvcc_revision(m), t0 = now_ms();
+    int64_t revs[50];
+    int got = 0;
+    while (got < 50) {
+        json_t *r = next(w, 3000);
+        for (size_t i = 0; i < N(r, "events"); i++) {
+            char p[64];
+            snprintf(p, sizeof(p), "events.%zu.type", i);
+            if (!S(r, p) || strcmp(S(r, p), "DELETE") != 0)
+                continue;
+            snprintf(p, sizeof(p), "events.%zu.kv.mod_revision", i);
+            assert_true(got < 50);
+            revs[got++] = I(r, p);
+        }
+    }
+    assert_true(now_ms() - t0 < 1500);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(revs[i], rev + 1 + i);
+    assert_int_equal(mvcc_revision(m), rev + 50);
+    unwatch(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -956,6 +1215,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_watch_behind_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_txn_nested_dups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch_batch_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch_progress_caught_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry_group, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
