@@ -303,16 +303,27 @@ static int register_instance(struct store *s, const char *service, const char *i
     return 0;
 }
 
+/* Reads and checks the :service and :id of an instance path; answers the
+ * request itself and returns false when one is bad. */
+static bool instance_params(struct httpd_req *r, const char **service, const char **id)
+{
+    struct pier_err err = {0};
+    *service = httpd_param(r, "service");
+    *id = httpd_param(r, "id");
+    if (discover_check_service(*service, &err) < 0 || check_instance_id(*id, &err) < 0) {
+        httpd_reply_err(r, &err);
+        return false;
+    }
+    return true;
+}
+
 static void instance_put(struct httpd_req *r, void *ud)
 {
     struct discoverd *d = ud;
-    const char *service = httpd_param(r, "service");
-    const char *id = httpd_param(r, "id");
+    const char *service, *id;
     struct pier_err err = {0};
-    if (discover_check_service(service, &err) < 0 || check_instance_id(id, &err) < 0) {
-        httpd_reply_err(r, &err);
+    if (!instance_params(r, &service, &id))
         return;
-    }
     cleanup_json json_t *body = NULL;
     if (httpd_body_json(r, &body) < 0)
         return;
@@ -335,13 +346,10 @@ static void instance_put(struct httpd_req *r, void *ud)
 static void instance_delete(struct httpd_req *r, void *ud)
 {
     struct discoverd *d = ud;
-    const char *service = httpd_param(r, "service");
-    const char *id = httpd_param(r, "id");
+    const char *service, *id;
     struct pier_err err = {0};
-    if (discover_check_service(service, &err) < 0 || check_instance_id(id, &err) < 0) {
-        httpd_reply_err(r, &err);
+    if (!instance_params(r, &service, &id))
         return;
-    }
     cleanup_buf struct buf key = BUF_INIT;
     discover_instance_key(&key, service, id);
     struct store_kv *cur = NULL;
