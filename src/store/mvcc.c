@@ -105,29 +105,59 @@ int64_t mvcc_revision(struct mvcc *m)
 
 /* ---- the writer ---- */
 
-int mvcc_submit(struct mvcc *m, struct wreq *r)
+void mvcc_submit_all(struct mvcc *m, struct wreq *rs, size_t n)
 {
-    r->done = false;
-    r->next = NULL;
-    r->rc = 0;
-    r->resp = NULL;
-    r->rec = NULL;
-    err_clear(&r->err);
+    if (!n)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        rs[i].done = false;
+        rs[i].next = i + 1 < n ? &rs[i + 1] : NULL;
+        rs[i].rc = 0;
+        rs[i].resp = NULL;
+        rs[i].rec = NULL;
+        err_clear(&rs[i].err);
+    }
     pthread_mutex_lock(&m->q_mu);
     if (m->q_stop) {
         pthread_mutex_unlock(&m->q_mu);
-        return r->rc = err_set(&r->err, PIER_EUNAVAIL, "the store is closing");
+        for (size_t i = 0; i < n; i++)
+            rs[i].rc = err_set(&rs[i].err, PIER_EUNAVAIL, "the store is closing");
+        return;
     }
+    /* Linked in one go under q_mu: the writer takes the whole queue at
+     * once, so a chain lands in one group. */
     if (m->q_tail)
-        m->q_tail->next = r;
+        m->q_tail->next = &rs[0];
     else
-        m->q_head = r;
-    m->q_tail = r;
+        m->q_head = &rs[0];
+    m->q_tail = &rs[n - 1];
     pthread_cond_signal(&m->q_cond);
-    while (!r->done)
-        pthread_cond_wait(&m->done_cond, &m->q_mu);
+    for (size_t i = 0; i < n; i++)
+        while (!rs[i].done)
+            pthread_cond_wait(&m->done_cond, &m->q_mu);
     pthread_mutex_unlock(&m->q_mu);
+}
+
+int mvcc_submit(struct mvcc *m, struct wreq *r)
+{
+    mvcc_submit_all(m, r, 1);
     return r->rc;
+}
+
+int mvcc_submit_resp(struct mvcc *m, struct wreq *r, json_t **resp, struct pier_err *err)
+{
+    int rc = mvcc_submit(m, r);
+    if (rc < 0) {
+        if (err)
+            *err = r->err;
+        return rc;
+    }
+    if (resp)
+        *resp = r->resp;
+    else
+        json_decref(r->resp);
+    r->resp = NULL;
+    return 0;
 }
 
 /* Applies one write inside its savepoint. Returns its result; sets *broken
