@@ -285,17 +285,26 @@ int mvcc_delete_selected(struct wctx *w, sqlite3_stmt *sel, json_t *prev_kvs, in
     return rc;
 }
 
-static int del_exec(struct xctx *x, const struct del_req *d, json_t *resp, struct pier_err *err)
+/* Prepares the select of the current keys in kr, in key order, bound and
+ * ready to step (deletes and txn compares read the same rows). */
+static int select_current(struct xctx *x, const struct krange *kr, sqlite3_stmt **st,
+                          struct pier_err *err)
 {
     cleanup_buf struct buf sql = BUF_INIT;
-    buf_printf(&sql, "SELECT " KV_COLS " FROM kv WHERE %s ORDER BY key", krange_sql(&d->kr));
-    sqlite3_stmt *st cleanup_stmt = NULL;
-    int rc = conn_stmt(x->c, sql.p, &st, err);
+    buf_printf(&sql, "SELECT " KV_COLS " FROM kv WHERE %s ORDER BY key", krange_sql(kr));
+    int rc = conn_stmt(x->c, sql.p, st, err);
     if (rc < 0)
         return rc;
-    int s = krange_bind(st, &d->kr);
-    if (s != SQLITE_OK)
-        return conn_err(x->c, s, err);
+    int s = krange_bind(*st, kr);
+    return s == SQLITE_OK ? 0 : conn_err(x->c, s, err);
+}
+
+static int del_exec(struct xctx *x, const struct del_req *d, json_t *resp, struct pier_err *err)
+{
+    sqlite3_stmt *st cleanup_stmt = NULL;
+    int rc = select_current(x, &d->kr, &st, err);
+    if (rc < 0)
+        return rc;
     json_t *prevs cleanup_json = d->prev_kv ? json_array() : NULL;
     int64_t n = 0;
     rc = mvcc_delete_selected(x->w, st, prevs, &n, err);
@@ -339,13 +348,11 @@ static bool cmp_kv(const struct cmp *c, const struct kv *kv)
  * other compares against zero. */
 static int cmp_eval(struct xctx *x, const struct cmp *c, bool *ok, struct pier_err *err)
 {
-    cleanup_buf struct buf sql = BUF_INIT;
-    buf_printf(&sql, "SELECT " KV_COLS " FROM kv WHERE %s", krange_sql(&c->kr));
     sqlite3_stmt *st cleanup_stmt = NULL;
-    int rc = conn_stmt(x->c, sql.p, &st, err);
+    int rc = select_current(x, &c->kr, &st, err);
     if (rc < 0)
         return rc;
-    int s = krange_bind(st, &c->kr);
+    int s = SQLITE_OK;
     bool any = false;
     *ok = true;
     while (s == SQLITE_OK && *ok && (s = sqlite3_step(st)) == SQLITE_ROW) {
