@@ -17,4 +17,9 @@ int64_t clock_now_ms(void);
  * use this deadline with a condition variable made that way. */
 struct timespec clock_deadline_in(int64_t ms);
 
+/* The wall-clock time now as RFC 3339 UTC with microseconds,
+ * "2026-11-25T16:54:52.123456Z" (27 characters and the NUL). */
+#define CLOCK_RFC3339_LEN 28
+void clock_rfc3339(char out[CLOCK_RFC3339_LEN]);
+
 #endif

@@ -2,10 +2,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 
 #include "lib/base64.h"
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
@@ -25,6 +28,9 @@
 /* How long a stream's next() may block before we look at the client and
  * the server's state again. */
 #define STREAM_POLL_MS 250
+/* How long httpd_free waits for upgraded connections to end once their
+ * sockets are shut down. */
+#define UPGRADE_STOP_MS 5000
 
 struct route {
     char *method;
@@ -36,6 +42,8 @@ struct route {
     bool public;
 };
 
+struct upgrade;
+
 struct httpd {
     struct httpd_options opt; /* its strings are borrowed: use the copies below */
     char *listen, *comp, *key;
@@ -44,12 +52,24 @@ struct httpd {
     struct MHD_Daemon *d;
     int port;
     atomic_bool stopping;
+    /* lock guards the upgrades: the list of those whose fn runs (so
+     * httpd_free can shut their sockets down) and the count of upgraded
+     * connections libmicrohttpd has not yet cleaned up (so it waits for
+     * their threads before stopping the daemon). cond signals both. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct upgrade *running;
+    int upgraded;
+    void *data;
+    void (*data_free)(void *data);
 };
 
 struct httpd_req {
     struct httpd *h;
     struct MHD_Connection *c;
     char *method, *path;
+    bool http11;
+    struct upgrade *upgrade; /* set by httpd_reply_upgrade; freed with the request */
     struct buf body;
     bool too_big;
     bool replied;
@@ -57,6 +77,20 @@ struct httpd_req {
     size_t nparams;
     const char *pnames[MAX_PARAMS];
     char *pvalues[MAX_PARAMS];
+};
+
+struct upgrade {
+    struct httpd *h;
+    httpd_upgrade_fn fn;
+    void (*done)(void *ud);
+    void *ud;
+    int fd;
+    struct upgrade *next; /* in h->running while fn runs */
+};
+
+/* Per connection (libmicrohttpd's socket context): whether it was upgraded. */
+struct conn {
+    bool upgraded;
 };
 
 struct stream {
@@ -106,6 +140,12 @@ struct httpd *httpd_new(const struct httpd_options *opt)
     h->key = opt->key && *opt->key ? xstrdup(opt->key) : NULL;
     if (!h->opt.max_body)
         h->opt.max_body = DEFAULT_MAX_BODY;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cond, &ca);
+    pthread_condattr_destroy(&ca);
     return h;
 }
 
@@ -350,6 +390,137 @@ void httpd_reply_stream(struct httpd_req *r, int status, const char *content_typ
     queue(r, status, resp);
 }
 
+/* ---- upgrades ----
+ *
+ * libmicrohttpd calls on_upgrade on the connection's own thread once the
+ * 101 has gone out, and since every connection has its own thread, fn may
+ * block there for as long as the new protocol lasts. The daemon must not be
+ * stopped while such a thread still runs (libmicrohttpd does not join it and
+ * would free the connection under it), so httpd_free shuts the sockets of
+ * running upgrades down, which ends any fn that reads or writes them, and
+ * waits until libmicrohttpd reports each upgraded connection closed: that
+ * report comes after it joined the connection's thread. */
+
+static void on_upgrade(void *cls, struct MHD_Connection *c, void *con_cls, const char *extra,
+                       size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    (void)con_cls;
+    struct upgrade *u = cls;
+    struct httpd *h = u->h;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *cn = ci ? ci->socket_context : NULL;
+    pthread_mutex_lock(&h->lock);
+    bool run = !atomic_load(&h->stopping);
+    if (cn) {
+        cn->upgraded = true;
+        h->upgraded++;
+    }
+    if (run) {
+        u->fd = sock;
+        u->next = h->running;
+        h->running = u;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (run) {
+        /* libmicrohttpd's sockets are non-blocking; fn is promised a
+         * plain blocking one. */
+        int fl = fcntl(sock, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK))
+            fcntl(sock, F_SETFL, fl & ~O_NONBLOCK);
+        u->fn(u->ud, sock, extra, extra_len);
+        pthread_mutex_lock(&h->lock);
+        for (struct upgrade **p = &h->running; *p; p = &(*p)->next) {
+            if (*p == u) {
+                *p = u->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&h->lock);
+    }
+    /* The request (and u with it) is freed after this returns, by
+     * on_completed; done() is called there. */
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)c;
+    struct httpd *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = xcalloc(1, sizeof(struct conn));
+        return;
+    }
+    struct conn *cn = *socket_context;
+    if (cn && cn->upgraded) {
+        pthread_mutex_lock(&h->lock);
+        h->upgraded--;
+        pthread_cond_broadcast(&h->cond);
+        pthread_mutex_unlock(&h->lock);
+    }
+    free(cn);
+    *socket_context = NULL;
+}
+
+static void upgrade_free(struct upgrade *u)
+{
+    if (u && u->done)
+        u->done(u->ud);
+    free(u);
+}
+
+void httpd_reply_upgrade(struct httpd_req *r, const char *protocol, httpd_upgrade_fn fn,
+                         void (*done)(void *ud), void *ud)
+{
+    struct upgrade *u = xcalloc(1, sizeof(*u));
+    u->h = r->h;
+    u->fn = fn;
+    u->done = done;
+    u->ud = ud;
+    u->fd = -1;
+    if (!r->http11) {
+        upgrade_free(u);
+        httpd_reply_error(r, 400, "validation_error", 3, "an upgrade to %s needs HTTP/1.1",
+                          protocol);
+        return;
+    }
+    if (r->replied) {
+        log_error(r->h->comp, "handler replied twice", "path=%s", r->path);
+        upgrade_free(u);
+        return;
+    }
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgrade, u);
+    if (!resp || MHD_add_response_header(resp, "Upgrade", protocol) != MHD_YES ||
+        MHD_queue_response(r->c, MHD_HTTP_SWITCHING_PROTOCOLS, resp) != MHD_YES) {
+        if (resp)
+            MHD_destroy_response(resp);
+        upgrade_free(u);
+        log_warn(r->h->comp, "cannot queue an upgrade", "protocol=%s path=%s", protocol, r->path);
+        httpd_reply_error(r, 500, "unknown_error", 13, "cannot switch to %s", protocol);
+        return;
+    }
+    MHD_destroy_response(resp);
+    r->replied = true;
+    r->upgrade = u;
+}
+
+/* Ends the upgraded connections of a server that is stopping. Returns false
+ * when one did not end in time (its fn ignores its socket). */
+static bool upgrades_stop(struct httpd *h)
+{
+    pthread_mutex_lock(&h->lock);
+    for (struct upgrade *u = h->running; u; u = u->next)
+        shutdown(u->fd, SHUT_RDWR);
+    struct timespec deadline = clock_deadline_in(UPGRADE_STOP_MS);
+    int rc = 0;
+    while (h->upgraded > 0 && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&h->cond, &h->lock, &deadline);
+    bool ok = h->upgraded == 0;
+    pthread_mutex_unlock(&h->lock);
+    return ok;
+}
+
 /* ---- dispatch ---- */
 
 static int hexval(char c)
@@ -444,13 +615,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    (void)version;
     struct httpd *h = cls;
     struct httpd_req *r = *con_cls;
     if (!r) {
         r = xcalloc(1, sizeof(*r));
         r->h = h;
         r->c = c;
+        r->http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
         r->method = xstrdup(method);
         r->path = xstrdup(url);
         *con_cls = r;
@@ -486,6 +657,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!r)
         return;
     clear_params(r);
+    upgrade_free(r->upgrade);
     free(r->method);
     free(r->path);
     buf_free(&r->body);
@@ -578,15 +750,17 @@ int httpd_start(struct httpd *h, struct pier_err *err)
     st->public = true;
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC | MHD_ALLOW_UPGRADE;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_UNESCAPE_CALLBACK,
-                            unescape, h, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
+    /* The logger comes first, so that what is said about the options
+     * after it reaches it. */
+    h->d = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (!h->d)
         return err_set(err, PIER_EUNAVAIL, "cannot listen on %s: %s (is the port in use?)",
                        h->listen, strerror(errno ? errno : EADDRINUSE));
@@ -600,11 +774,31 @@ int httpd_port(const struct httpd *h)
     return h->port;
 }
 
+void httpd_set_data(struct httpd *h, void *data, void (*free_fn)(void *data))
+{
+    h->data = data;
+    h->data_free = free_fn;
+}
+
+void *httpd_data(const struct httpd *h)
+{
+    return h->data;
+}
+
 void httpd_free(struct httpd *h)
 {
     if (!h)
         return;
+    pthread_mutex_lock(&h->lock);
     atomic_store(&h->stopping, true);
+    pthread_mutex_unlock(&h->lock);
+    if (h->d && !upgrades_stop(h)) {
+        /* Freeing now would pull the server from under a thread that still
+         * runs: leave it allocated (the process is usually exiting). */
+        log_error(h->comp, "upgraded connections did not end, server left running", "wait_ms=%d",
+                  UPGRADE_STOP_MS);
+        return;
+    }
     if (h->d)
         MHD_stop_daemon(h->d);
     for (size_t i = 0; i < h->nroutes; i++) {
@@ -615,5 +809,9 @@ void httpd_free(struct httpd *h)
     free(h->listen);
     free(h->comp);
     free(h->key);
+    if (h->data_free)
+        h->data_free(h->data);
+    pthread_cond_destroy(&h->cond);
+    pthread_mutex_destroy(&h->lock);
     free(h);
 }

@@ -12,7 +12,8 @@
  *  - etcd's JSON gateway's: {"error":...,"code":<grpc code>,"message":...}.
  *
  * A handler answers exactly once with one of the httpd_reply_* calls; a
- * handler that returns without answering gets a 500. */
+ * handler that returns without answering gets a 500. A handler may instead
+ * switch the connection to another protocol (httpd_reply_upgrade). */
 #ifndef PIER_HTTPD_H
 #define PIER_HTTPD_H
 
@@ -52,8 +53,16 @@ void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd
 int httpd_start(struct httpd *h, struct pier_err *err);
 /* The bound port (useful after listening on port 0). */
 int httpd_port(const struct httpd *h);
+/* Attaches what the handlers share, for those who hold only the server:
+ * httpd_data returns it, and httpd_free calls free_fn(data) (NULL: nothing)
+ * once no handler runs any more. */
+void httpd_set_data(struct httpd *h, void *data, void (*free_fn)(void *data));
+void *httpd_data(const struct httpd *h);
 /* Stops serving: waits for running handlers; open streams end within
- * about 250 ms. Frees h. NULL allowed. */
+ * about 250 ms; upgraded connections get their sockets shut down and are
+ * waited for up to 5 s (an upgrade fn that ignores its socket past that
+ * leaves the server allocated, with an error logged, rather than freed
+ * under it). Frees h. NULL allowed. */
 void httpd_free(struct httpd *h);
 
 /* Request accessors. Returned strings are borrowed until the reply. */
@@ -99,5 +108,22 @@ typedef int (*httpd_stream_next)(void *ud, struct buf *out, int timeout_ms);
 typedef void (*httpd_stream_done)(void *ud);
 void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
                         httpd_stream_next next, httpd_stream_done done, void *ud);
+
+/* Switches the connection to another protocol (an HTTP upgrade, such as
+ * Flynn's attach): answers "101 Switching Protocols" with "Upgrade:
+ * <protocol>" and "Connection: Upgrade", then calls fn on the connection's
+ * own thread with the raw socket in blocking mode. extra holds bytes the
+ * client sent after the request that were already read: treat them as the
+ * first bytes read from fd. fn may read, write and shutdown() fd but must
+ * not close it; the connection is closed when fn returns. The request body
+ * was read before the handler ran, as for any request. done(ud) is called
+ * once at the end (NULL allowed), also when the switch did not happen
+ * (the client left first). The handler checks what the request asks for
+ * (its Upgrade header); a request that is not HTTP/1.1 gets a 400 here.
+ * When the server stops, fn's socket is shut down: reads see EOF and
+ * writes fail, and fn is expected to return then. */
+typedef void (*httpd_upgrade_fn)(void *ud, int fd, const char *extra, size_t extra_len);
+void httpd_reply_upgrade(struct httpd_req *r, const char *protocol, httpd_upgrade_fn fn,
+                         void (*done)(void *ud), void *ud);
 
 #endif

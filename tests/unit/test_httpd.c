@@ -2,13 +2,18 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "lib/base64.h"
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "lib/httpc.h"
 #include "lib/httpd.h"
 #include "lib/jsonx.h"
@@ -92,8 +97,64 @@ static void stream(struct httpd_req *r, void *ud)
     httpd_reply_stream(r, 200, "text/plain", count_next, count_done, c);
 }
 
+/* An upgrade that writes "<body>|" and then echoes what it reads until EOF. */
+static atomic_int upgrades_done, upgrades_ran;
+
+struct echo_up {
+    char *body;
+};
+
+static bool write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w <= 0)
+            return false;
+        c += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static void echo_up_run(void *ud, int fd, const char *extra, size_t extra_len)
+{
+    struct echo_up *e = ud;
+    atomic_fetch_add(&upgrades_ran, 1);
+    if (!write_all(fd, e->body, strlen(e->body)) || !write_all(fd, "|", 1) ||
+        !write_all(fd, extra, extra_len))
+        return;
+    char b[4096];
+    ssize_t n;
+    while ((n = read(fd, b, sizeof(b))) > 0)
+        if (!write_all(fd, b, (size_t)n))
+            return;
+}
+
+static void echo_up_done(void *ud)
+{
+    struct echo_up *e = ud;
+    free(e->body);
+    free(e);
+    atomic_fetch_add(&upgrades_done, 1);
+}
+
+static void upgrade(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    const char *up = httpd_header(r, "Upgrade");
+    if (!up || strcmp(up, "echo/0") != 0) {
+        httpd_reply_error(r, 400, "validation_error", 3, "needs Upgrade: echo/0");
+        return;
+    }
+    struct echo_up *e = xcalloc(1, sizeof(*e));
+    e->body = str_dup(httpd_body(r));
+    httpd_reply_upgrade(r, "echo/0", echo_up_run, echo_up_done, e);
+}
+
 static void add_routes(struct httpd *h)
 {
+    httpd_route(h, "POST", "/upgrade", upgrade, NULL, false);
     httpd_route(h, "GET", "/apps/:id", echo, NULL, false);
     httpd_route(h, "GET", "/files/*", echo, NULL, false);
     httpd_route(h, "POST", "/json", body_json, NULL, false);
@@ -332,6 +393,146 @@ static void test_stream_client_gone(void **state)
     assert_int_equal(atomic_load(&streams_done), before + 1);
 }
 
+/* A raw connection to port that sends req; returns the socket with the
+ * response head (up to the blank line) in head and any bytes after it in
+ * rest. */
+static int raw_request(int port, const char *req, struct buf *head, struct buf *rest)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_true(write_all(fd, req, strlen(req)));
+    char b[1024];
+    while (!strstr(head->p ? head->p : "", "\r\n\r\n")) {
+        ssize_t n = read(fd, b, sizeof(b));
+        assert_true(n > 0);
+        buf_append(head, b, (size_t)n);
+    }
+    const char *end = strstr(head->p, "\r\n\r\n") + 4;
+    buf_append(rest, end, (size_t)(head->p + head->len - end));
+    head->len = (size_t)(end - head->p);
+    head->p[head->len] = '\0';
+    return fd;
+}
+
+/* Reads from fd into got until it holds want bytes (or EOF / timeout). */
+static void read_until(int fd, struct buf *got, size_t want)
+{
+    char b[1024];
+    while (got->len < want) {
+        ssize_t n = read(fd, b, sizeof(b));
+        if (n <= 0)
+            break;
+        buf_append(got, b, (size_t)n);
+    }
+}
+
+static const char UPGRADE_REQ[] = "POST /upgrade HTTP/1.1\r\n"
+                                  "Host: x\r\n"
+                                  "Authorization: Basic OnMzY3JldA==\r\n"
+                                  "Upgrade: echo/0\r\n"
+                                  "Connection: upgrade\r\n"
+                                  "Content-Type: application/json\r\n"
+                                  "Content-Length: 10\r\n"
+                                  "\r\n"
+                                  "{\"a\":\"hi\"}";
+
+static void test_upgrade_echo(void **state)
+{
+    struct fixture *f = *state;
+    int before = atomic_load(&upgrades_done);
+    cleanup_buf struct buf head = BUF_INIT;
+    cleanup_buf struct buf got = BUF_INIT;
+    /* Bytes sent right behind the request reach fn as "extra" (or on the
+     * socket): either way they come first. */
+    char req[512];
+    snprintf(req, sizeof(req), "%searly;", UPGRADE_REQ);
+    int fd = raw_request(httpd_port(f->flynn), req, &head, &got);
+    assert_non_null(strstr(head.p, "HTTP/1.1 101 "));
+    assert_non_null(strcasestr(head.p, "\r\nUpgrade: echo/0\r\n"));
+    assert_non_null(strcasestr(head.p, "\r\nConnection: upgrade\r\n"));
+    const char *want1 = "{\"a\":\"hi\"}|early;";
+    read_until(fd, &got, strlen(want1));
+    assert_string_equal(got.p, want1);
+    /* Bytes round-trip both ways, in several writes. */
+    for (int i = 0; i < 3; i++) {
+        char msg[32];
+        snprintf(msg, sizeof(msg), "ping %d;", i);
+        assert_true(write_all(fd, msg, strlen(msg)));
+        buf_reset(&got);
+        read_until(fd, &got, strlen(msg));
+        assert_string_equal(got.p, msg);
+    }
+    /* Our half-close ends fn, and the server closes the connection. */
+    shutdown(fd, SHUT_WR);
+    char b[16];
+    assert_int_equal(read(fd, b, sizeof(b)), 0);
+    close(fd);
+    for (int i = 0; i < 300 && atomic_load(&upgrades_done) == before; i++)
+        usleep(10 * 1000);
+    assert_int_equal(atomic_load(&upgrades_done), before + 1);
+
+    /* The server still answers plain requests afterwards. */
+    struct httpc_resp resp = {0};
+    assert_int_equal(call(f, f->flynn_url, "GET", "/open", NULL, NULL, &resp), 200);
+    httpc_resp_release(&resp);
+}
+
+static void test_upgrade_refused(void **state)
+{
+    struct fixture *f = *state;
+    int before = atomic_load(&upgrades_done);
+    cleanup_buf struct buf head = BUF_INIT;
+    cleanup_buf struct buf rest = BUF_INIT;
+    /* HTTP/1.0 cannot switch protocols: a 400, and done() still runs. */
+    const char *req10 = "POST /upgrade HTTP/1.0\r\n"
+                        "Authorization: Basic OnMzY3JldA==\r\n"
+                        "Upgrade: echo/0\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n";
+    int fd = raw_request(httpd_port(f->flynn), req10, &head, &rest);
+    assert_non_null(strstr(head.p, " 400 "));
+    close(fd);
+    assert_int_equal(atomic_load(&upgrades_done), before + 1);
+    /* Without the key: a 401 before the handler. */
+    buf_reset(&head);
+    buf_reset(&rest);
+    const char *noauth = "POST /upgrade HTTP/1.1\r\nHost: x\r\n"
+                         "Upgrade: echo/0\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n";
+    fd = raw_request(httpd_port(f->flynn), noauth, &head, &rest);
+    assert_non_null(strstr(head.p, " 401 "));
+    close(fd);
+}
+
+/* httpd_free while an upgraded connection is open: fn's socket is shut
+ * down, fn returns, done runs, and the free is prompt. */
+static void test_upgrade_free(void **state)
+{
+    (void)state;
+    struct httpd_options o = {.listen = "127.0.0.1:0", .comp = "test", .key = "s3cret"};
+    struct httpd *h = httpd_new(&o);
+    add_routes(h);
+    struct pier_err err = {0};
+    assert_int_equal(httpd_start(h, &err), 0);
+    int ran = atomic_load(&upgrades_ran), before = atomic_load(&upgrades_done);
+    cleanup_buf struct buf head = BUF_INIT;
+    cleanup_buf struct buf got = BUF_INIT;
+    int fd = raw_request(httpd_port(h), UPGRADE_REQ, &head, &got);
+    assert_non_null(strstr(head.p, " 101 "));
+    read_until(fd, &got, 12);
+    assert_int_equal(atomic_load(&upgrades_ran), ran + 1);
+    int64_t t0 = clock_now_ms();
+    httpd_free(h);
+    assert_true(clock_now_ms() - t0 < 2000);
+    assert_int_equal(atomic_load(&upgrades_done), before + 1);
+    char b[64];
+    while (read(fd, b, sizeof(b)) > 0)
+        ;
+    close(fd);
+}
+
 static void test_listen_errors(void **state)
 {
     (void)state;
@@ -356,6 +557,9 @@ int main(void)
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_stream),
         cmocka_unit_test(test_stream_client_gone),
+        cmocka_unit_test(test_upgrade_echo),
+        cmocka_unit_test(test_upgrade_refused),
+        cmocka_unit_test(test_upgrade_free),
         cmocka_unit_test(test_listen_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
