@@ -1,0 +1,69 @@
+/* bundle: the OCI bundle crun runs for one job (DESIGN.md section 4).
+ *
+ * The agent writes, in the job's directory:
+ *   bundle/config.json   the OCI runtime config
+ *   bundle/hosts         the container's /etc/hosts (localhost + the job id)
+ *   bundle/resolv.conf   a copy of the host's, so lookups do not stall
+ *   app/                 the job's /app, owned by the job's user
+ *
+ * The container gets its own pid, mount, ipc and uts namespaces (the host's
+ * network, in this first version), hostname = job id, a read-only root, a
+ * tmpfs /tmp, /app bound read-write, cgroup limits under
+ * cgroupsPath "/pier/<job id>" (memory with swap at the same value, so a job
+ * cannot swap past its limit; cpu shares from milli-CPUs; pids), an
+ * RLIMIT_NOFILE of max_fd, no new privileges, a reduced capability set, a
+ * seccomp profile that refuses the system calls a job has no business with
+ * (mounts, modules, kexec, bpf, keyrings, ptrace of others, clock setting,
+ * ...), and the app running as an unprivileged user.
+ *
+ * The root: a stack directory (made by `pier stack build`), or, for the
+ * "host" stack, read-only binds of the host's /usr, /bin, /sbin, /lib,
+ * /lib64 and /etc onto an empty directory the agent keeps
+ * (bundle_host_root). */
+#ifndef PIER_HOST_BUNDLE_H
+#define PIER_HOST_BUNDLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "host/jobspec.h"
+#include "lib/err.h"
+
+/* What the agent decided for this job, beyond its spec. */
+struct bundle_opts {
+    const char *job_dir;   /* the job's directory (exists) */
+    const char *root;      /* the stack directory, or NULL for the host binds */
+    const char *host_root; /* the empty directory used as root for the host binds */
+    const int *ports;      /* the allocated ports, one per spec port */
+    uid_t uid;             /* the job's user (default 65534) */
+    gid_t gid;
+    const char *init_path; /* host path of tini-static, bound at /dev/init when spec->init */
+    const char *host_id;   /* for PIER_HOST_ID */
+};
+
+/* Writes bundle/, hosts, resolv.conf and app/ for spec into opts->job_dir.
+ * The environment is the spec's plus PORT (the first port), PORT_0..n,
+ * PIER_JOB_ID, PIER_HOST_ID, HOME=/app and a PATH when the spec sets none.
+ * Returns 0 or a negative error with a message (an unwritable directory, a
+ * stack that is not a directory). Writing twice replaces the files. */
+int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts,
+                 struct pier_err *err);
+
+/* Makes dir an empty root with the mount points the host binds need (usr,
+ * bin, sbin, lib, lib64, etc, app, tmp, dev, proc, sys). Idempotent. */
+int bundle_host_root(const char *dir, struct pier_err *err);
+
+/* Checks that dir looks like a stack root (a directory holding bin/sh and
+ * etc/os-release). PIER_ENOTFOUND with a message otherwise. */
+int bundle_check_stack(const char *dir, struct pier_err *err);
+
+/* Downloads the slug at url (http://, https:// or file://; at most
+ * max_bytes) and unpacks it (a gzipped tar) into app_dir, as uid/gid so that
+ * a crafted archive cannot write outside what that user may. PIER_EINVAL
+ * for a bad URL or archive, PIER_EUNAVAIL when it cannot be fetched; the
+ * message names the URL and the cause. */
+int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid,
+                      int64_t max_bytes, struct pier_err *err);
+
+#endif

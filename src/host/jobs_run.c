@@ -1,0 +1,564 @@
+/* jobs_run: the host side of the job table: starting a job (ports, memory,
+ * bundle, slug, shim), stopping it, noticing its end (a pidfd per shim in
+ * one epoll), re-adopting jobs after a restart, and pruning the
+ * directories of ended jobs. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "host/bundle.h"
+#include "host/jobs_int.h"
+#include "host/shim.h"
+#include "lib/cleanup.h"
+#include "lib/clock.h"
+#include "lib/jsonx.h"
+#include "lib/log.h"
+
+#define SLUG_MAX_BYTES (4LL << 30)
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* Removes a directory tree (nothing is followed across mounts or symlinks). */
+static void rm_tree(const char *path)
+{
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+        log_warn("host", "cannot remove a directory", "path=%s error=\"%s\"", path,
+                 strerror(errno));
+}
+
+static json_t *read_json_file(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    json_t *j = json_loadf(f, JSON_REJECT_DUPLICATES, NULL);
+    fclose(f);
+    if (j && !json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static int write_json_file(const char *path, const json_t *j, struct pier_err *err)
+{
+    struct buf tmp = BUF_INIT;
+    buf_printf(&tmp, "%s.tmp", path);
+    int rc = 0;
+    if (json_dump_file(j, tmp.p, JSON_COMPACT) < 0 || rename(tmp.p, path) < 0)
+        rc = err_set(err, PIER_EINTERNAL, "writing %s: %s", path, strerror(errno));
+    buf_free(&tmp);
+    return rc;
+}
+
+static int pidfd_of(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static void monitor_add(struct jobs *t, struct job *j)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = j->pidfd};
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, j->pidfd, &ev) < 0)
+        log_error("host", "cannot watch a shim", "job=%s error=\"%s\"", j->id, strerror(errno));
+}
+
+/* Gives back what a job holds on the host. Lock held. */
+static void release(struct jobs *t, struct job *j)
+{
+    for (size_t i = 0; i < j->n_ports; i++)
+        if (j->ports[i] > 0)
+            ports_release(t->ports, j->ports[i]);
+    free(j->ports);
+    j->ports = NULL;
+    j->n_ports = 0;
+    t->memory_used -= j->memory;
+    t->cpu_used -= j->cpu;
+    j->memory = j->cpu = 0;
+}
+
+static void health_changed(void *ud, const char *job_id, bool healthy)
+{
+    struct jobs *t = ud;
+    pthread_mutex_lock(&t->lock);
+    struct job *j = jobs_find(t, job_id);
+    if (j && (j->local == JOB_RUNNING))
+        jobs_observe(t, j, json_pack("{s:b}", "healthy", healthy));
+    pthread_mutex_unlock(&t->lock);
+}
+
+static json_t *ports_json(const int *ports, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ports[i]));
+    return a;
+}
+
+/* Takes memory and ports for j. Lock held. Returns 0 or an error. */
+static int reserve(struct jobs *t, struct job *j, struct pier_err *err)
+{
+    const struct jobspec *spec = j->spec;
+    if (t->memory_used + spec->memory > t->cfg.memory_total)
+        return err_set(err, PIER_EUNAVAIL,
+                       "not enough memory: the job asks for %lld MiB and %lld MiB of this "
+                       "host's %lld MiB are free",
+                       (long long)(spec->memory >> 20),
+                       (long long)((t->cfg.memory_total - t->memory_used) >> 20),
+                       (long long)(t->cfg.memory_total >> 20));
+    j->memory = spec->memory;
+    j->cpu = spec->cpu;
+    t->memory_used += j->memory;
+    t->cpu_used += j->cpu;
+    j->ports = xcalloc(spec->n_ports ? spec->n_ports : 1, sizeof(int));
+    j->n_ports = spec->n_ports;
+    for (size_t i = 0; i < spec->n_ports; i++) {
+        int p = ports_take(t->ports, spec->ports[i].port, err);
+        if (p < 0)
+            return err_wrap(err, p, "ports[%zu]", i);
+        j->ports[i] = p;
+    }
+    return 0;
+}
+
+/* Prepares the job's directory and starts its shim. No lock held. */
+static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pid,
+                  struct pier_err *err)
+{
+    const struct jobspec *spec = j->spec;
+    cleanup_buf struct buf path = BUF_INIT;
+    cleanup_buf struct buf host_root = BUF_INIT;
+    int rc;
+
+    rm_tree(dir); /* a start that never got as far as a shim */
+    if (mkdir(dir, 0700) < 0)
+        return err_set(err, -errno, "creating %s: %s", dir, strerror(errno));
+
+    /* What a restarted agent needs to adopt the job. */
+    json_t *keep = json_pack("{s:O, s:o, s:I, s:I}", "record", j->rec, "ports",
+                             ports_json(j->ports, j->n_ports), "memory", (json_int_t)j->memory,
+                             "cpu", (json_int_t)j->cpu);
+    buf_printf(&path, "%s/job.json", dir);
+    rc = write_json_file(path.p, keep, err);
+    json_decref(keep);
+    if (rc < 0)
+        return rc;
+
+    const char *root = spec->stack ? spec->stack : t->cfg.stack;
+    if (root && strcmp(root, "host") == 0)
+        root = NULL;
+    if (root && (rc = bundle_check_stack(root, err)) < 0)
+        return err_wrap(err, rc, "unknown artifact: stack %s", root);
+    buf_printf(&host_root, "%s/host-root", t->cfg.data_dir);
+    struct bundle_opts bo = {
+        .job_dir = dir,
+        .root = root,
+        .host_root = host_root.p,
+        .ports = j->ports,
+        .uid = t->cfg.uid,
+        .gid = t->cfg.gid,
+        .init_path = t->cfg.init_path,
+        .host_id = t->cfg.host_id,
+    };
+    if ((rc = bundle_write(spec, &bo, err)) < 0)
+        return err_wrap(err, rc, "preparing the container");
+    if (spec->slug) {
+        buf_reset(&path);
+        buf_printf(&path, "%s/app", dir);
+        rc = bundle_fetch_slug(spec->slug, path.p, t->cfg.uid, t->cfg.gid, SLUG_MAX_BYTES, err);
+        if (rc < 0)
+            return err_wrap(err, rc, "bad artifact");
+    }
+    struct shim_spawn_opts so = {
+        .pierd = t->cfg.pierd,
+        .job_dir = dir,
+        .job_id = j->id,
+        .crun = t->cfg.crun,
+        .crun_root = t->cfg.crun_root,
+        .tty = spec->tty,
+        .tty_columns = spec->tty_columns,
+        .tty_lines = spec->tty_lines,
+        .stdin_open = spec->stdin_open || spec->tty,
+        .no_log = spec->disable_log,
+        .log_max_bytes = t->cfg.log_max_bytes,
+        .log_max_files = t->cfg.log_max_files,
+    };
+    pid_t cpid;
+    if ((rc = shim_spawn(&so, shim_pid, &cpid, err)) < 0)
+        return err_wrap(err, rc, "crun");
+    return 0;
+}
+
+void *jobs_start_worker(void *arg)
+{
+    struct jobs_work *w = arg;
+    struct jobs *t = w->t;
+    struct job *j = w->j;
+    struct pier_err err = {0};
+    struct buf dir = BUF_INIT;
+    pid_t shim_pid = 0;
+    free(w);
+
+    pthread_mutex_lock(&t->lock);
+    jobs_observe(t, j, json_pack("{s:s}", "state", "starting"));
+    int rc = reserve(t, j, &err);
+    jobs_job_dir(t, j->id, &dir);
+    pthread_mutex_unlock(&t->lock);
+
+    if (rc == 0)
+        rc = launch(t, j, dir.p, &shim_pid, &err);
+
+    pthread_mutex_lock(&t->lock);
+    char now[CLOCK_RFC3339_LEN];
+    clock_rfc3339(now);
+    if (rc == 0) {
+        j->shim_pid = shim_pid;
+        j->own_child = true;
+        j->pidfd = pidfd_of(shim_pid);
+        if (j->pidfd >= 0)
+            monitor_add(t, j);
+        j->local = JOB_RUNNING;
+        jobs_observe(t, j,
+                     json_pack("{s:s, s:s, s:o}", "state", "up", "started_at", now,
+                               "allocated_ports", ports_json(j->ports, j->n_ports)));
+        log_info("host", "job up", "job=%s ports=%d", j->id, j->n_ports ? j->ports[0] : 0);
+        j->health = health_start(t->store, t->cfg.host_ip, j->spec, j->ports, health_changed, t);
+    } else {
+        release(t, j);
+        log_warn("host", "job failed to start", "job=%s error=\"%s\"", j->id, err.msg);
+        jobs_observe(t, j,
+                     json_pack("{s:s, s:s, s:s}", "state", "failed", "host_error", err.msg,
+                               "finished_at", now));
+        j->local = JOB_ENDED;
+    }
+    j->busy = false;
+    t->workers--;
+    jobs_reconcile(t, j);
+    pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
+    buf_free(&dir);
+    return NULL;
+}
+
+void *jobs_stop_worker(void *arg)
+{
+    struct jobs_work *w = arg;
+    struct jobs *t = w->t;
+    struct job *j = w->j;
+    struct buf dir = BUF_INIT;
+    free(w);
+
+    pthread_mutex_lock(&t->lock);
+    struct health *h = j->health;
+    j->health = NULL;
+    int grace = j->stop_grace_ms;
+    jobs_job_dir(t, j->id, &dir);
+    pthread_mutex_unlock(&t->lock);
+
+    health_stop(h); /* out of discovery before the first signal */
+    struct pier_err err = {0};
+    int rc = shim_stop(dir.p, grace, &err);
+    if (rc < 0 && rc != PIER_ENOTFOUND)
+        log_warn("host", "cannot ask the job's shim to stop", "job=%s error=\"%s\"", j->id,
+                 err.msg);
+    else
+        log_info("host", "job stopping", "job=%s grace_ms=%d", j->id, grace);
+
+    pthread_mutex_lock(&t->lock);
+    j->busy = false;
+    t->workers--;
+    jobs_reconcile(t, j);
+    pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
+    buf_free(&dir);
+    return NULL;
+}
+
+json_t *jobs_exit_observed(struct jobs *t, struct job *j, const json_t *exit)
+{
+    (void)t;
+    json_int_t status = exit ? json_integer_value(json_object_get(exit, "status")) : -1;
+    json_int_t sig = exit ? json_integer_value(json_object_get(exit, "signal")) : 0;
+    bool oom = exit && json_is_true(json_object_get(exit, "oom"));
+    const char *error = exit ? json_string_value(json_object_get(exit, "error")) : NULL;
+    const char *fin = exit ? json_string_value(json_object_get(exit, "finished_at")) : NULL;
+    char now[CLOCK_RFC3339_LEN];
+    clock_rfc3339(now);
+    const char *desired =
+        j->rec ? json_string_value(json_object_get(j->rec, "desired_state")) : NULL;
+    bool asked = j->local == JOB_STOPPING || !j->rec || j->deleted ||
+                 (desired && strcmp(desired, "down") == 0);
+
+    json_t *o = json_pack("{s:s}", "finished_at", fin ? fin : now);
+    if (!exit || !json_object_get(exit, "status")) {
+        json_object_set_new(o, "state", json_string("crashed"));
+        json_object_set_new(o, "host_error",
+                            json_string("lost: the job's shim ended without recording how the "
+                                        "job ended (was the host restarted?)"));
+        return o;
+    }
+    json_object_set_new(o, "exit_status", json_integer(status));
+    if (sig)
+        json_object_set_new(o, "signal", json_integer(sig));
+    if (oom) {
+        struct buf why = BUF_INIT;
+        buf_printf(&why, "out of memory: killed at its memory limit");
+        if (j->spec)
+            buf_printf(&why, " of %lld MiB", (long long)(j->spec->memory >> 20));
+        json_object_set_new(o, "oom", json_true());
+        json_object_set_new(o, "host_error", json_string(why.p));
+        buf_free(&why);
+    } else if (error) {
+        json_object_set_new(o, "host_error", json_string(error));
+    }
+    bool clean = !oom && !error && (status == 0 || asked);
+    /* status -1: the container never started (the shim said why). */
+    json_object_set_new(o, "state",
+                        json_string(status < 0 && error ? "failed"
+                                    : clean             ? "down"
+                                                        : "crashed"));
+    return o;
+}
+
+/* --- ended jobs' directories ------------------------------------------- */
+
+struct ended {
+    char *name;
+    struct timespec when;
+};
+
+static int cmp_ended(const void *a, const void *b)
+{
+    const struct ended *x = a, *y = b;
+    if (x->when.tv_sec != y->when.tv_sec)
+        return x->when.tv_sec < y->when.tv_sec ? -1 : 1;
+    return x->when.tv_nsec < y->when.tv_nsec ? -1 : x->when.tv_nsec > y->when.tv_nsec;
+}
+
+/* Keeps the newest cfg.keep_ended directories of ended jobs. No lock held. */
+static void prune(struct jobs *t)
+{
+    struct buf base = BUF_INIT;
+    buf_printf(&base, "%s/jobs", t->cfg.data_dir);
+    DIR *d = opendir(base.p);
+    struct ended *v = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        struct buf p = BUF_INIT;
+        struct stat st;
+        buf_printf(&p, "%s/%s/exit.json", base.p, de->d_name);
+        if (stat(p.p, &st) == 0) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 32;
+                v = xrealloc(v, cap * sizeof(*v));
+            }
+            v[n].name = xstrdup(de->d_name);
+            v[n].when = st.st_mtim;
+            n++;
+        }
+        buf_free(&p);
+    }
+    if (d)
+        closedir(d);
+    if (n)
+        qsort(v, n, sizeof(*v), cmp_ended);
+    for (size_t i = 0; i < n; i++) {
+        if (n - i > (size_t)t->cfg.keep_ended) {
+            pthread_mutex_lock(&t->lock);
+            struct job *j = jobs_find(t, v[i].name);
+            bool active = j && j->local != JOB_ENDED;
+            pthread_mutex_unlock(&t->lock);
+            if (!active) {
+                struct buf p = BUF_INIT;
+                buf_printf(&p, "%s/%s", base.p, v[i].name);
+                rm_tree(p.p);
+                buf_free(&p);
+            }
+        }
+        free(v[i].name);
+    }
+    free(v);
+    buf_free(&base);
+}
+
+/* --- noticing ends ------------------------------------------------------ */
+
+int jobs_monitor_init(struct jobs *t, struct pier_err *err)
+{
+    t->epfd = epoll_create1(EPOLL_CLOEXEC);
+    t->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (t->epfd < 0 || t->wakefd < 0)
+        return err_set(err, -errno, "epoll: %s", strerror(errno));
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = t->wakefd};
+    epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->wakefd, &ev);
+    return 0;
+}
+
+/* The shim of the job with this pidfd has exited. */
+static void on_shim_exit(struct jobs *t, int pidfd)
+{
+    struct buf dir = BUF_INIT, path = BUF_INIT;
+    struct job *j = NULL;
+
+    pthread_mutex_lock(&t->lock);
+    for (size_t i = 0; i < t->n && !j; i++)
+        if (t->v[i]->pidfd == pidfd)
+            j = t->v[i];
+    if (!j) {
+        pthread_mutex_unlock(&t->lock);
+        epoll_ctl(t->epfd, EPOLL_CTL_DEL, pidfd, NULL);
+        return;
+    }
+    epoll_ctl(t->epfd, EPOLL_CTL_DEL, pidfd, NULL);
+    close(pidfd);
+    j->pidfd = -1;
+    if (j->own_child)
+        waitpid(j->shim_pid, NULL, WNOHANG);
+    struct health *h = j->health;
+    j->health = NULL;
+    jobs_job_dir(t, j->id, &dir);
+    buf_printf(&path, "%s/exit.json", dir.p);
+    json_t *exit = read_json_file(path.p);
+    json_t *obs = jobs_exit_observed(t, j, exit);
+    log_info("host", "job ended", "job=%s state=%s exit_status=%lld", j->id,
+             json_string_value(json_object_get(obs, "state")),
+             (long long)json_integer_value(json_object_get(obs, "exit_status")));
+    json_decref(exit);
+    release(t, j);
+    j->local = JOB_ENDED;
+    jobs_observe(t, j, obs);
+    jobs_reconcile(t, j);
+    pthread_mutex_unlock(&t->lock);
+
+    health_stop(h);
+    buf_reset(&path);
+    buf_printf(&path, "%s/app", dir.p);
+    rm_tree(path.p); /* the slug's files; the logs stay */
+    prune(t);
+    buf_free(&dir);
+    buf_free(&path);
+}
+
+void *jobs_monitor_main(void *arg)
+{
+    struct jobs *t = arg;
+    struct epoll_event ev[16];
+
+    for (;;) {
+        int n = epoll_wait(t->epfd, ev, 16, 1000);
+        pthread_mutex_lock(&t->lock);
+        bool stop = t->stopping;
+        pthread_mutex_unlock(&t->lock);
+        if (stop)
+            break;
+        for (int i = 0; i < n; i++)
+            if (ev[i].data.fd != t->wakefd)
+                on_shim_exit(t, ev[i].data.fd);
+    }
+    return NULL;
+}
+
+/* --- adoption ----------------------------------------------------------- */
+
+static void adopt_one(struct jobs *t, const char *base, const char *id)
+{
+    struct buf dir = BUF_INIT, path = BUF_INIT;
+    buf_printf(&dir, "%s/%s", base, id);
+    buf_printf(&path, "%s/job.json", dir.p);
+    json_t *keep = read_json_file(path.p);
+    json_t *rec = keep ? json_object_get(keep, "record") : NULL;
+    struct jobspec *spec = NULL;
+    if (!rec || jobspec_parse(rec, &spec, NULL) < 0 || strcmp(spec->id, id) != 0) {
+        /* Not something this agent wrote; leave it alone. */
+        log_warn("host", "job directory without a readable job.json, left alone", "dir=%s", dir.p);
+        goto out;
+    }
+    pid_t pid = shim_alive(dir.p);
+    int pidfd = pid > 0 ? pidfd_of(pid) : -1; /* fails when it ended just now */
+    pthread_mutex_lock(&t->lock);
+    struct job *j = jobs_find(t, id);
+    if (!j) {
+        j = jobs_add_entry(t, id);
+        j->rec = json_incref(rec);
+    }
+    j->spec = spec;
+    spec = NULL;
+    j->stop_grace_ms = j->spec->stop_grace_ms;
+    if (pidfd >= 0) {
+        json_t *ports = json_object_get(keep, "ports");
+        j->n_ports = json_array_size(ports);
+        j->ports = xcalloc(j->n_ports ? j->n_ports : 1, sizeof(int));
+        for (size_t i = 0; i < j->n_ports; i++) {
+            j->ports[i] = (int)json_integer_value(json_array_get(ports, i));
+            ports_claim(t->ports, j->ports[i]);
+        }
+        j->memory = json_integer_value(json_object_get(keep, "memory"));
+        j->cpu = json_integer_value(json_object_get(keep, "cpu"));
+        t->memory_used += j->memory;
+        t->cpu_used += j->cpu;
+        j->shim_pid = pid;
+        j->own_child = false;
+        j->pidfd = pidfd;
+        monitor_add(t, j);
+        j->local = JOB_RUNNING;
+        /* Reported only if the record says otherwise (jobs_reconcile). */
+        json_object_set_new(j->observed, "state", json_string("up"));
+        json_object_set(j->observed, "allocated_ports", ports);
+        j->health = health_start(t->store, t->cfg.host_ip, j->spec, j->ports, health_changed, t);
+        log_info("host", "job re-adopted", "job=%s shim=%d", id, (int)pid);
+    } else {
+        buf_reset(&path);
+        buf_printf(&path, "%s/exit.json", dir.p);
+        j->exit = read_json_file(path.p);
+        if (!j->exit)
+            j->exit = json_object(); /* no status: lost (jobs_exit_observed) */
+        j->local = JOB_ENDED;
+        log_info("host", "job ended while the agent was away", "job=%s", id);
+    }
+    pthread_mutex_unlock(&t->lock);
+out:
+    jobspec_free(spec);
+    json_decref(keep);
+    buf_free(&dir);
+    buf_free(&path);
+}
+
+int jobs_adopt(struct jobs *t, struct pier_err *err)
+{
+    struct buf base = BUF_INIT;
+    buf_printf(&base, "%s/jobs", t->cfg.data_dir);
+    if (mkdir(base.p, 0700) < 0 && errno != EEXIST) {
+        int rc = err_set(err, -errno, "creating %s: %s", base.p, strerror(errno));
+        buf_free(&base);
+        return rc;
+    }
+    DIR *d = opendir(base.p);
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] != '.' && jobspec_id_ok(de->d_name, t->cfg.host_id))
+            adopt_one(t, base.p, de->d_name);
+    if (d)
+        closedir(d);
+    buf_free(&base);
+    prune(t);
+    return 0;
+}

@@ -1,0 +1,1136 @@
+/* `pierd shim`: one job's container, from `crun run --detach` to exit.json.
+ *
+ * The shim is single-threaded around one poll loop. It holds the
+ * container's output (pipes, or the TTY master crun hands over) and writes
+ * it to the job log and to attached clients; it reaps the container's init,
+ * which becomes its child when crun exits because the shim is a child
+ * subreaper. When the init has exited the pid namespace is gone, so the
+ * output reaches EOF soon after: the shim drains it (for a bounded time),
+ * reads the memory cgroup's OOM count, has crun delete the container,
+ * writes exit.json and tells attached clients the status.
+ *
+ * Nothing a client does may end the shim: commands are single lines of
+ * bounded length, frames go through the decoder, clients are non-blocking,
+ * and one that falls more than CLIENT_MAX_QUEUE behind is dropped. */
+#include "host/shim.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "host/attach.h"
+#include "host/joblog.h"
+#include "lib/cleanup.h"
+#include "lib/clock.h"
+#include "lib/jsonx.h"
+#include "lib/log.h"
+
+#define OUT_CHUNK (16 << 10)       /* read from the container at once */
+#define BACKLOG_MAX (64 << 10)     /* output kept for the next attacher */
+#define CLIENT_MAX_QUEUE (1 << 20) /* an attached client this far behind is dropped */
+#define STDIN_MAX_QUEUE (1 << 20)  /* past this, attached clients are not read */
+#define MAX_CONNS 32               /* control connections at once */
+#define MAX_ATTACHED 8             /* of which attached */
+#define LINE_MAX_LEN 128           /* a command line */
+#define LINE_TIMEOUT_MS 5000       /* a command line must come this soon */
+#define DRAIN_MS 2000              /* output read after the init exited */
+#define TERM_GRACE_MS 10000        /* a SIGTERM to the shim stops with this grace */
+#define CRUN_TIMEOUT_MS 60000      /* crun run or delete */
+#define CONSOLE_TIMEOUT_MS 5000    /* the TTY master after crun exited */
+
+struct opts {
+    const char *dir, *id, *crun, *crun_root;
+    bool tty, stdin_open, no_log;
+    unsigned short cols, rows;
+    size_t log_max_bytes;
+    int log_max_files;
+};
+
+struct conn {
+    int fd;
+    bool attached;
+    bool read_closed; /* the client will send nothing more */
+    struct buf line;  /* the command line, before attach */
+    struct attach_decoder dec;
+    struct buf out; /* bytes to send */
+    int64_t deadline_ms;
+};
+
+struct output {
+    int fd; /* -1 once at EOF */
+    enum joblog_stream stream;
+};
+
+struct shim {
+    struct opts o;
+    char *dir; /* absolute */
+    int dirfd, sigfd, start_fd, listen_fd;
+    struct output outs[3]; /* crun's stdout pipe, stderr pipe, the TTY master */
+    int master;            /* the TTY master (also outs[2].fd and in_fd) */
+    int in_fd;             /* where stdin frames go: stdin pipe or master */
+    struct buf in_q;
+    bool in_eof; /* close the stdin pipe once in_q is written */
+    struct joblog_writer *log;
+    struct buf backlog;
+    struct conn *conns[MAX_CONNS];
+    char cgroup[PATH_MAX]; /* linux.cgroupsPath */
+    pid_t init;
+    bool exited;
+    int wstatus;
+    char finished_at[64];
+    bool crun_ran;
+    bool term; /* SIGTERM seen */
+    int64_t kill_at, drain_until;
+};
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: pierd shim --dir JOBDIR --id JOBID [--crun PATH] [--crun-root DIR]\n"
+                    "                  [--tty COLSxROWS] [--stdin] [--log-max-bytes N]\n"
+                    "                  [--log-max-files N] [--no-log]\n"
+                    "Runs one job's container (started by the host agent).\n");
+}
+
+/* Fills o from argv; -1 with a message in err for a bad command line. */
+static int parse_args(int argc, char **argv, struct opts *o, struct pier_err *err)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool takes = true;
+        if (strcmp(a, "--stdin") == 0) {
+            takes = false, o->stdin_open = true;
+        } else if (strcmp(a, "--no-log") == 0) {
+            takes = false, o->no_log = true;
+        } else if (!v) {
+            return err_set(err, -1, "%s needs a value", a);
+        } else if (strcmp(a, "--dir") == 0) {
+            o->dir = v;
+        } else if (strcmp(a, "--id") == 0) {
+            o->id = v;
+        } else if (strcmp(a, "--crun") == 0) {
+            o->crun = v;
+        } else if (strcmp(a, "--crun-root") == 0) {
+            o->crun_root = v;
+        } else if (strcmp(a, "--tty") == 0) {
+            unsigned cols, rows;
+            if (sscanf(v, "%ux%u", &cols, &rows) != 2 || !cols || !rows || cols > 10000 ||
+                rows > 10000) {
+                return err_set(err, -1, "--tty wants COLSxROWS, not \"%s\"", v);
+            }
+            o->tty = true, o->cols = (unsigned short)cols, o->rows = (unsigned short)rows;
+        } else if (strcmp(a, "--log-max-bytes") == 0) {
+            o->log_max_bytes = strtoull(v, NULL, 10);
+        } else if (strcmp(a, "--log-max-files") == 0) {
+            o->log_max_files = atoi(v);
+        } else {
+            return err_set(err, -1, "unknown flag \"%s\"", a);
+        }
+        if (takes)
+            i++;
+    }
+    if (!o->dir || !o->id || !*o->id || strchr(o->id, '/') || strlen(o->id) > 200 ||
+        o->id[0] == '.') {
+        return err_set(err, -1, "--dir and a valid --id are needed");
+    }
+    if (!o->crun)
+        o->crun = "crun";
+    return 0;
+}
+
+/* ------------------------------------------------------------ files */
+
+/* Writes name in the job directory atomically (temporary file + rename). */
+static int write_file(struct shim *s, const char *name, const char *text)
+{
+    char tmp[64];
+    snprintf(tmp, sizeof(tmp), ".%s.tmp", name);
+    cleanup_close int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
+        return -errno;
+    if (renameat(s->dirfd, tmp, s->dirfd, name) < 0)
+        return -errno;
+    return 0;
+}
+
+static void now_rfc3339(char out[64])
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
+}
+
+static void write_exit(struct shim *s, json_t *j)
+{
+    struct buf text = BUF_INIT;
+    jsonx_dump(&text, j);
+    buf_putc(&text, '\n');
+    int r = write_file(s, "exit.json", text.p);
+    if (r < 0)
+        log_error("shim", "cannot write exit.json", "job=%s error=\"%s\"", s->o.id, strerror(-r));
+    buf_free(&text);
+    json_decref(j);
+}
+
+/* The cgroup crun puts the container in, from bundle/config.json. */
+static void read_cgroup_path(struct shim *s)
+{
+    snprintf(s->cgroup, sizeof(s->cgroup), "/pier/%s", s->o.id);
+    cleanup_free char *path = NULL;
+    if (asprintf(&path, "%s/bundle/config.json", s->dir) < 0)
+        abort();
+    json_error_t jerr;
+    cleanup_json json_t *cfg = json_load_file(path, 0, &jerr);
+    const char *cg = json_string_value(
+        json_object_get(json_object_get(cfg, "linux"), "cgroupsPath")); /* borrowed */
+    if (cg && *cg)
+        snprintf(s->cgroup, sizeof(s->cgroup), "%s%s", cg[0] == '/' ? "" : "/", cg);
+}
+
+/* Opens a file of the container's cgroup: controller "" is cgroup v2. */
+static FILE *cgroup_file(struct shim *s, const char *controller, const char *file)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof(path), "/sys/fs/cgroup%s%s%s/%s", *controller ? "/" : "", controller,
+             s->cgroup, file);
+    return fopen(path, "re");
+}
+
+/* Whether the memory cgroup's OOM killer fired ("oom_kill N" in v1's
+ * memory.oom_control and v2's memory.events alike). */
+static bool read_oom(struct shim *s)
+{
+    FILE *f = cgroup_file(s, "memory", "memory.oom_control");
+    if (!f)
+        f = cgroup_file(s, "", "memory.events");
+    if (!f)
+        return false;
+    char line[128];
+    long long kills = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "oom_kill %lld", &kills) == 1)
+            break;
+    fclose(f);
+    return kills > 0;
+}
+
+/* Sends sig to every process of the container (and to its init). */
+static void kill_all(struct shim *s, int sig)
+{
+    if (s->init > 0 && !s->exited)
+        kill(s->init, sig);
+    FILE *f = cgroup_file(s, "pids", "cgroup.procs");
+    if (!f)
+        f = cgroup_file(s, "memory", "cgroup.procs");
+    if (!f)
+        f = cgroup_file(s, "", "cgroup.procs");
+    if (!f)
+        return;
+    int pid;
+    while (fscanf(f, "%d", &pid) == 1)
+        if (pid > 1)
+            kill(pid, sig);
+    fclose(f);
+}
+
+/* crun's reason for a failure: the last error message in crun.log. */
+static void crun_reason(struct shim *s, int status, struct buf *out)
+{
+    cleanup_free char *path = NULL;
+    if (asprintf(&path, "%s/crun.log", s->dir) < 0)
+        abort();
+    FILE *f = fopen(path, "re");
+    char line[2048];
+    while (f && fgets(line, sizeof(line), f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        const char *level = json_string_value(json_object_get(j, "level"));
+        if (msg && (!level || strcmp(level, "error") == 0)) {
+            buf_reset(out);
+            buf_printf(out, "crun: %.400s", msg);
+        }
+        json_decref(j);
+    }
+    if (f)
+        fclose(f);
+    if (!out->len)
+        buf_printf(out, "crun exited with status %d", status);
+    for (size_t i = 0; i < out->len; i++)
+        if (out->p[i] == '\n' || out->p[i] == '\r')
+            out->p[i] = ' ';
+}
+
+/* ------------------------------------------------------------ children */
+
+/* Reaps every child that has ended, noting the init's status. */
+static void reap(struct shim *s)
+{
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            return;
+        if (pid == s->init && !s->exited) {
+            s->exited = true;
+            s->wstatus = status;
+            now_rfc3339(s->finished_at);
+        }
+    }
+}
+
+/* Reads pending signals: SIGTERM/SIGINT set s->term. */
+static void read_signals(struct shim *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sigfd, &si, sizeof(si)) == sizeof(si))
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            s->term = true;
+}
+
+/* Waits for the child pid up to timeout_ms (killing it then); returns its
+ * wait status, or -1 when the wait was cut short by a SIGTERM and
+ * stop_on_term is set. */
+static int wait_child(struct shim *s, pid_t pid, int timeout_ms, bool stop_on_term)
+{
+    int64_t deadline = clock_now_ms() + timeout_ms;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if ((stop_on_term && s->term) || clock_now_ms() >= deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
+        poll(&p, 1, 20);
+        read_signals(s);
+    }
+}
+
+/* fork + exec of crun with the given stdio; returns its pid or -errno. */
+static pid_t start_crun(const char *crun, char **argv, int in, int out, int errfd)
+{
+    int ep[2]; /* carries errno when exec fails */
+    if (pipe2(ep, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(ep[0]);
+        close(ep[1]);
+        return -e;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
+            _exit(127);
+        execvp(crun, argv);
+        int e = errno;
+        (void)!write(ep[1], &e, sizeof(e));
+        _exit(127);
+    }
+    close(ep[1]);
+    int e = 0;
+    ssize_t n;
+    while ((n = read(ep[0], &e, sizeof(e))) < 0 && errno == EINTR)
+        ;
+    close(ep[0]);
+    if (n == sizeof(e)) {
+        waitpid(pid, NULL, 0);
+        return -e;
+    }
+    return pid;
+}
+
+/* The argument vector of `crun [--root R] --log=... CMD`. */
+static int crun_argv(struct shim *s, char **argv, struct buf *logarg)
+{
+    int n = 0;
+    argv[n++] = (char *)s->o.crun;
+    if (s->o.crun_root) {
+        argv[n++] = "--root";
+        argv[n++] = (char *)s->o.crun_root;
+    }
+    buf_printf(logarg, "--log=%s/crun.log", s->dir);
+    argv[n++] = logarg->p;
+    argv[n++] = "--log-format=json";
+    return n;
+}
+
+static void crun_delete(struct shim *s)
+{
+    char *argv[16];
+    cleanup_buf struct buf logarg = BUF_INIT;
+    int n = crun_argv(s, argv, &logarg);
+    argv[n++] = "delete";
+    argv[n++] = "--force";
+    argv[n++] = (char *)s->o.id;
+    argv[n] = NULL;
+    cleanup_close int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    pid_t pid = start_crun(s->o.crun, argv, null, null, 2);
+    if (pid < 0) {
+        log_error("shim", "cannot run crun delete", "job=%s error=\"%s\"", s->o.id,
+                  strerror((int)-pid));
+        return;
+    }
+    int status = wait_child(s, pid, CRUN_TIMEOUT_MS, false);
+    if (status != 0)
+        log_warn("shim", "crun delete failed", "job=%s status=%d", s->o.id, status);
+}
+
+/* ------------------------------------------------------------ TTY */
+
+/* The console socket crun connects to: a name it can reach whatever the
+ * length of the job directory (through /proc/<shim pid>/fd/<dirfd>). */
+static int console_listen(struct shim *s, struct buf *crun_path)
+{
+    struct sockaddr_un sa;
+    socklen_t len;
+    cleanup_close int dirfd = -1;
+    unlinkat(s->dirfd, "console.sock", 0);
+    int r = shim_sock_addr(s->dir, "console.sock", &sa, &len, &dirfd);
+    if (r < 0)
+        return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 1) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (dirfd >= 0)
+        buf_printf(crun_path, "/proc/%d/fd/%d/console.sock", (int)getpid(), s->dirfd);
+    else
+        buf_printf(crun_path, "%s/console.sock", s->dir);
+    return fd;
+}
+
+/* Takes the TTY master crun sends over the console socket. */
+static int console_receive(struct shim *s, int lfd)
+{
+    struct pollfd p = {.fd = lfd, .events = POLLIN};
+    if (poll(&p, 1, CONSOLE_TIMEOUT_MS) <= 0)
+        return -ETIMEDOUT;
+    cleanup_close int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        return -errno;
+    char data[256], control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {data, sizeof(data)};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control,
+                         .msg_controllen = sizeof(control)};
+    p = (struct pollfd){.fd = c, .events = POLLIN};
+    if (poll(&p, 1, CONSOLE_TIMEOUT_MS) <= 0)
+        return -ETIMEDOUT;
+    if (recvmsg(c, &msg, MSG_CMSG_CLOEXEC) < 0)
+        return -errno;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+        return -EPROTO;
+    int master;
+    memcpy(&master, CMSG_DATA(cm), sizeof(int));
+    fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    struct winsize ws = {.ws_row = s->o.rows, .ws_col = s->o.cols};
+    ioctl(master, TIOCSWINSZ, &ws);
+    return master;
+}
+
+/* ------------------------------------------------------------ start */
+
+/* Runs `crun run --detach`; on success s->init is the container's init. */
+static int run_container(struct shim *s, struct buf *reason)
+{
+    int outp[2], errp[2], inp[2] = {-1, -1};
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+        abort(); /* out of descriptors at start: nothing sensible to do */
+    if (s->o.stdin_open && !s->o.tty && pipe2(inp, O_CLOEXEC) < 0)
+        abort();
+    cleanup_close int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    cleanup_close int console = -1;
+    cleanup_buf struct buf console_path = BUF_INIT;
+    if (s->o.tty && (console = console_listen(s, &console_path)) < 0) {
+        buf_printf(reason, "console socket: %s", strerror(-console));
+        return -1;
+    }
+
+    char *argv[24];
+    cleanup_buf struct buf logarg = BUF_INIT;
+    cleanup_buf struct buf bundle = BUF_INIT;
+    cleanup_buf struct buf pidfile = BUF_INIT;
+    buf_printf(&bundle, "%s/bundle", s->dir);
+    buf_printf(&pidfile, "%s/container.pid", s->dir);
+    int n = crun_argv(s, argv, &logarg);
+    argv[n++] = "run";
+    argv[n++] = "--detach";
+    argv[n++] = "--bundle";
+    argv[n++] = bundle.p;
+    argv[n++] = "--pid-file";
+    argv[n++] = pidfile.p;
+    if (s->o.tty) {
+        argv[n++] = "--console-socket";
+        argv[n++] = console_path.p;
+    }
+    argv[n++] = (char *)s->o.id;
+    argv[n] = NULL;
+
+    unlinkat(s->dirfd, "container.pid", 0);
+    s->crun_ran = true;
+    pid_t pid = start_crun(s->o.crun, argv, inp[0] >= 0 ? inp[0] : null, outp[1], errp[1]);
+    close(outp[1]);
+    close(errp[1]);
+    if (inp[0] >= 0)
+        close(inp[0]);
+    s->outs[0] = (struct output){outp[0], JOBLOG_STDOUT};
+    s->outs[1] = (struct output){errp[0], JOBLOG_STDERR};
+    s->in_fd = inp[1];
+    fcntl(outp[0], F_SETFL, O_NONBLOCK);
+    fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    if (inp[1] >= 0)
+        fcntl(inp[1], F_SETFL, O_NONBLOCK);
+    if (pid < 0) {
+        buf_printf(reason, "cannot run %s: %s", s->o.crun, strerror((int)-pid));
+        return -1;
+    }
+    int status = wait_child(s, pid, CRUN_TIMEOUT_MS, true);
+    if (status != 0) {
+        if (status == -1)
+            buf_printf(reason, s->term ? "stopped while starting" : "crun run timed out");
+        else
+            crun_reason(s, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+                        reason);
+        return -1;
+    }
+
+    char text[32] = "";
+    cleanup_close int fd = openat(s->dirfd, "container.pid", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+    s->init = got > 0 ? atoi(text) : 0;
+    if (s->init <= 0) {
+        buf_printf(reason, "crun wrote no container.pid");
+        return -1;
+    }
+    if (s->o.tty) {
+        s->master = console_receive(s, console);
+        unlinkat(s->dirfd, "console.sock", 0);
+        if (s->master < 0) {
+            buf_printf(reason, "no TTY from crun: %s", strerror(-s->master));
+            return -1;
+        }
+        s->outs[2] = (struct output){s->master, JOBLOG_STDOUT};
+        s->in_fd = s->master;
+    }
+    return 0;
+}
+
+static int control_listen(struct shim *s)
+{
+    struct sockaddr_un sa;
+    socklen_t len;
+    cleanup_close int dirfd = -1;
+    unlinkat(s->dirfd, "shim.sock", 0);
+    int r = shim_sock_addr(s->dir, "shim.sock", &sa, &len, &dirfd);
+    if (r < 0)
+        return r;
+    s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s->listen_fd < 0)
+        return -errno;
+    mode_t old = umask(077);
+    r = bind(s->listen_fd, (struct sockaddr *)&sa, len) < 0 ? -errno : 0;
+    umask(old);
+    if (r == 0 && listen(s->listen_fd, 16) < 0)
+        r = -errno;
+    return r;
+}
+
+static int write_pid_file(struct shim *s)
+{
+    char text[64];
+    snprintf(text, sizeof(text), "%d %llu\n", (int)getpid(), shim_proc_start(getpid()));
+    return write_file(s, "shim.pid", text);
+}
+
+static void report(struct shim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(struct shim *s, const char *fmt, ...)
+{
+    if (s->start_fd < 0)
+        return;
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    (void)!write(s->start_fd, line, strlen(line));
+    close(s->start_fd);
+    s->start_fd = -1;
+}
+
+/* Everything up to a running container. On failure the reason is
+ * reported, recorded in exit.json, and -1 returned. */
+static int start(struct shim *s)
+{
+    cleanup_buf struct buf reason = BUF_INIT;
+    int r = 0;
+    s->dir = realpath(s->o.dir, NULL);
+    if (!s->dir || (s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        report(s, "failed job directory %s: %s\n", s->o.dir, strerror(errno));
+        return -1;
+    }
+    if (chdir("/") < 0 || (r = write_pid_file(s)) < 0) {
+        buf_printf(&reason, "writing shim.pid: %s", strerror(r < 0 ? -r : errno));
+        goto failed;
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    read_cgroup_path(s);
+    if (!s->o.no_log) {
+        struct pier_err err;
+        if (joblog_writer_open(s->dir, s->o.log_max_bytes, s->o.log_max_files, &s->log, &err) < 0) {
+            buf_puts(&reason, err.msg);
+            goto failed;
+        }
+    }
+    if ((r = control_listen(s)) < 0) {
+        buf_printf(&reason, "control socket: %s", strerror(-r));
+        goto failed;
+    }
+    if (run_container(s, &reason) < 0)
+        goto failed;
+    log_info("shim", "container started", "job=%s pid=%d", s->o.id, (int)s->init);
+    report(s, "started %d\n", (int)s->init);
+    return 0;
+
+failed:
+    if (!reason.len)
+        buf_puts(&reason, "unknown error");
+    log_error("shim", "container did not start", "job=%s reason=\"%s\"", s->o.id, reason.p);
+    report(s, "failed %s\n", reason.p);
+    if (s->crun_ran) {
+        crun_delete(s);
+        /* crun's stderr is the container's: what it said belongs in the log */
+        char data[OUT_CHUNK];
+        ssize_t n;
+        for (int k = 0; k < 2 * 16; k++) /* a bounded read of each */
+            if (s->log && s->outs[k % 2].fd >= 0 &&
+                (n = read(s->outs[k % 2].fd, data, sizeof(data))) > 0)
+                joblog_write(s->log, s->outs[k % 2].stream, data, (size_t)n);
+    }
+    json_t *j = json_object();
+    json_object_set_new(j, "status", json_integer(-1)); /* stolen */
+    json_object_set_new(j, "error", json_string(reason.p));
+    write_exit(s, j);
+    return -1;
+}
+
+/* ------------------------------------------------------------ clients */
+
+static void conn_free(struct conn *c)
+{
+    close(c->fd);
+    buf_free(&c->line);
+    buf_free(&c->out);
+    attach_decoder_free(&c->dec);
+    free(c);
+}
+
+static void drop(struct shim *s, int i)
+{
+    conn_free(s->conns[i]);
+    s->conns[i] = NULL;
+}
+
+/* Sends what it can of c->out without blocking. Returns -1 when the client
+ * is gone. */
+static int conn_flush(struct conn *c)
+{
+    while (c->out.len) {
+        ssize_t n = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno == EAGAIN ? 0 : -1;
+        buf_consume(&c->out, (size_t)n);
+    }
+    return 0;
+}
+
+/* A one-line answer, then the connection is closed. What the client sent
+ * beyond its line is read away first: closing a unix socket with unread
+ * data makes the peer's next read fail, before it has read the answer. */
+static void answer(struct shim *s, int i, const char *text)
+{
+    struct conn *c = s->conns[i];
+    buf_puts(&c->out, text);
+    conn_flush(c);
+    char scratch[4096];
+    for (int k = 0; k < 16 && recv(c->fd, scratch, sizeof(scratch), MSG_DONTWAIT) > 0; k++)
+        ;
+    drop(s, i);
+}
+
+/* Queues a frame for an attached client; drops one that is too far behind. */
+static void conn_send(struct shim *s, int i, const struct buf *frame)
+{
+    struct conn *c = s->conns[i];
+    buf_append(&c->out, frame->p, frame->len);
+    if (c->out.len > CLIENT_MAX_QUEUE) {
+        log_warn("shim", "dropping a slow attached client", "job=%s", s->o.id);
+        drop(s, i);
+    } else if (conn_flush(c) < 0) {
+        drop(s, i);
+    }
+}
+
+static int attached_count(struct shim *s)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_CONNS; i++)
+        n += s->conns[i] && s->conns[i]->attached;
+    return n;
+}
+
+/* Output goes to the log and to attached clients; with nobody attached,
+ * the last BACKLOG_MAX bytes of it wait for the next one. */
+static void deliver(struct shim *s, enum joblog_stream stream, const char *data, size_t n)
+{
+    if (s->log)
+        joblog_write(s->log, stream, data, n);
+    cleanup_buf struct buf frame = BUF_INIT;
+    attach_put_data(&frame, (uint8_t)stream, data, n);
+    if (attached_count(s) == 0) {
+        buf_append(&s->backlog, frame.p, frame.len);
+        /* drop whole frames from the front: 6 bytes of head, then len */
+        while (s->backlog.len > BACKLOG_MAX) {
+            uint32_t len;
+            memcpy(&len, s->backlog.p + 2, 4);
+            buf_consume(&s->backlog, 6 + (size_t)ntohl(len));
+        }
+        return;
+    }
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (s->conns[i] && s->conns[i]->attached)
+            conn_send(s, i, &frame);
+}
+
+static void begin_stop(struct shim *s, int grace_ms)
+{
+    if (s->exited)
+        return;
+    log_info("shim", "stopping", "job=%s grace_ms=%d", s->o.id, grace_ms);
+    kill_all(s, SIGTERM);
+    int64_t at = clock_now_ms() + grace_ms;
+    if (!s->kill_at || at < s->kill_at)
+        s->kill_at = at;
+}
+
+static void write_stdin(struct shim *s)
+{
+    while (s->in_fd >= 0 && s->in_q.len) {
+        ssize_t n = write(s->in_fd, s->in_q.p, s->in_q.len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) { /* nobody reads stdin any more */
+            buf_reset(&s->in_q);
+            break;
+        }
+        buf_consume(&s->in_q, (size_t)n);
+    }
+    if (s->in_eof && !s->in_q.len && s->in_fd >= 0 && s->in_fd != s->master) {
+        close(s->in_fd);
+        s->in_fd = -1;
+    }
+}
+
+static void handle_frame(struct shim *s, const struct attach_frame *f)
+{
+    if (f->type == ATTACH_DATA && f->stream == ATTACH_STDIN && s->in_fd >= 0 && !s->in_eof) {
+        if (f->len == 0) {
+            /* A TTY has no end of input short of closing it: ignored. */
+            s->in_eof = s->in_fd != s->master;
+        } else {
+            buf_append(&s->in_q, f->data, f->len);
+        }
+        write_stdin(s);
+    } else if (f->type == ATTACH_SIGNAL && f->value > 0 && f->value < 65 && !s->exited) {
+        kill(s->init, (int)f->value);
+    } else if (f->type == ATTACH_RESIZE && s->master >= 0) {
+        struct winsize ws = {.ws_row = f->rows, .ws_col = f->cols};
+        ioctl(s->master, TIOCSWINSZ, &ws);
+    }
+}
+
+static void start_attach(struct shim *s, int i)
+{
+    struct conn *c = s->conns[i];
+    if (attached_count(s) >= MAX_ATTACHED) {
+        attach_put_error(&c->out, "too many attached clients");
+        conn_flush(c);
+        drop(s, i);
+        return;
+    }
+    c->attached = true;
+    /* bytes after the line are already frames */
+    buf_append(&c->dec.in, c->line.p, c->line.len);
+    buf_free(&c->line);
+    buf_append(&c->out, s->backlog.p, s->backlog.len);
+    buf_reset(&s->backlog);
+    if (conn_flush(c) < 0)
+        drop(s, i);
+}
+
+static void handle_command(struct shim *s, int i, const char *cmd)
+{
+    int v;
+    char extra;
+    if (strcmp(cmd, "attach") == 0) {
+        start_attach(s, i);
+    } else if (sscanf(cmd, "signal %d%c", &v, &extra) == 1) {
+        if (v <= 0 || v > 64)
+            answer(s, i, "error bad signal number\n");
+        else if (s->exited || kill(s->init, v) < 0)
+            answer(s, i, "error the container is not running\n");
+        else
+            answer(s, i, "ok\n");
+    } else if (sscanf(cmd, "stop %d%c", &v, &extra) == 1 && v >= 0) {
+        begin_stop(s, v);
+        answer(s, i, "ok\n");
+    } else {
+        answer(s, i, "error unknown command\n");
+    }
+}
+
+/* Reads from a client: its command line, or attach frames. */
+static void conn_read(struct shim *s, int i)
+{
+    struct conn *c = s->conns[i];
+    struct buf *into = c->attached ? &c->dec.in : &c->line;
+    size_t want = c->attached ? OUT_CHUNK : LINE_MAX_LEN;
+    buf_grow(into, want);
+    ssize_t n = recv(c->fd, into->p + into->len, want, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        if (!c->attached || n < 0) {
+            drop(s, i);
+            return;
+        }
+        c->read_closed = true; /* output may still go to it */
+        return;
+    }
+    into->len += (size_t)n;
+    into->p[into->len] = '\0';
+    if (!c->attached) {
+        char *nl = memchr(c->line.p, '\n', c->line.len);
+        if (!nl) {
+            if (c->line.len >= LINE_MAX_LEN)
+                answer(s, i, "error line too long\n");
+            return;
+        }
+        *nl = '\0';
+        cleanup_free char *cmd = xstrdup(c->line.p);
+        buf_consume(&c->line, (size_t)(nl - c->line.p) + 1);
+        handle_command(s, i, cmd);
+        if (!s->conns[i] || !s->conns[i]->attached)
+            return;
+    }
+    struct attach_frame f;
+    int r;
+    while ((r = attach_next(&c->dec, &f)) == 1)
+        handle_frame(s, &f);
+    if (r < 0)
+        drop(s, i);
+}
+
+static void accept_conns(struct shim *s)
+{
+    for (;;) {
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+            return;
+        int i = 0;
+        while (i < MAX_CONNS && s->conns[i])
+            i++;
+        if (i == MAX_CONNS) {
+            (void)!send(fd, "error too many connections\n", 27, MSG_NOSIGNAL | MSG_DONTWAIT);
+            close(fd);
+            continue;
+        }
+        struct conn *c = xcalloc(1, sizeof(*c));
+        c->fd = fd;
+        c->deadline_ms = clock_now_ms() + LINE_TIMEOUT_MS;
+        s->conns[i] = c;
+    }
+}
+
+/* ------------------------------------------------------------ loop */
+
+static void read_output(struct shim *s, struct output *o)
+{
+    char data[OUT_CHUNK];
+    ssize_t n = read(o->fd, data, sizeof(data));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n > 0) {
+        deliver(s, o->stream, data, (size_t)n);
+        return;
+    }
+    /* EOF, or EIO from a TTY master whose other side is closed */
+    if (o->fd == s->master) {
+        s->master = s->in_fd = -1;
+        buf_reset(&s->in_q);
+    }
+    close(o->fd);
+    o->fd = -1;
+}
+
+static void close_listener(struct shim *s)
+{
+    if (s->listen_fd < 0)
+        return;
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    unlinkat(s->dirfd, "shim.sock", 0);
+}
+
+static int timeout_until(int timeout, int64_t at, int64_t now)
+{
+    if (!at)
+        return timeout;
+    int ms = at <= now ? 0 : (int)(at - now);
+    return timeout < 0 || ms < timeout ? ms : timeout;
+}
+
+/* Checks timers; returns the poll timeout until the next one. */
+static int tick(struct shim *s)
+{
+    int64_t now = clock_now_ms();
+    if (s->term && !s->exited && !s->kill_at)
+        begin_stop(s, TERM_GRACE_MS);
+    if (s->kill_at && now >= s->kill_at && !s->exited) {
+        log_info("shim", "killing after the grace period", "job=%s", s->o.id);
+        kill_all(s, SIGKILL);
+        s->kill_at = 0;
+    }
+    if (s->log)
+        joblog_flush(s->log, false);
+    int timeout = s->log ? joblog_flush_due_ms(s->log) : -1;
+    timeout = timeout_until(timeout, s->kill_at, now);
+    timeout = timeout_until(timeout, s->drain_until, now);
+    for (int i = 0; i < MAX_CONNS; i++) {
+        struct conn *c = s->conns[i];
+        if (!c || c->attached)
+            continue;
+        if (now >= c->deadline_ms)
+            drop(s, i);
+        else
+            timeout = timeout_until(timeout, c->deadline_ms, now);
+    }
+    return timeout;
+}
+
+static void loop(struct shim *s)
+{
+    for (;;) {
+        reap(s);
+        if (s->exited && !s->drain_until) {
+            s->drain_until = clock_now_ms() + DRAIN_MS;
+            s->kill_at = 0;
+            close_listener(s);
+        }
+        bool outputs = false;
+        for (int k = 0; k < 3; k++)
+            outputs |= s->outs[k].fd >= 0;
+        if (s->exited && (!outputs || clock_now_ms() >= s->drain_until))
+            return;
+        int timeout = tick(s);
+
+        struct pollfd p[6 + MAX_CONNS];
+        int who[6 + MAX_CONNS]; /* -1 sigfd, -2 listener, -3 stdin, 100+k output, i conn */
+        int n = 0;
+        p[n] = (struct pollfd){s->sigfd, POLLIN, 0}, who[n++] = -1;
+        if (s->listen_fd >= 0)
+            p[n] = (struct pollfd){s->listen_fd, POLLIN, 0}, who[n++] = -2;
+        if (s->in_fd >= 0 && s->in_q.len)
+            p[n] = (struct pollfd){s->in_fd, POLLOUT, 0}, who[n++] = -3;
+        for (int k = 0; k < 3; k++)
+            if (s->outs[k].fd >= 0)
+                p[n] = (struct pollfd){s->outs[k].fd, POLLIN, 0}, who[n++] = 100 + k;
+        bool stdin_full = s->in_q.len > STDIN_MAX_QUEUE;
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = s->conns[i];
+            if (!c)
+                continue;
+            short ev = (c->read_closed || (c->attached && stdin_full)) ? 0 : POLLIN;
+            if (c->out.len)
+                ev |= POLLOUT;
+            p[n] = (struct pollfd){c->fd, ev, 0}, who[n++] = i;
+        }
+        if (poll(p, (nfds_t)n, timeout) < 0 && errno != EINTR)
+            log_error("shim", "poll failed", "error=\"%s\"", strerror(errno));
+        for (int k = 0; k < n; k++) {
+            if (!p[k].revents)
+                continue;
+            int w = who[k];
+            if (w == -1) {
+                read_signals(s);
+            } else if (w == -2) {
+                accept_conns(s);
+            } else if (w == -3) {
+                write_stdin(s);
+            } else if (w >= 100) {
+                if (s->outs[w - 100].fd >= 0)
+                    read_output(s, &s->outs[w - 100]);
+            } else if (s->conns[w] && s->conns[w]->fd == p[k].fd) {
+                if ((p[k].revents & POLLOUT) && conn_flush(s->conns[w]) < 0)
+                    drop(s, w);
+                else if (p[k].revents & (POLLIN | POLLHUP | POLLERR))
+                    conn_read(s, w);
+                /* gone both ways: poll would report it again and again */
+                if (s->conns[w] && s->conns[w]->read_closed && (p[k].revents & (POLLHUP | POLLERR)))
+                    drop(s, w);
+            }
+        }
+    }
+}
+
+/* After the init has exited: the status is recorded and told. */
+static void finish(struct shim *s)
+{
+    int st = s->wstatus;
+    int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + sig;
+    joblog_writer_close(s->log);
+    s->log = NULL;
+    bool oom = read_oom(s);
+    crun_delete(s);
+    log_info("shim", "container exited", "job=%s status=%d signal=%d oom=%s", s->o.id, status, sig,
+             oom ? "true" : "false");
+    json_t *j = json_object();
+    json_object_set_new(j, "status", json_integer(status)); /* stolen */
+    json_object_set_new(j, "signal", json_integer(sig));
+    json_object_set_new(j, "oom", json_boolean(oom));
+    json_object_set_new(j, "finished_at", json_string(s->finished_at));
+    write_exit(s, j);
+
+    /* the exit frame, and a little time for slow clients to take it */
+    for (int i = 0; i < MAX_CONNS; i++) {
+        struct conn *c = s->conns[i];
+        if (c && c->attached) {
+            attach_put_data(&c->out, ATTACH_STDOUT, "", 0);
+            if (!s->o.tty)
+                attach_put_data(&c->out, ATTACH_STDERR, "", 0);
+            attach_put_exit(&c->out, (uint32_t)status);
+        }
+    }
+    int64_t deadline = clock_now_ms() + 1000;
+    for (;;) {
+        struct pollfd p[MAX_CONNS];
+        int n = 0;
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = s->conns[i];
+            if (c && c->attached && c->out.len && conn_flush(c) == 0 && c->out.len)
+                p[n++] = (struct pollfd){c->fd, POLLOUT, 0};
+        }
+        int64_t left = deadline - clock_now_ms();
+        if (!n || left <= 0)
+            break;
+        poll(p, (nfds_t)n, (int)left);
+    }
+}
+
+static void cleanup(struct shim *s)
+{
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (s->conns[i])
+            drop(s, i);
+    close_listener(s);
+    for (int k = 0; k < 3; k++)
+        if (s->outs[k].fd >= 0)
+            close(s->outs[k].fd);
+    if (s->in_fd >= 0 && s->in_fd != s->outs[2].fd)
+        close(s->in_fd);
+    joblog_writer_close(s->log);
+    buf_free(&s->in_q);
+    buf_free(&s->backlog);
+    if (s->start_fd >= 0)
+        close(s->start_fd);
+    if (s->sigfd >= 0)
+        close(s->sigfd);
+    if (s->dirfd >= 0)
+        close(s->dirfd);
+    free(s->dir);
+}
+
+int shim_main(int argc, char **argv)
+{
+    struct shim s;
+    memset(&s, 0, sizeof(s));
+    s.dirfd = s.sigfd = s.start_fd = s.listen_fd = s.master = s.in_fd = -1;
+    for (int k = 0; k < 3; k++)
+        s.outs[k].fd = -1;
+    /* fd 3 is the start pipe: checked before any descriptor is made */
+    if (fcntl(3, F_SETFD, FD_CLOEXEC) == 0)
+        s.start_fd = 3;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage();
+            return 0;
+        }
+    }
+    struct pier_err err;
+    if (parse_args(argc, argv, &s.o, &err) < 0) {
+        fprintf(stderr, "pierd shim: %s\n", err.msg);
+        usage();
+        report(&s, "failed pierd shim: %s\n", err.msg);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    s.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+
+    int rc = 1;
+    if (start(&s) == 0) {
+        loop(&s);
+        finish(&s);
+        rc = 0;
+    }
+    cleanup(&s);
+    return rc;
+}
