@@ -12,6 +12,10 @@ struct command {
     const char *usage;
 };
 
+/* Command groups that have no line in cli/cli.h yet. */
+int cli_host(struct cli *c);  /* host.c */
+int cli_stack(struct cli *c); /* stack.c */
+
 static int cmd_version(struct cli *c);
 static int cmd_help(struct cli *c);
 
@@ -23,6 +27,19 @@ static const struct command commands[] = {
      "       pier cluster default [NAME]         show or set the default cluster\n"},
     {"status", cli_status, "check that the cluster's controller answers",
      "usage: pier [-c CLUSTER] status\n"},
+    {"host", cli_host, "list the cluster's hosts and the jobs on one of them",
+     "usage: pier host list [--json] [--store URL]        hosts, their resources and heartbeat\n"
+     "       pier host jobs HOST [--json] [--store URL]   the jobs on one host\n"
+     "\n"
+     "These read the cluster store directly: --store URL, or PIER_STORE\n"
+     "(a cluster from 'make up' has it at http://127.0.0.1:7001).\n"},
+    {"stack", cli_stack, "build the root file system jobs run on",
+     "usage: pier stack build DIR [--suite SUITE] [--mirror URL] [--packages P1,P2,...]\n"
+     "\n"
+     "Makes a minimal Debian (debootstrap --variant=minbase, default suite bookworm,\n"
+     "mirror from /etc/apt or http://deb.debian.org/debian) in DIR, installs the\n"
+     "packages in it, and marks it finished in DIR/etc/pier-stack. Needs root and\n"
+     "the debootstrap package. Use the result with 'pierd host --stack DIR ...'.\n"},
     {"version", cmd_version, "print the version", "usage: pier version\n"},
     {"help", cmd_help, "show help for a command", "usage: pier help [COMMAND]\n"},
 };
