@@ -12,5 +12,9 @@ struct cli {
 int cli_cluster(struct cli *c);
 /* pier status: asks the cluster's controller how it is. */
 int cli_status(struct cli *c);
+/* pier host list|jobs HOST: host and job records, read from the store. */
+int cli_host(struct cli *c);
+/* pier stack build DIR: a stack root made with debootstrap. */
+int cli_stack(struct cli *c);
 
 #endif

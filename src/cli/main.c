@@ -12,10 +12,6 @@ struct command {
     const char *usage;
 };
 
-/* Command groups that have no line in cli/cli.h yet. */
-int cli_host(struct cli *c);  /* host.c */
-int cli_stack(struct cli *c); /* stack.c */
-
 static int cmd_version(struct cli *c);
 static int cmd_help(struct cli *c);
 

@@ -592,10 +592,29 @@ static int build(const char *dir, const char *suite, const char *mirror, json_t 
     if (json_array_size(packages) > 0 && (r = install_packages(dir, packages)) != 0)
         return r;
 
-    cleanup_buf struct buf app = BUF_INIT;
-    buf_printf(&app, "%s/app", dir);
-    if (mkdir(app.p, 0755) < 0 && errno != EEXIST)
-        return ui_fail(NULL, "cannot make %s: %s", app.p, strerror(errno));
+    /* Every mount point a job's container needs, made now, so that crun
+     * never has to create one inside the shared stack (DESIGN.md §4). */
+    static const char *const dirs[] = {"app", "tmp", "dev", "proc", "sys", NULL};
+    static const char *const files[] = {"etc/hosts", "etc/resolv.conf", NULL};
+    cleanup_buf struct buf p = BUF_INIT;
+    for (int i = 0; dirs[i]; i++) {
+        buf_reset(&p);
+        buf_printf(&p, "%s/%s", dir, dirs[i]);
+        if (mkdir(p.p, 0755) < 0 && errno != EEXIST)
+            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
+    }
+    for (int i = 0; files[i]; i++) {
+        struct stat st;
+        buf_reset(&p);
+        buf_printf(&p, "%s/%s", dir, files[i]);
+        if (lstat(p.p, &st) == 0 && S_ISREG(st.st_mode))
+            continue;
+        unlink(p.p); /* a symlink would lead crun outside the file */
+        int fd = open(p.p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
+        close(fd);
+    }
     if ((r = write_marker(dir, suite, mirror, packages)) < 0)
         return ui_fail(NULL, "cannot write %s" MARKER ": %s", dir, strerror(-r));
     tree_bytes = 0;

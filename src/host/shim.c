@@ -9,12 +9,10 @@
  * reads the memory cgroup's OOM count, has crun delete the container,
  * writes exit.json and tells attached clients the status.
  *
- * Nothing a client does may end the shim: commands are single lines of
- * bounded length, frames go through the decoder, clients are non-blocking,
- * and one that falls more than CLIENT_MAX_QUEUE behind is dropped. */
+ * The control socket and the clients on it are shim_conn.c's; what the two
+ * files share is in shim_int.h. */
 #include "host/shim.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -27,76 +25,21 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "host/attach.h"
 #include "host/joblog.h"
+#include "host/shim_int.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
-#define OUT_CHUNK (16 << 10)       /* read from the container at once */
-#define BACKLOG_MAX (64 << 10)     /* output kept for the next attacher */
-#define CLIENT_MAX_QUEUE (1 << 20) /* an attached client this far behind is dropped */
-#define STDIN_MAX_QUEUE (1 << 20)  /* past this, attached clients are not read */
-#define MAX_CONNS 32               /* control connections at once */
-#define MAX_ATTACHED 8             /* of which attached */
-#define LINE_MAX_LEN 128           /* a command line */
-#define LINE_TIMEOUT_MS 5000       /* a command line must come this soon */
-#define DRAIN_MS 2000              /* output read after the init exited */
-#define TERM_GRACE_MS 10000        /* a SIGTERM to the shim stops with this grace */
-#define CRUN_TIMEOUT_MS 60000      /* crun run or delete */
-#define CONSOLE_TIMEOUT_MS 5000    /* the TTY master after crun exited */
-
-struct opts {
-    const char *dir, *id, *crun, *crun_root;
-    bool tty, stdin_open, no_log;
-    unsigned short cols, rows;
-    size_t log_max_bytes;
-    int log_max_files;
-};
-
-struct conn {
-    int fd;
-    bool attached;
-    bool read_closed; /* the client will send nothing more */
-    struct buf line;  /* the command line, before attach */
-    struct attach_decoder dec;
-    struct buf out; /* bytes to send */
-    int64_t deadline_ms;
-};
-
-struct output {
-    int fd; /* -1 once at EOF */
-    enum joblog_stream stream;
-};
-
-struct shim {
-    struct opts o;
-    char *dir; /* absolute */
-    int dirfd, sigfd, start_fd, listen_fd;
-    struct output outs[3]; /* crun's stdout pipe, stderr pipe, the TTY master */
-    int master;            /* the TTY master (also outs[2].fd and in_fd) */
-    int in_fd;             /* where stdin frames go: stdin pipe or master */
-    struct buf in_q;
-    bool in_eof; /* close the stdin pipe once in_q is written */
-    struct joblog_writer *log;
-    struct buf backlog;
-    struct conn *conns[MAX_CONNS];
-    char cgroup[PATH_MAX]; /* linux.cgroupsPath */
-    pid_t init;
-    bool exited;
-    int wstatus;
-    char finished_at[64];
-    bool crun_ran;
-    bool term; /* SIGTERM seen */
-    int64_t kill_at, drain_until;
-};
+#define DRAIN_MS 2000           /* output read after the init exited */
+#define TERM_GRACE_MS 10000     /* a SIGTERM to the shim stops with this grace */
+#define CRUN_TIMEOUT_MS 60000   /* crun run or delete */
+#define CONSOLE_TIMEOUT_MS 5000 /* the TTY master after crun exited */
 
 static void usage(void)
 {
@@ -107,7 +50,7 @@ static void usage(void)
 }
 
 /* Fills o from argv; -1 with a message in err for a bad command line. */
-static int parse_args(int argc, char **argv, struct opts *o, struct pier_err *err)
+static int parse_args(int argc, char **argv, struct shim_opts *o, struct pier_err *err)
 {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -171,25 +114,14 @@ static int write_file(struct shim *s, const char *name, const char *text)
     return 0;
 }
 
-static void now_rfc3339(char out[64])
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
-}
-
 static void write_exit(struct shim *s, json_t *j)
 {
-    struct buf text = BUF_INIT;
+    cleanup_buf struct buf text = BUF_INIT;
     jsonx_dump(&text, j);
     buf_putc(&text, '\n');
     int r = write_file(s, "exit.json", text.p);
     if (r < 0)
         log_error("shim", "cannot write exit.json", "job=%s error=\"%s\"", s->o.id, strerror(-r));
-    buf_free(&text);
     json_decref(j);
 }
 
@@ -254,6 +186,17 @@ static void kill_all(struct shim *s, int sig)
     fclose(f);
 }
 
+void shim_begin_stop(struct shim *s, int grace_ms)
+{
+    if (s->exited)
+        return;
+    log_info("shim", "stopping", "job=%s grace_ms=%d", s->o.id, grace_ms);
+    kill_all(s, SIGTERM);
+    int64_t at = clock_now_ms() + grace_ms;
+    if (!s->kill_at || at < s->kill_at)
+        s->kill_at = at;
+}
+
 /* crun's reason for a failure: the last error message in crun.log. */
 static void crun_reason(struct shim *s, int status, struct buf *out)
 {
@@ -294,7 +237,7 @@ static void reap(struct shim *s)
         if (pid == s->init && !s->exited) {
             s->exited = true;
             s->wstatus = status;
-            now_rfc3339(s->finished_at);
+            clock_rfc3339(s->finished_at);
         }
     }
 }
@@ -511,8 +454,8 @@ static int run_container(struct shim *s, struct buf *reason)
     close(errp[1]);
     if (inp[0] >= 0)
         close(inp[0]);
-    s->outs[0] = (struct output){outp[0], JOBLOG_STDOUT};
-    s->outs[1] = (struct output){errp[0], JOBLOG_STDERR};
+    s->outs[0] = (struct shim_output){outp[0], JOBLOG_STDOUT};
+    s->outs[1] = (struct shim_output){errp[0], JOBLOG_STDERR};
     s->in_fd = inp[1];
     fcntl(outp[0], F_SETFL, O_NONBLOCK);
     fcntl(errp[0], F_SETFL, O_NONBLOCK);
@@ -547,30 +490,10 @@ static int run_container(struct shim *s, struct buf *reason)
             buf_printf(reason, "no TTY from crun: %s", strerror(-s->master));
             return -1;
         }
-        s->outs[2] = (struct output){s->master, JOBLOG_STDOUT};
+        s->outs[2] = (struct shim_output){s->master, JOBLOG_STDOUT};
         s->in_fd = s->master;
     }
     return 0;
-}
-
-static int control_listen(struct shim *s)
-{
-    struct sockaddr_un sa;
-    socklen_t len;
-    cleanup_close int dirfd = -1;
-    unlinkat(s->dirfd, "shim.sock", 0);
-    int r = shim_sock_addr(s->dir, "shim.sock", &sa, &len, &dirfd);
-    if (r < 0)
-        return r;
-    s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (s->listen_fd < 0)
-        return -errno;
-    mode_t old = umask(077);
-    r = bind(s->listen_fd, (struct sockaddr *)&sa, len) < 0 ? -errno : 0;
-    umask(old);
-    if (r == 0 && listen(s->listen_fd, 16) < 0)
-        r = -errno;
-    return r;
 }
 
 static int write_pid_file(struct shim *s)
@@ -619,7 +542,7 @@ static int start(struct shim *s)
             goto failed;
         }
     }
-    if ((r = control_listen(s)) < 0) {
+    if ((r = shim_conn_listen(s)) < 0) {
         buf_printf(&reason, "control socket: %s", strerror(-r));
         goto failed;
     }
@@ -651,258 +574,16 @@ failed:
     return -1;
 }
 
-/* ------------------------------------------------------------ clients */
-
-static void conn_free(struct conn *c)
-{
-    close(c->fd);
-    buf_free(&c->line);
-    buf_free(&c->out);
-    attach_decoder_free(&c->dec);
-    free(c);
-}
-
-static void drop(struct shim *s, int i)
-{
-    conn_free(s->conns[i]);
-    s->conns[i] = NULL;
-}
-
-/* Sends what it can of c->out without blocking. Returns -1 when the client
- * is gone. */
-static int conn_flush(struct conn *c)
-{
-    while (c->out.len) {
-        ssize_t n = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno == EAGAIN ? 0 : -1;
-        buf_consume(&c->out, (size_t)n);
-    }
-    return 0;
-}
-
-/* A one-line answer, then the connection is closed. What the client sent
- * beyond its line is read away first: closing a unix socket with unread
- * data makes the peer's next read fail, before it has read the answer. */
-static void answer(struct shim *s, int i, const char *text)
-{
-    struct conn *c = s->conns[i];
-    buf_puts(&c->out, text);
-    conn_flush(c);
-    char scratch[4096];
-    for (int k = 0; k < 16 && recv(c->fd, scratch, sizeof(scratch), MSG_DONTWAIT) > 0; k++)
-        ;
-    drop(s, i);
-}
-
-/* Queues a frame for an attached client; drops one that is too far behind. */
-static void conn_send(struct shim *s, int i, const struct buf *frame)
-{
-    struct conn *c = s->conns[i];
-    buf_append(&c->out, frame->p, frame->len);
-    if (c->out.len > CLIENT_MAX_QUEUE) {
-        log_warn("shim", "dropping a slow attached client", "job=%s", s->o.id);
-        drop(s, i);
-    } else if (conn_flush(c) < 0) {
-        drop(s, i);
-    }
-}
-
-static int attached_count(struct shim *s)
-{
-    int n = 0;
-    for (int i = 0; i < MAX_CONNS; i++)
-        n += s->conns[i] && s->conns[i]->attached;
-    return n;
-}
-
-/* Output goes to the log and to attached clients; with nobody attached,
- * the last BACKLOG_MAX bytes of it wait for the next one. */
-static void deliver(struct shim *s, enum joblog_stream stream, const char *data, size_t n)
-{
-    if (s->log)
-        joblog_write(s->log, stream, data, n);
-    cleanup_buf struct buf frame = BUF_INIT;
-    attach_put_data(&frame, (uint8_t)stream, data, n);
-    if (attached_count(s) == 0) {
-        buf_append(&s->backlog, frame.p, frame.len);
-        /* drop whole frames from the front: 6 bytes of head, then len */
-        while (s->backlog.len > BACKLOG_MAX) {
-            uint32_t len;
-            memcpy(&len, s->backlog.p + 2, 4);
-            buf_consume(&s->backlog, 6 + (size_t)ntohl(len));
-        }
-        return;
-    }
-    for (int i = 0; i < MAX_CONNS; i++)
-        if (s->conns[i] && s->conns[i]->attached)
-            conn_send(s, i, &frame);
-}
-
-static void begin_stop(struct shim *s, int grace_ms)
-{
-    if (s->exited)
-        return;
-    log_info("shim", "stopping", "job=%s grace_ms=%d", s->o.id, grace_ms);
-    kill_all(s, SIGTERM);
-    int64_t at = clock_now_ms() + grace_ms;
-    if (!s->kill_at || at < s->kill_at)
-        s->kill_at = at;
-}
-
-static void write_stdin(struct shim *s)
-{
-    while (s->in_fd >= 0 && s->in_q.len) {
-        ssize_t n = write(s->in_fd, s->in_q.p, s->in_q.len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
-        if (n <= 0) { /* nobody reads stdin any more */
-            buf_reset(&s->in_q);
-            break;
-        }
-        buf_consume(&s->in_q, (size_t)n);
-    }
-    if (s->in_eof && !s->in_q.len && s->in_fd >= 0 && s->in_fd != s->master) {
-        close(s->in_fd);
-        s->in_fd = -1;
-    }
-}
-
-static void handle_frame(struct shim *s, const struct attach_frame *f)
-{
-    if (f->type == ATTACH_DATA && f->stream == ATTACH_STDIN && s->in_fd >= 0 && !s->in_eof) {
-        if (f->len == 0) {
-            /* A TTY has no end of input short of closing it: ignored. */
-            s->in_eof = s->in_fd != s->master;
-        } else {
-            buf_append(&s->in_q, f->data, f->len);
-        }
-        write_stdin(s);
-    } else if (f->type == ATTACH_SIGNAL && f->value > 0 && f->value < 65 && !s->exited) {
-        kill(s->init, (int)f->value);
-    } else if (f->type == ATTACH_RESIZE && s->master >= 0) {
-        struct winsize ws = {.ws_row = f->rows, .ws_col = f->cols};
-        ioctl(s->master, TIOCSWINSZ, &ws);
-    }
-}
-
-static void start_attach(struct shim *s, int i)
-{
-    struct conn *c = s->conns[i];
-    if (attached_count(s) >= MAX_ATTACHED) {
-        attach_put_error(&c->out, "too many attached clients");
-        conn_flush(c);
-        drop(s, i);
-        return;
-    }
-    c->attached = true;
-    /* bytes after the line are already frames */
-    buf_append(&c->dec.in, c->line.p, c->line.len);
-    buf_free(&c->line);
-    buf_append(&c->out, s->backlog.p, s->backlog.len);
-    buf_reset(&s->backlog);
-    if (conn_flush(c) < 0)
-        drop(s, i);
-}
-
-static void handle_command(struct shim *s, int i, const char *cmd)
-{
-    int v;
-    char extra;
-    if (strcmp(cmd, "attach") == 0) {
-        start_attach(s, i);
-    } else if (sscanf(cmd, "signal %d%c", &v, &extra) == 1) {
-        if (v <= 0 || v > 64)
-            answer(s, i, "error bad signal number\n");
-        else if (s->exited || kill(s->init, v) < 0)
-            answer(s, i, "error the container is not running\n");
-        else
-            answer(s, i, "ok\n");
-    } else if (sscanf(cmd, "stop %d%c", &v, &extra) == 1 && v >= 0) {
-        begin_stop(s, v);
-        answer(s, i, "ok\n");
-    } else {
-        answer(s, i, "error unknown command\n");
-    }
-}
-
-/* Reads from a client: its command line, or attach frames. */
-static void conn_read(struct shim *s, int i)
-{
-    struct conn *c = s->conns[i];
-    struct buf *into = c->attached ? &c->dec.in : &c->line;
-    size_t want = c->attached ? OUT_CHUNK : LINE_MAX_LEN;
-    buf_grow(into, want);
-    ssize_t n = recv(c->fd, into->p + into->len, want, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
-        if (!c->attached || n < 0) {
-            drop(s, i);
-            return;
-        }
-        c->read_closed = true; /* output may still go to it */
-        return;
-    }
-    into->len += (size_t)n;
-    into->p[into->len] = '\0';
-    if (!c->attached) {
-        char *nl = memchr(c->line.p, '\n', c->line.len);
-        if (!nl) {
-            if (c->line.len >= LINE_MAX_LEN)
-                answer(s, i, "error line too long\n");
-            return;
-        }
-        *nl = '\0';
-        cleanup_free char *cmd = xstrdup(c->line.p);
-        buf_consume(&c->line, (size_t)(nl - c->line.p) + 1);
-        handle_command(s, i, cmd);
-        if (!s->conns[i] || !s->conns[i]->attached)
-            return;
-    }
-    struct attach_frame f;
-    int r;
-    while ((r = attach_next(&c->dec, &f)) == 1)
-        handle_frame(s, &f);
-    if (r < 0)
-        drop(s, i);
-}
-
-static void accept_conns(struct shim *s)
-{
-    for (;;) {
-        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0)
-            return;
-        int i = 0;
-        while (i < MAX_CONNS && s->conns[i])
-            i++;
-        if (i == MAX_CONNS) {
-            (void)!send(fd, "error too many connections\n", 27, MSG_NOSIGNAL | MSG_DONTWAIT);
-            close(fd);
-            continue;
-        }
-        struct conn *c = xcalloc(1, sizeof(*c));
-        c->fd = fd;
-        c->deadline_ms = clock_now_ms() + LINE_TIMEOUT_MS;
-        s->conns[i] = c;
-    }
-}
-
 /* ------------------------------------------------------------ loop */
 
-static void read_output(struct shim *s, struct output *o)
+static void read_output(struct shim *s, struct shim_output *o)
 {
     char data[OUT_CHUNK];
     ssize_t n = read(o->fd, data, sizeof(data));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n > 0) {
-        deliver(s, o->stream, data, (size_t)n);
+        shim_conn_deliver(s, o->stream, data, (size_t)n);
         return;
     }
     /* EOF, or EIO from a TTY master whose other side is closed */
@@ -912,15 +593,6 @@ static void read_output(struct shim *s, struct output *o)
     }
     close(o->fd);
     o->fd = -1;
-}
-
-static void close_listener(struct shim *s)
-{
-    if (s->listen_fd < 0)
-        return;
-    close(s->listen_fd);
-    s->listen_fd = -1;
-    unlinkat(s->dirfd, "shim.sock", 0);
 }
 
 static int timeout_until(int timeout, int64_t at, int64_t now)
@@ -936,7 +608,7 @@ static int tick(struct shim *s)
 {
     int64_t now = clock_now_ms();
     if (s->term && !s->exited && !s->kill_at)
-        begin_stop(s, TERM_GRACE_MS);
+        shim_begin_stop(s, TERM_GRACE_MS);
     if (s->kill_at && now >= s->kill_at && !s->exited) {
         log_info("shim", "killing after the grace period", "job=%s", s->o.id);
         kill_all(s, SIGKILL);
@@ -947,15 +619,7 @@ static int tick(struct shim *s)
     int timeout = s->log ? joblog_flush_due_ms(s->log) : -1;
     timeout = timeout_until(timeout, s->kill_at, now);
     timeout = timeout_until(timeout, s->drain_until, now);
-    for (int i = 0; i < MAX_CONNS; i++) {
-        struct conn *c = s->conns[i];
-        if (!c || c->attached)
-            continue;
-        if (now >= c->deadline_ms)
-            drop(s, i);
-        else
-            timeout = timeout_until(timeout, c->deadline_ms, now);
-    }
+    timeout = timeout_until(timeout, shim_conn_expire(s, now), now);
     return timeout;
 }
 
@@ -966,7 +630,7 @@ static void loop(struct shim *s)
         if (s->exited && !s->drain_until) {
             s->drain_until = clock_now_ms() + DRAIN_MS;
             s->kill_at = 0;
-            close_listener(s);
+            shim_conn_unlisten(s);
         }
         bool outputs = false;
         for (int k = 0; k < 3; k++)
@@ -986,16 +650,7 @@ static void loop(struct shim *s)
         for (int k = 0; k < 3; k++)
             if (s->outs[k].fd >= 0)
                 p[n] = (struct pollfd){s->outs[k].fd, POLLIN, 0}, who[n++] = 100 + k;
-        bool stdin_full = s->in_q.len > STDIN_MAX_QUEUE;
-        for (int i = 0; i < MAX_CONNS; i++) {
-            struct conn *c = s->conns[i];
-            if (!c)
-                continue;
-            short ev = (c->read_closed || (c->attached && stdin_full)) ? 0 : POLLIN;
-            if (c->out.len)
-                ev |= POLLOUT;
-            p[n] = (struct pollfd){c->fd, ev, 0}, who[n++] = i;
-        }
+        n = shim_conn_poll_add(s, p, who, n);
         if (poll(p, (nfds_t)n, timeout) < 0 && errno != EINTR)
             log_error("shim", "poll failed", "error=\"%s\"", strerror(errno));
         for (int k = 0; k < n; k++) {
@@ -1005,20 +660,14 @@ static void loop(struct shim *s)
             if (w == -1) {
                 read_signals(s);
             } else if (w == -2) {
-                accept_conns(s);
+                shim_conn_accept(s);
             } else if (w == -3) {
-                write_stdin(s);
+                shim_write_stdin(s);
             } else if (w >= 100) {
                 if (s->outs[w - 100].fd >= 0)
                     read_output(s, &s->outs[w - 100]);
-            } else if (s->conns[w] && s->conns[w]->fd == p[k].fd) {
-                if ((p[k].revents & POLLOUT) && conn_flush(s->conns[w]) < 0)
-                    drop(s, w);
-                else if (p[k].revents & (POLLIN | POLLHUP | POLLERR))
-                    conn_read(s, w);
-                /* gone both ways: poll would report it again and again */
-                if (s->conns[w] && s->conns[w]->read_closed && (p[k].revents & (POLLHUP | POLLERR)))
-                    drop(s, w);
+            } else {
+                shim_conn_ready(s, w, &p[k]);
             }
         }
     }
@@ -1042,39 +691,13 @@ static void finish(struct shim *s)
     json_object_set_new(j, "oom", json_boolean(oom));
     json_object_set_new(j, "finished_at", json_string(s->finished_at));
     write_exit(s, j);
-
-    /* the exit frame, and a little time for slow clients to take it */
-    for (int i = 0; i < MAX_CONNS; i++) {
-        struct conn *c = s->conns[i];
-        if (c && c->attached) {
-            attach_put_data(&c->out, ATTACH_STDOUT, "", 0);
-            if (!s->o.tty)
-                attach_put_data(&c->out, ATTACH_STDERR, "", 0);
-            attach_put_exit(&c->out, (uint32_t)status);
-        }
-    }
-    int64_t deadline = clock_now_ms() + 1000;
-    for (;;) {
-        struct pollfd p[MAX_CONNS];
-        int n = 0;
-        for (int i = 0; i < MAX_CONNS; i++) {
-            struct conn *c = s->conns[i];
-            if (c && c->attached && c->out.len && conn_flush(c) == 0 && c->out.len)
-                p[n++] = (struct pollfd){c->fd, POLLOUT, 0};
-        }
-        int64_t left = deadline - clock_now_ms();
-        if (!n || left <= 0)
-            break;
-        poll(p, (nfds_t)n, (int)left);
-    }
+    shim_conn_send_exit(s, status);
 }
 
 static void cleanup(struct shim *s)
 {
-    for (int i = 0; i < MAX_CONNS; i++)
-        if (s->conns[i])
-            drop(s, i);
-    close_listener(s);
+    shim_conn_close_all(s);
+    shim_conn_unlisten(s);
     for (int k = 0; k < 3; k++)
         if (s->outs[k].fd >= 0)
             close(s->outs[k].fd);

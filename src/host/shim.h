@@ -86,7 +86,7 @@ int shim_attach(const char *job_dir, struct pier_err *err);
  * the same one (start time). Returns its pid, or 0 when it is gone. */
 pid_t shim_alive(const char *job_dir);
 
-/* --- shared by shim.c and shim_client.c --- */
+/* --- shared by shim.c, shim_conn.c and shim_client.c --- */
 /* Fills *sa and *len with the unix socket address of <job_dir>/<name>. A
  * path too long for sun_path (108 bytes) goes through /proc/self/fd/N, N
  * being *dirfd, a descriptor of job_dir opened here that the caller closes
