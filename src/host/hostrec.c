@@ -78,7 +78,7 @@ int hostrec_load_id(const char *data_dir, const char *want, char id[HOSTREC_MAX_
                          kept, want, path.p);
             goto out;
         }
-        snprintf(id, HOSTREC_MAX_ID + 1, "%s", kept);
+        memcpy(id, kept, strlen(kept) + 1); /* hostrec_id_ok: at most HOSTREC_MAX_ID */
         goto out;
     }
     if (errno != ENOENT) {
@@ -86,7 +86,7 @@ int hostrec_load_id(const char *data_dir, const char *want, char id[HOSTREC_MAX_
         goto out;
     }
     if (want) {
-        snprintf(id, HOSTREC_MAX_ID + 1, "%s", want);
+        memcpy(id, want, strlen(want) + 1); /* checked above */
     } else {
         unsigned char rnd[6];
         int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);

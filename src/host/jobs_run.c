@@ -164,7 +164,7 @@ static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pi
     if (root && strcmp(root, "host") == 0)
         root = NULL;
     if (root && (rc = bundle_check_stack(root, err)) < 0)
-        return err_wrap(err, rc, "unknown artifact: stack %s", root);
+        return err_wrap(err, rc, "unknown artifact");
     buf_printf(&host_root, "%s/host-root", t->cfg.data_dir);
     struct bundle_opts bo = {
         .job_dir = dir,

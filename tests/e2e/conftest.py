@@ -223,3 +223,204 @@ def etcd(tmp_path):
 def pier_store(start_pierd):
     """The URL of a fresh `pierd store`."""
     return start_pierd("store", name="store").url
+
+
+# ---- host agents (`pierd host`) ----
+
+CRUN = "/usr/bin/crun"
+_host_seq = [0]
+_port_blocks = set()
+
+
+def new_host_id():
+    """A host id no other agent in this run (or, most likely, any earlier
+    run) used: crun's state is keyed by it under /run/pier/<id>."""
+    _host_seq[0] += 1
+    return f"t{_host_seq[0]}{os.urandom(3).hex()}"
+
+
+def _bindable(port):
+    for addr in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_range(n=20):
+    """LO, HI of n ports nothing binds now, below the kernel's ephemeral
+    range (where free_port() picks) and never handed out twice in a run."""
+    import random
+    for _ in range(200):
+        block = random.randrange(21000 // n, 32000 // n)
+        if block in _port_blocks:
+            continue
+        lo = block * n
+        if all(_bindable(p) for p in range(lo, lo + n)):
+            _port_blocks.add(block)
+            return lo, lo + n - 1
+    raise RuntimeError("no free port range")
+
+
+def store_get(store, key):
+    """The value (bytes) of key in the store (etcd v3 JSON gateway), or None."""
+    import base64
+    import json
+    req = urllib.request.Request(store + "/v3/kv/range", method="POST",
+                                 data=json.dumps({"key": base64.b64encode(key.encode()).decode()})
+                                 .encode())
+    with urllib.request.urlopen(req, timeout=5) as r:
+        kvs = json.loads(r.read()).get("kvs") or []
+    return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+
+def _pid_file(path):
+    """The pid in the first field of a pid file, or None."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HostAgent(Daemon):
+    """`pierd host` with its own data dir, id, port range and API port.
+
+    Each start() logs to a new pair of files (host.N.stderr), so a restart
+    keeps what the earlier run said; check_sanitizers reads all of them,
+    and the shims' logs (DATA/jobs/*/shim.log) too. Ready when its status
+    answers 200 and its record is in the store."""
+
+    def __init__(self, build_dir, store, workdir, host_id=None, ttl=None, tags=None,
+                 ports=None, args=(), env=None):
+        self.store = store
+        self.id = host_id or new_host_id()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = Path(workdir) / "data"
+        self.ports = ports or free_port_range()
+        self.ttl = ttl
+        self.crun_root = Path("/run/pier") / self.id / "crun"
+        argv = [Path(build_dir) / "pierd", "host", "--store", store, "--data-dir", self.data_dir,
+                "--listen", f"127.0.0.1:{self.port}", "--id", self.id,
+                "--ports", f"{self.ports[0]}-{self.ports[1]}"]
+        if tags:
+            argv += ["--tags", ",".join(f"{k}={v}" for k, v in tags.items())]
+        if ttl is not None:
+            argv += ["--ttl", str(ttl)]
+        super().__init__(f"host-{self.id}", [*argv, *args], workdir, env)
+        self.runs = 0
+        self.stderr_paths = []
+
+    def record(self):
+        """The host record in the store (bytes), or None."""
+        try:
+            return store_get(self.store, "/pier/v1/hosts/" + self.id)
+        except OSError:
+            return None
+
+    def start(self, timeout=30.0):
+        self.runs += 1
+        self.stdout_path = self.workdir / f"host.{self.runs}.stdout"
+        self.stderr_path = self.workdir / f"host.{self.runs}.stderr"
+        self.stderr_paths.append(self.stderr_path)
+        return super().start(lambda: http_status(self.url + "/.well-known/status") == 200
+                             and self.record() is not None, timeout)
+
+    def kill(self):
+        """SIGKILL, as a crash would; jobs keep running."""
+        return self.stop(signal.SIGKILL)
+
+    def job_dirs(self):
+        d = self.data_dir / "jobs"
+        return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    def crun_list(self):
+        """The ids of the containers crun knows under this agent's root."""
+        if not self.crun_root.is_dir():
+            return []
+        p = subprocess.run([CRUN, "--root", str(self.crun_root), "list"], capture_output=True,
+                           text=True, timeout=30)
+        return [line.split()[0] for line in p.stdout.splitlines()[1:] if line.strip()]
+
+    def all_stderr(self):
+        out = []
+        for p in self.stderr_paths:
+            try:
+                out.append(p.read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+        return "\n".join(out)
+
+    def stderr_text(self):
+        return self.all_stderr()
+
+    def cleanup_jobs(self):
+        """Kills every shim and container this agent started, and deletes
+        them from crun, so nothing outlives the test."""
+        ids = set()
+        for d in self.job_dirs():
+            ids.add(d.name)
+            # Only processes that are still what the files say: the shim
+            # (its command line) and the container's init (its cgroup).
+            for name, mark, proc_file in (("shim.pid", "shim", "cmdline"),
+                                          ("container.pid", d.name, "cgroup")):
+                pid = _pid_file(d / name)
+                if not pid or pid <= 1:
+                    continue
+                try:
+                    if mark.encode() in Path(f"/proc/{pid}/{proc_file}").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+        ids.update(self.crun_list())
+        for job_id in sorted(ids):
+            subprocess.run([CRUN, "--root", str(self.crun_root), "delete", "--force", job_id],
+                           capture_output=True, timeout=30)
+        # crun's state directory, once it holds nothing
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.crun_root.parent)],
+                       capture_output=True, timeout=30)
+
+    def check_sanitizers(self):
+        texts = [(f"{self.name} (pid {self.pid})", self.all_stderr())]
+        for d in self.job_dirs():
+            try:
+                texts.append((f"the shim of {d.name}", (d / "shim.log").read_text(errors="replace")))
+            except FileNotFoundError:
+                pass
+        for who, text in texts:
+            if sanitizer_reports(text):
+                pytest.fail(f"{who} reported a sanitizer error:\n{text[-8000:]}", pytrace=False)
+
+
+@pytest.fixture
+def start_host(start_pierd, pier_build, tmp_path):
+    """A factory: start_host(store, ttl=2, tags={...}, host_id=..., args=[...])
+    starts a `pierd host` agent (as root: it runs real crun containers) and
+    returns its HostAgent (.url, .id, .data_dir, .ports, .kill(), .start()
+    again to restart it with the same data dir and id). At teardown every
+    agent is stopped (SIGTERM, so sanitizers report), then every shim and
+    container it started is killed and deleted from crun; a sanitizer report
+    from an agent or a shim fails the test. Torn down before the store."""
+    if os.geteuid() != 0:
+        pytest.fail("the host agent's tests run as root (they start crun containers)",
+                    pytrace=False)
+    agents = []
+
+    def start(store, name=None, **kw):
+        exe = pier_build / "pierd"
+        if not exe.exists():
+            pytest.fail(f"{exe} has not been built", pytrace=False)
+        workdir = tmp_path / (name or f"host-{len(agents)}")
+        a = HostAgent(pier_build, store, workdir, **kw)
+        agents.append(a)
+        return a.start()
+
+    yield start
+    for a in reversed(agents):
+        a.stop()
+    for a in agents:
+        a.cleanup_jobs()
+    for a in agents:
+        a.check_sanitizers()
