@@ -424,3 +424,26 @@ def start_host(start_pierd, pier_build, tmp_path):
         a.cleanup_jobs()
     for a in agents:
         a.check_sanitizers()
+
+
+# ---- a stack root made by `pier stack build` ----
+
+STACK_CACHE = Path(os.environ.get("PIER_TEST_STACK", "/var/cache/pier-test/stack-bookworm"))
+STACK_PACKAGES = "ca-certificates"
+
+
+@pytest.fixture(scope="session")
+def built_stack(pier_build):
+    """A real stack root, built with `pier stack build` once per machine
+    (about 30 s from Debian's archive) and reused by later runs: the build
+    is idempotent once its marker is written. A folder left half-built by
+    an interrupted run is removed first."""
+    marker = STACK_CACHE / "etc" / "pier-stack"
+    if STACK_CACHE.exists() and not marker.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(STACK_CACHE)], check=True)
+    STACK_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run([str(pier_build / "pier"), "stack", "build", str(STACK_CACHE),
+                        "--packages", STACK_PACKAGES],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0 and marker.exists(), p.stderr[-3000:]
+    return STACK_CACHE

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, sanitizer_reports
+from conftest import STACK_CACHE, STACK_PACKAGES, free_port, sanitizer_reports
 
 REPO = Path(__file__).resolve().parents[2]
-STACK_CACHE = Path(os.environ.get("PIER_TEST_STACK", "/var/cache/pier-test/stack-bookworm"))
-STACK_PACKAGES = "ca-certificates"
 
 
 @pytest.fixture

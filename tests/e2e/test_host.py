@@ -854,3 +854,93 @@ def test_two_agents_side_by_side(pier_store, start_host):
     wait_log(b, jb, f"on-{jb}")
     wait_for(lambda: json.loads(a.record()).get("jobs") == 1, 5, "jobs: 1 on host A's record", a)
     wait_for(lambda: json.loads(b.record()).get("jobs") == 2, 5, "jobs: 2 on host B's record", b)
+
+
+# ---- artifacts: a built stack, a slug, and the host's memory ----
+
+def test_jobs_run_on_a_built_stack(pier_store, start_host, built_stack):
+    """A stack from `pier stack build` is a job's root: named in the job's
+    artifact, or the agent's default with --stack. It stays read-only and
+    the job runs unprivileged, as on the host's binds."""
+    agent = start_host(pier_store, args=["--stack", str(built_stack)])
+    script = ("cat /etc/debian_version; echo uid=$(id -u); touch /x 2>/dev/null || echo ro; "
+              "test -x /usr/bin/python3 && echo host-python || echo no-python; "
+              "test -e /etc/ssl/certs/ca-certificates.crt && echo certs")
+    by_default = put_job(agent, "stackdefault", ["/bin/sh", "-c", script],
+                         resources={"memory": {"limit": 64 << 20}})
+    named = put_job(agent, "stacknamed", ["/bin/sh", "-c", script],
+                    artifact={"stack": str(built_stack)},
+                    resources={"memory": {"limit": 64 << 20}})
+    host = put_job(agent, "stackhost", ["/bin/sh", "-c", script],
+                   artifact={"stack": "host"}, resources={"memory": {"limit": 64 << 20}})
+    for job_id in (by_default, named):
+        rec = wait_state(agent, job_id, "down")
+        assert rec.get("exit_status") == 0, rec
+        msgs = log_msgs(agent, job_id)
+        assert any(m.startswith("12.") for m in msgs), msgs   # Debian 12's stack
+        assert "uid=65534" in msgs and "ro" in msgs, msgs
+        # The stack has no Python (minbase), so this is not the host's root.
+        assert "no-python" in msgs and "certs" in msgs, msgs
+    wait_state(agent, host, "down")
+    assert "host-python" in log_msgs(agent, host)
+    # The stack was not written to by running jobs on it.
+    assert not (built_stack / "x").exists()
+
+
+def test_slug_is_unpacked_at_app(pier_store, start_host, tmp_path):
+    import tarfile
+    src = tmp_path / "slug"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "run").write_text("#!/bin/sh\necho slug says $(cat /app/greeting)\n"
+                                     "touch /app/written && echo app-writable\n")
+    (src / "bin" / "run").chmod(0o755)
+    (src / "greeting").write_text("hello")
+    slug = tmp_path / "slug.tgz"
+    with tarfile.open(slug, "w:gz") as t:
+        for p in ("bin", "bin/run", "greeting"):
+            t.add(src / p, arcname=p, recursive=False)
+    bad = tmp_path / "bad.tgz"
+    bad.write_bytes(b"this is not a gzipped tar")
+
+    agent = start_host(pier_store)
+    ok = put_job(agent, "slug", ["/app/bin/run"], artifact={"slug": slug.as_uri()},
+                 resources={"memory": {"limit": 64 << 20}})
+    rec = wait_state(agent, ok, "down")
+    assert rec.get("exit_status") == 0, rec
+    msgs = log_msgs(agent, ok)
+    assert "slug says hello" in msgs and "app-writable" in msgs, msgs
+
+    for name, url in (("badslug", bad.as_uri()),
+                      ("noslug", (tmp_path / "missing.tgz").as_uri())):
+        job_id = put_job(agent, name, ["/app/bin/run"], artifact={"slug": url},
+                         resources={"memory": {"limit": 64 << 20}})
+        rec = wait_state(agent, job_id, "failed")
+        assert "bad artifact" in rec.get("host_error", ""), rec
+        assert url in rec["host_error"] or "missing.tgz" in rec["host_error"], rec
+        assert job_id not in agent.crun_list()
+
+
+def test_memory_is_never_overcommitted(pier_store, start_host):
+    agent = start_host(pier_store, args=["--memory", "100M"])
+    sleep = ["/bin/sh", "-c", "exec sleep 60"]
+    big = put_job(agent, "big", sleep, resources={"memory": {"limit": 200 << 20}})
+    rec = wait_state(agent, big, "failed")
+    assert "not enough memory" in rec.get("host_error", ""), rec
+
+    first = put_job(agent, "first", sleep, resources={"memory": {"limit": 64 << 20}})
+    wait_state(agent, first, "up")
+    second = put_job(agent, "second", sleep, resources={"memory": {"limit": 64 << 20}})
+    rec = wait_state(agent, second, "failed")
+    assert "36 MiB" in rec.get("host_error", ""), rec   # 100 - 64 left
+    def allocated():
+        raw = agent.record()
+        return raw and json.loads(raw)["memory"]["allocated"] == 64 << 20
+    wait_for(allocated, 10, "the host record's allocated memory", agent)
+
+    # Memory comes back when the job ends.
+    stop_job(agent, first, "0s")
+    wait_state(agent, first, "down")
+    third = put_job(agent, "third", sleep, resources={"memory": {"limit": 90 << 20}})
+    wait_state(agent, third, "up")
+    stop_job(agent, third, "0s")
+    wait_state(agent, third, "down")
