@@ -106,10 +106,13 @@ static bool desired_up(const struct job *j)
 
 /* --- reporting observed state ------------------------------------------ */
 
-/* Merges j's observed fields into the record at its key, by CAS. Returns 0,
- * or a negative error after the retries. Lock not held. */
-static int report_once(struct jobs *t, const char *id, json_t *obs, int64_t *rev,
-                       struct pier_err *err)
+/* Changes the record of job id in the store by read-modify-write with
+ * compare-and-swap, retried on conflict: change(rec, ud) edits the parsed
+ * record. *rev (optional) gets the write's revision. PIER_ENOTFOUND for a
+ * missing record, PIER_EINVAL for one that is not a JSON object. Lock not
+ * held. */
+static int rec_update(struct jobs *t, const char *id, void (*change)(json_t *rec, void *ud),
+                      void *ud, int64_t *rev, struct pier_err *err)
 {
     struct buf key = BUF_INIT;
     int rc = 0;
@@ -117,22 +120,15 @@ static int report_once(struct jobs *t, const char *id, json_t *obs, int64_t *rev
     buf_printf(&key, "%s%s", JOBS_PREFIX, id);
     for (int attempt = 0; attempt < 20; attempt++) {
         struct store_kv *kv = NULL;
-        rc = store_get(t->store, key.p, &kv, err);
-        if (rc == PIER_ENOTFOUND) {
-            rc = 0; /* deleted: nobody to tell */
-            break;
-        }
-        if (rc < 0)
+        if ((rc = store_get(t->store, key.p, &kv, err)) < 0)
             break;
         json_t *rec = NULL;
-        if (jsonx_parse_object(kv->value, kv->value_len, &rec, NULL) < 0) {
+        rc = jsonx_parse_object(kv->value, kv->value_len, &rec, err);
+        if (rc < 0) {
             store_kv_free(kv);
-            rc = 0; /* not ours to repair; the watch reports it */
             break;
         }
-        const char *k;
-        json_t *v;
-        json_object_foreach(obs, k, v) json_object_set(rec, k, v);
+        change(rec, ud);
         char now[CLOCK_RFC3339_LEN];
         clock_rfc3339(now);
         json_object_set_new(rec, "updated_at", json_string(now));
@@ -147,6 +143,13 @@ static int report_once(struct jobs *t, const char *id, json_t *obs, int64_t *rev
     }
     buf_free(&key);
     return rc;
+}
+
+static void merge_observed(json_t *rec, void *obs)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obs, k, v) json_object_set(rec, k, v);
 }
 
 static void *reporter_main(void *arg)
@@ -165,7 +168,9 @@ static void *reporter_main(void *arg)
 
         struct pier_err err = {0};
         int64_t rev = 0;
-        int rc = report_once(t, id, obs, &rev, &err);
+        int rc = rec_update(t, id, merge_observed, obs, &rev, &err);
+        if (rc == PIER_ENOTFOUND || rc == PIER_EINVAL)
+            rc = 0; /* deleted, or not a record: nobody to tell, nothing to repair */
         if (rc < 0) {
             log_warn("host", "cannot record the job's state in the store, retrying",
                      "job=%s state=%s error=\"%s\"", id,
@@ -660,40 +665,21 @@ out:
     return rc;
 }
 
+static void set_down(json_t *rec, void *ud)
+{
+    int grace_ms = *(int *)ud;
+    json_object_set_new(rec, "desired_state", json_string("down"));
+    if (grace_ms >= 0)
+        json_object_set_new(rec, "stop_grace", json_real(grace_ms / 1000.0));
+}
+
 int jobs_stop(struct jobs *t, const char *id, int grace_ms, struct pier_err *err)
 {
-    struct buf key = BUF_INIT;
-    int rc;
-
     if (!jobspec_id_ok(id, t->cfg.host_id))
         return err_set(err, PIER_ENOTFOUND, "job %s not found on this host", id);
-    buf_printf(&key, "%s%s", JOBS_PREFIX, id);
-    for (int attempt = 0;; attempt++) {
-        struct store_kv *kv = NULL;
-        rc = store_get(t->store, key.p, &kv, err);
-        if (rc == PIER_ENOTFOUND)
-            err_set(err, rc, "job %s not found on this host", id);
-        if (rc < 0)
-            break;
-        json_t *rec = NULL;
-        rc = jsonx_parse_object(kv->value, kv->value_len, &rec, err);
-        if (rc < 0) {
-            store_kv_free(kv);
-            break;
-        }
-        json_object_set_new(rec, "desired_state", json_string("down"));
-        if (grace_ms >= 0)
-            json_object_set_new(rec, "stop_grace", json_real(grace_ms / 1000.0));
-        struct buf val = BUF_INIT;
-        jsonx_dump(&val, rec);
-        json_decref(rec);
-        rc = store_cas(t->store, key.p, val.p, val.len, kv->mod_revision, 0, NULL, err);
-        buf_free(&val);
-        store_kv_free(kv);
-        if (rc != PIER_ECONFLICT || attempt == 20)
-            break;
-    }
-    buf_free(&key);
+    int rc = rec_update(t, id, set_down, &grace_ms, NULL, err);
+    if (rc == PIER_ENOTFOUND)
+        err_set(err, rc, "job %s not found on this host", id);
     return rc;
 }
 

@@ -205,6 +205,16 @@ static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pi
     return 0;
 }
 
+/* Ends a worker's turn: the job is free for the next step, which
+ * jobs_reconcile picks from what changed meanwhile. Lock held. */
+static void worker_done(struct jobs *t, struct job *j)
+{
+    j->busy = false;
+    t->workers--;
+    jobs_reconcile(t, j);
+    pthread_cond_broadcast(&t->idle);
+}
+
 void *jobs_start_worker(void *arg)
 {
     struct jobs_work *w = arg;
@@ -247,10 +257,7 @@ void *jobs_start_worker(void *arg)
                                "finished_at", now));
         j->local = JOB_ENDED;
     }
-    j->busy = false;
-    t->workers--;
-    jobs_reconcile(t, j);
-    pthread_cond_broadcast(&t->idle);
+    worker_done(t, j);
     pthread_mutex_unlock(&t->lock);
     buf_free(&dir);
     return NULL;
@@ -281,10 +288,7 @@ void *jobs_stop_worker(void *arg)
         log_info("host", "job stopping", "job=%s grace_ms=%d", j->id, grace);
 
     pthread_mutex_lock(&t->lock);
-    j->busy = false;
-    t->workers--;
-    jobs_reconcile(t, j);
-    pthread_cond_broadcast(&t->idle);
+    worker_done(t, j);
     pthread_mutex_unlock(&t->lock);
     buf_free(&dir);
     return NULL;
