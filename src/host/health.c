@@ -229,12 +229,8 @@ struct health *health_start(struct store *s, const char *ip, const struct jobspe
         sv->path = spec->ports[i].check.path ? xstrdup(spec->ports[i].check.path) : NULL;
         sv->check.path = sv->path;
     }
-    pthread_condattr_t ca;
     pthread_mutex_init(&h->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&h->cond);
     if (pthread_create(&h->thread, NULL, health_main, h) != 0)
         abort();
     return h;

@@ -225,7 +225,6 @@ int hostrec_start(struct store *s, const struct hostrec_info *info, hostrec_usag
                   void *ud, struct hostrec **out, struct pier_err *err)
 {
     struct hostrec *h = xcalloc(1, sizeof(*h));
-    pthread_condattr_t ca;
 
     h->store = s;
     h->id = xstrdup(info->id);
@@ -242,10 +241,7 @@ int hostrec_start(struct store *s, const struct hostrec_info *info, hostrec_usag
     buf_printf(&key, "%s%s", HOSTREC_PREFIX, h->id);
     h->key = buf_detach(&key);
     pthread_mutex_init(&h->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&h->cond);
 
     int rc = new_lease(h, err);
     if (rc == 0)

@@ -469,7 +469,6 @@ struct jobs *jobs_new(const struct jobs_config *cfg, struct store *s, struct por
                       struct hostrec *hr)
 {
     struct jobs *t = xcalloc(1, sizeof(*t));
-    pthread_condattr_t ca;
 
     t->cfg = *cfg;
     t->store = s;
@@ -480,10 +479,7 @@ struct jobs *jobs_new(const struct jobs_config *cfg, struct store *s, struct por
     buf_printf(&p, "%s%s-", JOBS_PREFIX, cfg->host_id);
     t->prefix = buf_detach(&p);
     pthread_mutex_init(&t->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&t->idle, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&t->idle);
     return t;
 }
 

@@ -3,6 +3,7 @@
 #ifndef PIER_CLOCK_H
 #define PIER_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -16,6 +17,10 @@ int64_t clock_now_ms(void);
  * condattr set by pthread_condattr_setclock(&attr, CLOCK_MONOTONIC): only
  * use this deadline with a condition variable made that way. */
 struct timespec clock_deadline_in(int64_t ms);
+
+/* Initializes a condition variable that waits on CLOCK_MONOTONIC, the clock
+ * clock_deadline_in's deadlines are on. Aborts if the system refuses. */
+void clock_cond_init(pthread_cond_t *c);
 
 /* The wall-clock time now as RFC 3339 UTC with microseconds,
  * "2026-11-25T16:54:52.123456Z" (27 characters and the NUL). */

@@ -141,11 +141,7 @@ struct httpd *httpd_new(const struct httpd_options *opt)
     if (!h->opt.max_body)
         h->opt.max_body = DEFAULT_MAX_BODY;
     pthread_mutex_init(&h->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&h->cond);
     return h;
 }
 

@@ -238,11 +238,7 @@ int store_keeper_start(struct store *s, int64_t id, int64_t ttl_s, store_lease_l
     k->ud = ud;
     atomic_init(&k->lost, false);
     pthread_mutex_init(&k->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&k->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&k->cond);
     int r = pthread_create(&k->thread, NULL, keeper_main, k);
     if (r != 0) {
         pthread_cond_destroy(&k->cond);
