@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,6 +418,27 @@ int jobs_monitor_init(struct jobs *t, struct pier_err *err)
     return 0;
 }
 
+/* Removes a container whose shim is gone without recording its end (the
+ * shim was killed): its init was re-parented away and may still run,
+ * holding its port. crun kills and deletes it; nothing there is fine. */
+static void crun_force_delete(struct jobs *t, const char *id)
+{
+    const char *argv[] = {t->cfg.crun, "--root", t->cfg.crun_root, "delete", "--force", id, NULL};
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status = -1;
+
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid, t->cfg.crun, &fa, NULL, (char *const *)argv, environ) == 0)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    posix_spawn_file_actions_destroy(&fa);
+    if (status == 0)
+        log_warn("host", "removed a container its shim had left running", "job=%s", id);
+}
+
 /* The shim of the job with this pidfd has exited. */
 static void on_shim_exit(struct jobs *t, int pidfd)
 {
@@ -432,6 +454,17 @@ static void on_shim_exit(struct jobs *t, int pidfd)
         epoll_ctl(t->epfd, EPOLL_CTL_DEL, pidfd, NULL);
         return;
     }
+    /* j stays in the table while it is not ended; read its end unlocked. */
+    jobs_job_dir(t, j->id, &dir);
+    char *id = xstrdup(j->id);
+    pthread_mutex_unlock(&t->lock);
+    buf_printf(&path, "%s/exit.json", dir.p);
+    json_t *exit = read_json_file(path.p);
+    if (!exit)
+        crun_force_delete(t, id);
+    free(id);
+
+    pthread_mutex_lock(&t->lock);
     epoll_ctl(t->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
     j->pidfd = -1;
@@ -439,9 +472,6 @@ static void on_shim_exit(struct jobs *t, int pidfd)
         waitpid(j->shim_pid, NULL, WNOHANG);
     struct health *h = j->health;
     j->health = NULL;
-    jobs_job_dir(t, j->id, &dir);
-    buf_printf(&path, "%s/exit.json", dir.p);
-    json_t *exit = read_json_file(path.p);
     json_t *obs = jobs_exit_observed(t, j, exit);
     log_info("host", "job ended", "job=%s state=%s exit_status=%lld", j->id,
              json_string_value(json_object_get(obs, "state")),
@@ -533,8 +563,10 @@ static void adopt_one(struct jobs *t, const char *base, const char *id)
         buf_reset(&path);
         buf_printf(&path, "%s/exit.json", dir.p);
         j->exit = read_json_file(path.p);
-        if (!j->exit)
+        if (!j->exit) {
             j->exit = json_object(); /* no status: lost (jobs_exit_observed) */
+            crun_force_delete(t, id);
+        }
         j->local = JOB_ENDED;
         log_info("host", "job ended while the agent was away", "job=%s", id);
     }

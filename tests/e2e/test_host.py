@@ -944,3 +944,24 @@ def test_memory_is_never_overcommitted(pier_store, start_host):
     wait_state(agent, third, "up")
     stop_job(agent, third, "0s")
     wait_state(agent, third, "down")
+
+
+def test_a_killed_shim_takes_its_container_with_it(pier_store, start_host):
+    """A shim killed outright leaves no exit.json and its container's init
+    re-parented elsewhere, still holding its port: the agent reports the job
+    crashed (lost) and has crun kill and remove the container."""
+    import os
+    import signal
+    agent = start_host(pier_store)
+    job_id = put_job(agent, "orphan2", ["/bin/sh", "-c", "exec python3 -m http.server $PORT"],
+                     resources={"memory": {"limit": 128 << 20}})
+    rec = wait_state(agent, job_id, "up")
+    port = rec["allocated_ports"][0]
+    wait_for(lambda: serving(port), 10, "the job serving", agent)
+    shim = int((agent.data_dir / "jobs" / job_id / "shim.pid").read_text().split()[0])
+    os.kill(shim, signal.SIGKILL)
+    rec = wait_state(agent, job_id, "crashed")
+    assert "lost" in rec.get("host_error", ""), rec
+    wait_for(lambda: not serving(port), 10, "the orphaned container gone", agent)
+    assert job_id not in agent.crun_list()
+    assert "removed a container its shim had left running" in agent.stderr_text()
