@@ -4,7 +4,6 @@
 
 #include "discoverd/discoverd.h"
 #include "host/host.h"
-#include "host/shim.h"
 #include "store/migrate.h"
 #include "store/server.h"
 
@@ -18,7 +17,6 @@ static const struct subcommand subcommands[] = {
     {"store", store_server_main, "the embedded cluster store (etcd v3 JSON gateway on SQLite)"},
     {"discoverd", discoverd_main, "service discovery over HTTP, with server-sent events"},
     {"host", host_main, "the host agent: runs this host's jobs in crun containers"},
-    {"shim", shim_main, "one job's container keeper (started by pierd host)"},
     {"store-migrate", store_migrate_main,
      "move the cluster's state to another store (pierd store <-> etcd)"},
 };

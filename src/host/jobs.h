@@ -36,7 +36,7 @@ struct jobs_config {
     const char *host_id;
     const char *host_ip;  /* the address jobs are reached at (discovery, allocated_ports) */
     const char *data_dir; /* jobs live in <data_dir>/jobs/<id> */
-    const char *pierd;    /* path of the pierd binary, for shims */
+    const char *shim;     /* path of the pierd-shim binary */
     const char *crun;     /* crun binary ("crun") */
     const char *crun_root;
     const char *stack;    /* default stack directory; NULL: the host binds */

@@ -187,7 +187,7 @@ static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pi
             return err_wrap(err, rc, "bad artifact");
     }
     struct shim_spawn_opts so = {
-        .pierd = t->cfg.pierd,
+        .shim = t->cfg.shim,
         .job_dir = dir,
         .job_id = j->id,
         .crun = t->cfg.crun,

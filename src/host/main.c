@@ -138,7 +138,7 @@ static const char *job_ip(const char *ip, const char *listen, char *buf, size_t 
 
 static int run(const struct daemon_flags *f, const struct host_flags *hf, struct pier_err *err)
 {
-    char id[HOSTREC_MAX_ID + 1], ipbuf[64], self[4096], data_dir[4096];
+    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096];
     long long memory = 0;
     long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0;
     long long log_bytes = 0;
@@ -182,12 +182,20 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         memory = prepare_memory_total();
     if (!cpu)
         cpu = sysconf(_SC_NPROCESSORS_ONLN) * 1000;
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    /* pierd-shim is installed (and built) next to pierd. */
+    ssize_t n = readlink("/proc/self/exe", shim, sizeof(shim) - 16);
     if (n <= 0) {
         rc = err_set(err, PIER_EINTERNAL, "cannot find my own binary: %s", strerror(errno));
         goto out;
     }
-    self[n] = 0;
+    shim[n] = 0;
+    strcpy(strrchr(shim, '/') + 1, "pierd-shim");
+    if (access(shim, X_OK) < 0) {
+        rc = err_set(err, PIER_EUNAVAIL,
+                     "%s: %s; it is built and installed with pierd (meson), put it back there",
+                     shim, strerror(errno));
+        goto out;
+    }
     char crun_root[512];
     if (hf->crun_root)
         snprintf(crun_root, sizeof(crun_root), "%s", hf->crun_root);
@@ -210,7 +218,7 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         .host_id = id,
         .host_ip = job_ip(hf->ip, f->listen, ipbuf, sizeof(ipbuf)),
         .data_dir = data_dir,
-        .pierd = self,
+        .shim = shim,
         .crun = crun,
         .crun_root = crun_root,
         .stack = hf->stack,

@@ -1,4 +1,4 @@
-/* `pierd shim`: one job's container, from `crun run --detach` to exit.json.
+/* `pierd-shim`: one job's container, from `crun run --detach` to exit.json.
  *
  * The shim is single-threaded around one poll loop. It holds the
  * container's output (pipes, or the TTY master crun hands over) and writes
@@ -43,7 +43,7 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: pierd shim --dir JOBDIR --id JOBID [--crun PATH] [--crun-root DIR]\n"
+    fprintf(stderr, "usage: pierd-shim --dir JOBDIR --id JOBID [--crun PATH] [--crun-root DIR]\n"
                     "                  [--tty COLSxROWS] [--stdin] [--log-max-bytes N]\n"
                     "                  [--log-max-files N] [--no-log]\n"
                     "Runs one job's container (started by the host agent).\n");
@@ -99,7 +99,7 @@ static int parse_args(int argc, char **argv, struct shim_opts *o, struct pier_er
 /* ------------------------------------------------------------ files */
 
 /* Writes name in the job directory atomically (temporary file + rename). */
-static int write_file(struct shim *s, const char *name, const char *text)
+static int write_file(struct shim *s, const char *name, const char *text, bool durable)
 {
     char tmp[64];
     snprintf(tmp, sizeof(tmp), ".%s.tmp", name);
@@ -107,7 +107,7 @@ static int write_file(struct shim *s, const char *name, const char *text)
     if (fd < 0)
         return -errno;
     size_t len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
+    if (write(fd, text, len) != (ssize_t)len || (durable && fsync(fd) < 0))
         return -errno;
     if (renameat(s->dirfd, tmp, s->dirfd, name) < 0)
         return -errno;
@@ -119,7 +119,7 @@ static void write_exit(struct shim *s, json_t *j)
     cleanup_buf struct buf text = BUF_INIT;
     jsonx_dump(&text, j);
     buf_putc(&text, '\n');
-    int r = write_file(s, "exit.json", text.p);
+    int r = write_file(s, "exit.json", text.p, true);
     if (r < 0)
         log_error("shim", "cannot write exit.json", "job=%s error=\"%s\"", s->o.id, strerror(-r));
     json_decref(j);
@@ -500,7 +500,9 @@ static int write_pid_file(struct shim *s)
 {
     char text[64];
     snprintf(text, sizeof(text), "%d %llu\n", (int)getpid(), shim_proc_start(getpid()));
-    return write_file(s, "shim.pid", text);
+    /* Not synced: it means something only while this shim runs, which a
+     * crash of the machine ends anyway. */
+    return write_file(s, "shim.pid", text, false);
 }
 
 static void report(struct shim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -733,9 +735,9 @@ int shim_main(int argc, char **argv)
     }
     struct pier_err err;
     if (parse_args(argc, argv, &s.o, &err) < 0) {
-        fprintf(stderr, "pierd shim: %s\n", err.msg);
+        fprintf(stderr, "pierd-shim: %s\n", err.msg);
         usage();
-        report(&s, "failed pierd shim: %s\n", err.msg);
+        report(&s, "failed pierd-shim: %s\n", err.msg);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

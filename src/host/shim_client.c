@@ -144,12 +144,11 @@ static int read_report(int fd, int64_t deadline, struct buf *line)
     }
 }
 
-/* The argument vector of `pierd shim ...`; the strings live in nums. */
+/* The argument vector of `pierd-shim ...`; the strings live in nums. */
 static void shim_argv(const struct shim_spawn_opts *o, const char **argv, char nums[3][32])
 {
     int n = 0;
-    argv[n++] = o->pierd;
-    argv[n++] = "shim";
+    argv[n++] = o->shim;
     argv[n++] = "--dir";
     argv[n++] = o->job_dir;
     argv[n++] = "--id";
@@ -214,11 +213,11 @@ static int spawn(const struct shim_spawn_opts *o, int report_fd, pid_t *pid, str
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setflags(&attr,
                              POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    int r = posix_spawn(pid, o->pierd, &fa, &attr, (char *const *)argv, environ);
+    int r = posix_spawn(pid, o->shim, &fa, &attr, (char *const *)argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     if (r != 0)
-        return err_set(err, -r, "starting the shim %s for job %s: %s", o->pierd, o->job_id,
+        return err_set(err, -r, "starting the shim %s for job %s: %s", o->shim, o->job_id,
                        strerror(r));
     return 0;
 }
@@ -227,8 +226,8 @@ int shim_spawn(const struct shim_spawn_opts *o, pid_t *shim_pid, pid_t *containe
                struct pier_err *err)
 {
     *shim_pid = *container_pid = 0;
-    if (!o->pierd || !o->job_dir || !o->job_id)
-        return err_set(err, PIER_EINVAL, "shim_spawn needs pierd, job_dir and job_id");
+    if (!o->shim || !o->job_dir || !o->job_id)
+        return err_set(err, PIER_EINVAL, "shim_spawn needs shim, job_dir and job_id");
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return err_set(err, -errno, "pipe: %s", strerror(errno));

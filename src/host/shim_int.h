@@ -1,6 +1,6 @@
 /* shim_int: what shim.c (start-up, crun, the exit, the loop) and
  * shim_conn.c (the control socket and its clients) share. Private to
- * `pierd shim`: nothing else includes it. What the shim promises is in
+ * `pierd-shim`: nothing else includes it. What the shim promises is in
  * shim.h. */
 #ifndef PIER_HOST_SHIM_INT_H
 #define PIER_HOST_SHIM_INT_H

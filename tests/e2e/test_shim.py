@@ -1,4 +1,4 @@
-"""`pierd shim` end to end, before any agent: each test writes a bundle by
+"""`pierd-shim` end to end, before any agent: each test writes a bundle by
 hand, starts a shim the way the agent does (its own session, fd 3 the start
 pipe) in a job directory too long for a unix socket path, and checks what
 the shim promises in src/host/shim.h: the start report, the job log, the
@@ -96,7 +96,7 @@ class Job:
         self.shim_pid = None
 
     def argv(self, extra=()):
-        return [str(self.pierd), "shim", "--dir", str(self.dir), "--id", self.id,
+        return [str(self.pierd), "--dir", str(self.dir), "--id", self.id,
                 "--crun", CRUN, "--crun-root", str(self.crun_root), *extra]
 
     def start(self, extra=(), expect="started"):
@@ -193,7 +193,7 @@ def job(pier_build, tmp_path):
     made = []
 
     def make(args, **kw):
-        j = Job(pier_build / "pierd", tmp_path, args, **kw)
+        j = Job(pier_build / "pierd-shim", tmp_path, args, **kw)
         made.append(j)
         return j
 
@@ -420,7 +420,7 @@ def test_outlives_its_parent(job, tmp_path):
         "r, w = os.pipe()\n"
         "p = subprocess.Popen(['/bin/bash', '-c', f'exec \"$@\" 3>&{w} {w}>&-', 'sh', *sys.argv[1:]],"
         " pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,"
-        " stderr=open(sys.argv[4] + '/shim.log', 'ab'), start_new_session=True)\n"
+        " stderr=open(sys.argv[3] + '/shim.log', 'ab'), start_new_session=True)\n"
         "os.close(w)\n"
         "print(p.pid, os.read(r, 100).decode().strip(), flush=True)\n"
         "import time; time.sleep(60)\n")
