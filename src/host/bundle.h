@@ -47,8 +47,7 @@ struct bundle_opts {
  * PIER_JOB_ID, PIER_HOST_ID, HOME=/app and a PATH when the spec sets none.
  * Returns 0 or a negative error with a message (an unwritable directory, a
  * stack that is not a directory). Writing twice replaces the files. */
-int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts,
-                 struct pier_err *err);
+int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, struct pier_err *err);
 
 /* Makes dir an empty root with the mount points the host binds need (usr,
  * bin, sbin, lib, lib64, etc, app, tmp, dev, proc, sys). Idempotent. */
@@ -63,7 +62,7 @@ int bundle_check_stack(const char *dir, struct pier_err *err);
  * a crafted archive cannot write outside what that user may. PIER_EINVAL
  * for a bad URL or archive, PIER_EUNAVAIL when it cannot be fetched; the
  * message names the URL and the cause. */
-int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid,
-                      int64_t max_bytes, struct pier_err *err);
+int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid, int64_t max_bytes,
+                      struct pier_err *err);
 
 #endif

@@ -39,14 +39,14 @@ struct jobs_config {
     const char *shim;     /* path of the pierd-shim binary */
     const char *crun;     /* crun binary ("crun") */
     const char *crun_root;
-    const char *stack;    /* default stack directory; NULL: the host binds */
+    const char *stack;     /* default stack directory; NULL: the host binds */
     const char *init_path; /* tini-static on the host, or NULL */
     uid_t uid;
     gid_t gid;
     int64_t memory_total; /* bytes jobs may use in all */
     size_t log_max_bytes;
     int log_max_files;
-    int keep_ended;       /* directories of ended jobs kept (oldest removed first) */
+    int keep_ended; /* directories of ended jobs kept (oldest removed first) */
 };
 
 struct jobs;

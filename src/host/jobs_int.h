@@ -28,22 +28,22 @@ enum job_local {
 
 struct job {
     char *id;
-    json_t *rec;     /* the record last seen in the store; NULL when never seen */
-    int64_t rec_rev; /* its mod_revision */
+    json_t *rec;         /* the record last seen in the store; NULL when never seen */
+    int64_t rec_rev;     /* its mod_revision */
     int64_t written_rev; /* the revision of the agent's last write to it */
-    bool deleted;    /* the record is gone from the store */
+    bool deleted;        /* the record is gone from the store */
     enum job_local local;
-    bool busy;       /* a worker thread owns the next step */
-    json_t *observed; /* the fields the agent reports (state, exit_status, ...) */
-    uint64_t report_seq; /* bumped at each change of observed */
-    bool writing;    /* a reporter is writing observed to the store */
+    bool busy;            /* a worker thread owns the next step */
+    json_t *observed;     /* the fields the agent reports (state, exit_status, ...) */
+    uint64_t report_seq;  /* bumped at each change of observed */
+    bool writing;         /* a reporter is writing observed to the store */
     struct jobspec *spec; /* while starting or running */
-    int *ports;      /* allocated, spec->n_ports of them */
+    int *ports;           /* allocated, spec->n_ports of them */
     size_t n_ports;
     int64_t memory, cpu; /* held while starting or running */
     pid_t shim_pid;
-    bool own_child;  /* the shim is our child, to reap */
-    int pidfd;       /* in the monitor's epoll; -1 none */
+    bool own_child; /* the shim is our child, to reap */
+    int pidfd;      /* in the monitor's epoll; -1 none */
     struct health *health;
     int stop_grace_ms;
     json_t *exit; /* an exit.json found at adoption, reported once the record is seen */

@@ -21,11 +21,11 @@
 #include "lib/err.h"
 
 /* Limits on what a spec may ask for. Sizes outside are refused. */
-#define JOBSPEC_MAX_ID 64            /* a job id is also the container's hostname */
-#define JOBSPEC_MAX_ARGS 1024        /* entries in args */
-#define JOBSPEC_MAX_ENV 1024         /* entries in env */
-#define JOBSPEC_MAX_STRING 131072    /* one arg or one env value (Linux's MAX_ARG_STRLEN) */
-#define JOBSPEC_MAX_EXEC (1 << 20)   /* args + env together, in bytes */
+#define JOBSPEC_MAX_ID 64          /* a job id is also the container's hostname */
+#define JOBSPEC_MAX_ARGS 1024      /* entries in args */
+#define JOBSPEC_MAX_ENV 1024       /* entries in env */
+#define JOBSPEC_MAX_STRING 131072  /* one arg or one env value (Linux's MAX_ARG_STRLEN) */
+#define JOBSPEC_MAX_EXEC (1 << 20) /* args + env together, in bytes */
 #define JOBSPEC_MAX_PORTS 16
 #define JOBSPEC_MIN_MEMORY (4 << 20) /* below this nothing starts */
 
@@ -41,11 +41,11 @@ enum jobspec_check_type { JOBSPEC_CHECK_NONE, JOBSPEC_CHECK_TCP, JOBSPEC_CHECK_H
 /* A health check of one port's service. */
 struct jobspec_check {
     enum jobspec_check_type type;
-    char *path;       /* http: request path, default "/" */
-    int status;       /* http: expected status, default 200 (0: any 2xx/3xx) */
-    int interval_ms;  /* default 1000; 100 ms .. 1 h */
-    int timeout_ms;   /* per attempt, default min(interval, 2000) */
-    int threshold;    /* consecutive results to change state, default 2; 1 .. 100 */
+    char *path;      /* http: request path, default "/" */
+    int status;      /* http: expected status, default 200 (0: any 2xx/3xx) */
+    int interval_ms; /* default 1000; 100 ms .. 1 h */
+    int timeout_ms;  /* per attempt, default min(interval, 2000) */
+    int threshold;   /* consecutive results to change state, default 2; 1 .. 100 */
 };
 
 struct jobspec_port {
@@ -57,8 +57,8 @@ struct jobspec_port {
 
 /* The spec part of a job record. Strings are owned by the struct. */
 struct jobspec {
-    char *id;      /* "<host id>-<uuid>" */
-    char *host_id; /* must be the agent's own id */
+    char *id;                   /* "<host id>-<uuid>" */
+    char *host_id;              /* must be the agent's own id */
     char *app, *release, *type; /* copied through for logs and discovery meta; may be NULL */
     bool desired_up;            /* desired_state: "up" (default) or "down" */
     int stop_grace_ms;          /* stop_grace in seconds (a number; default 10) */
@@ -72,9 +72,9 @@ struct jobspec {
     char *stack; /* artifact.stack: NULL (the agent's default), "host", or an absolute path */
     char *slug;  /* artifact.slug: http://, https:// or file:// URL of a .tar.gz, or NULL */
 
-    int64_t memory;   /* bytes; resources.memory.limit */
-    int64_t cpu;      /* milli-CPUs; resources.cpu.limit */
-    int64_t max_fd;   /* resources.max_fd.limit */
+    int64_t memory;    /* bytes; resources.memory.limit */
+    int64_t cpu;       /* milli-CPUs; resources.cpu.limit */
+    int64_t max_fd;    /* resources.max_fd.limit */
     int64_t max_procs; /* resources.max_procs.limit */
 
     struct jobspec_port *ports; /* ports absent: one port picked by the agent; []: none */

@@ -58,7 +58,7 @@ int shim_main(int argc, char **argv);
 
 /* --- the agent's side --- */
 struct shim_spawn_opts {
-    const char *shim;  /* path of the pierd-shim binary */
+    const char *shim; /* path of the pierd-shim binary */
     const char *job_dir;
     const char *job_id;
     const char *crun;      /* crun binary; NULL: "crun" on PATH */

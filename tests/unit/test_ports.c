@@ -30,8 +30,8 @@ static void test_parse(void **state)
     assert_int_equal(ports_hi(p), 41009);
     assert_int_equal(ports_free_count(p), 10);
     ports_free(p);
-    const char *bad[] = {"", "41000", "41000-", "-41000", "41009-41000", "80-90", "41000-70000",
-                         "a-b", "41000-41009x", NULL};
+    const char *bad[] = {"",      "41000",       "41000-", "-41000",       "41009-41000",
+                         "80-90", "41000-70000", "a-b",    "41000-41009x", NULL};
     for (int i = 0; bad[i]; i++) {
         assert_int_equal(ports_new(bad[i], &p, &err), PIER_EINVAL);
         assert_non_null(strstr(err.msg, "port range"));
