@@ -965,3 +965,23 @@ def test_a_killed_shim_takes_its_container_with_it(pier_store, start_host):
     wait_for(lambda: not serving(port), 10, "the orphaned container gone", agent)
     assert job_id not in agent.crun_list()
     assert "removed a container its shim had left running" in agent.stderr_text()
+
+
+def test_api_asks_for_the_cluster_key(pier_store, start_host):
+    agent = start_host(pier_store, args=["--key", "s3cret"])
+    good = {"Authorization": "Basic " + base64.b64encode(b":s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b":wrong").decode()}
+    assert http("GET", agent.url + "/host/jobs")[0] == 401
+    assert http("GET", agent.url + "/host/jobs", headers=bad)[0] == 401
+    assert http("POST", agent.url + "/host/jobs", {"args": ["/bin/true"]})[0] == 401
+    assert http("GET", agent.url + "/.well-known/status")[0] == 200
+    status, _, out = http("GET", agent.url + "/host/jobs", headers=good)
+    assert status == 200 and json.loads(out) == [], out
+    status, _, out = http("POST", agent.url + "/host/jobs",
+                          {"args": ["/bin/true"], "ports": []}, headers=good)
+    assert status == 200, out
+    job_id = json.loads(out)["id"]
+    wait_for(lambda: (job_record(agent.store, job_id) or {}).get("state") == "down", 10,
+             "the job run through the keyed API", agent)
+    # Nothing was added by the refused requests.
+    assert [k for k, _, _ in kv_range(agent.store, JOBS + agent.id + "-")] == [JOBS + job_id]
