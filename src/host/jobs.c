@@ -65,6 +65,7 @@ static void job_free(struct job *j)
     json_decref(j->rec);
     json_decref(j->observed);
     json_decref(j->exit);
+    json_decref(j->written);
     jobspec_free(j->spec);
     free(j->ports);
     free(j->id);
@@ -108,25 +109,34 @@ static bool desired_up(const struct job *j)
 
 /* Changes the record of job id in the store by read-modify-write with
  * compare-and-swap, retried on conflict: change(rec, ud) edits the parsed
- * record. *rev (optional) gets the write's revision. PIER_ENOTFOUND for a
- * missing record, PIER_EINVAL for one that is not a JSON object. Lock not
- * held. */
+ * record. When the caller knows the record exactly as it is at revision
+ * base_rev (base, borrowed), the first try skips the read. *rev and
+ * *written (optional) get the write's revision and the record written (a
+ * new reference). PIER_ENOTFOUND for a missing record, PIER_EINVAL for one
+ * that is not a JSON object. Lock not held. */
 static int rec_update(struct jobs *t, const char *id, void (*change)(json_t *rec, void *ud),
-                      void *ud, int64_t *rev, struct pier_err *err)
+                      void *ud, const json_t *base, int64_t base_rev, int64_t *rev,
+                      json_t **written, struct pier_err *err)
 {
     struct buf key = BUF_INIT;
     int rc = 0;
 
     buf_printf(&key, "%s%s", JOBS_PREFIX, id);
     for (int attempt = 0; attempt < 20; attempt++) {
-        struct store_kv *kv = NULL;
-        if ((rc = store_get(t->store, key.p, &kv, err)) < 0)
-            break;
         json_t *rec = NULL;
-        rc = jsonx_parse_object(kv->value, kv->value_len, &rec, err);
-        if (rc < 0) {
+        int64_t mod;
+        if (attempt == 0 && base) {
+            rec = json_deep_copy(base);
+            mod = base_rev;
+        } else {
+            struct store_kv *kv = NULL;
+            if ((rc = store_get(t->store, key.p, &kv, err)) < 0)
+                break;
+            rc = jsonx_parse_object(kv->value, kv->value_len, &rec, err);
+            mod = kv->mod_revision;
             store_kv_free(kv);
-            break;
+            if (rc < 0)
+                break;
         }
         change(rec, ud);
         char now[CLOCK_RFC3339_LEN];
@@ -134,10 +144,11 @@ static int rec_update(struct jobs *t, const char *id, void (*change)(json_t *rec
         json_object_set_new(rec, "updated_at", json_string(now));
         struct buf val = BUF_INIT;
         jsonx_dump(&val, rec);
-        json_decref(rec);
-        rc = store_cas(t->store, key.p, val.p, val.len, kv->mod_revision, 0, rev, err);
+        rc = store_cas(t->store, key.p, val.p, val.len, mod, 0, rev, err);
         buf_free(&val);
-        store_kv_free(kv);
+        if (rc == 0 && written)
+            *written = json_incref(rec);
+        json_decref(rec);
         if (rc != PIER_ECONFLICT)
             break;
     }
@@ -164,11 +175,18 @@ static void *reporter_main(void *arg)
         uint64_t seq = j->report_seq;
         json_t *obs = json_deep_copy(j->observed);
         char *id = xstrdup(j->id);
+        /* The newest record the agent knows whole: as seen, or as written. */
+        int64_t base_rev = j->rec_rev >= j->written_rev ? j->rec_rev : j->written_rev;
+        json_t *base = j->rec_rev >= j->written_rev ? j->rec : j->written;
+        /* (base_rev 0 would mean "create if absent": never guess that.) */
+        base = base && base_rev > 0 && !j->deleted ? json_deep_copy(base) : NULL;
         pthread_mutex_unlock(&t->lock);
 
         struct pier_err err = {0};
         int64_t rev = 0;
-        int rc = rec_update(t, id, merge_observed, obs, &rev, &err);
+        json_t *written = NULL;
+        int rc = rec_update(t, id, merge_observed, obs, base, base_rev, &rev, &written, &err);
+        json_decref(base);
         if (rc == PIER_ENOTFOUND || rc == PIER_EINVAL)
             rc = 0; /* deleted, or not a record: nobody to tell, nothing to repair */
         if (rc < 0) {
@@ -181,8 +199,13 @@ static void *reporter_main(void *arg)
         free(id);
         json_decref(obs);
         pthread_mutex_lock(&t->lock);
-        if (rev > j->written_rev)
+        if (rev > j->written_rev) {
             j->written_rev = rev;
+            json_decref(j->written);
+            j->written = written;
+        } else {
+            json_decref(written);
+        }
         if ((rc == 0 && seq == j->report_seq) || (t->stopping && rc < 0))
             break;
     }
@@ -673,7 +696,7 @@ int jobs_stop(struct jobs *t, const char *id, int grace_ms, struct pier_err *err
 {
     if (!jobspec_id_ok(id, t->cfg.host_id))
         return err_set(err, PIER_ENOTFOUND, "job %s not found on this host", id);
-    int rc = rec_update(t, id, set_down, &grace_ms, NULL, err);
+    int rc = rec_update(t, id, set_down, &grace_ms, NULL, 0, NULL, NULL, err);
     if (rc == PIER_ENOTFOUND)
         err_set(err, rc, "job %s not found on this host", id);
     return rc;

@@ -31,6 +31,7 @@ struct job {
     json_t *rec;         /* the record last seen in the store; NULL when never seen */
     int64_t rec_rev;     /* its mod_revision */
     int64_t written_rev; /* the revision of the agent's last write to it */
+    json_t *written;     /* the record as that write left it */
     bool deleted;        /* the record is gone from the store */
     enum job_local local;
     bool busy;            /* a worker thread owns the next step */
