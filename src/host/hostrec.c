@@ -118,6 +118,7 @@ struct hostrec {
 
     pthread_t thread;
     bool started;         /* the thread runs */
+    bool failing;         /* the first registration did not get through */
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t cond;  /* on the monotonic clock */
     bool stop, touched;
@@ -188,7 +189,7 @@ static void *heartbeat_main(void *arg)
     struct hostrec *h = arg;
     int64_t period = (int64_t)h->ttl_s * 1000 / 2;
     int64_t retry = 500;
-    bool failing = false;
+    bool failing = h->failing;
 
     pthread_mutex_lock(&h->lock);
     while (!h->stop) {
@@ -198,13 +199,14 @@ static void *heartbeat_main(void *arg)
         if (h->stop)
             break;
         h->touched = false;
-        bool lost = store_keeper_lost(h->keeper);
+        bool lost = !h->keeper || store_keeper_lost(h->keeper);
         pthread_mutex_unlock(&h->lock);
 
         struct pier_err err = {0};
         int rc = 0;
         if (lost) {
-            log_warn("host", "host lease lost, registering again", "id=%s", h->id);
+            if (h->keeper)
+                log_warn("host", "host lease lost, registering again", "id=%s", h->id);
             rc = new_lease(h, &err);
         }
         if (rc == 0)
@@ -243,14 +245,17 @@ int hostrec_start(struct store *s, const struct hostrec_info *info, hostrec_usag
     pthread_mutex_init(&h->lock, NULL);
     clock_cond_init(&h->cond);
 
-    int rc = new_lease(h, err);
+    /* A store that cannot be reached yet is waited for by the thread. */
+    struct pier_err first = {0};
+    int rc = new_lease(h, &first);
     if (rc == 0)
-        rc = write_record(h, err);
+        rc = write_record(h, &first);
     if (rc < 0) {
-        err_wrap(err, rc, "registering host %s in the store", h->id);
-        hostrec_stop(h, true);
-        return rc;
+        log_warn("host", "cannot register the host in the store yet, retrying",
+                 "id=%s error=\"%s\"", h->id, first.msg);
+        h->failing = true;
     }
+    (void)err;
     if (pthread_create(&h->thread, NULL, heartbeat_main, h) != 0)
         abort();
     h->started = true;

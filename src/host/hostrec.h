@@ -44,7 +44,9 @@ struct hostrec_info {
 typedef void (*hostrec_usage_fn)(void *ud, json_t *rec);
 
 struct hostrec;
-/* Grants the lease, writes the record and starts the heartbeat thread. */
+/* Grants the lease, writes the record and starts the heartbeat thread.
+ * A store that cannot be reached yet is not an error: the thread keeps
+ * trying, and says so in the log. */
 int hostrec_start(struct store *s, const struct hostrec_info *info, hostrec_usage_fn usage,
                   void *ud, struct hostrec **out, struct pier_err *err);
 /* Asks for a prompt rewrite (allocations changed). Thread-safe. */

@@ -435,7 +435,7 @@ static void *watch_main(void *arg)
     struct jobs *t = arg;
     struct store_watch *w = NULL;
     int64_t rev = 0;
-    bool listed = true; /* jobs_start listed before starting this thread */
+    bool listed = t->list_rev >= 0; /* jobs_start listed before starting this thread */
 
     for (;;) {
         pthread_mutex_lock(&t->lock);
@@ -523,10 +523,16 @@ int jobs_start(struct jobs *t, struct pier_err *err)
         rc = jobs_monitor_init(t, err);
     if (rc == 0)
         rc = jobs_adopt(t, err);
-    if (rc == 0)
-        rc = list_all(t, &t->list_rev, err);
     if (rc < 0)
         return rc;
+    /* Running jobs need no store; when it cannot be reached yet (a host
+     * booting before its store), the watch thread lists once it can. */
+    struct pier_err lerr = {0};
+    if (list_all(t, &t->list_rev, &lerr) < 0) {
+        log_warn("host", "cannot list this host's jobs yet, retrying in the background",
+                 "error=\"%s\"", lerr.msg);
+        t->list_rev = -1;
+    }
     if (pthread_create(&t->monitor_thread, NULL, jobs_monitor_main, t) != 0 ||
         pthread_create(&t->watch_thread, NULL, watch_main, t) != 0)
         abort();

@@ -320,13 +320,15 @@ class HostAgent(Daemon):
         except OSError:
             return None
 
-    def start(self, timeout=30.0):
+    def start(self, timeout=30.0, wait_record=True):
+        """Starts the agent; ready when its API answers and (wait_record)
+        its host record is in the store."""
         self.runs += 1
         self.stdout_path = self.workdir / f"host.{self.runs}.stdout"
         self.stderr_path = self.workdir / f"host.{self.runs}.stderr"
         self.stderr_paths.append(self.stderr_path)
         return super().start(lambda: http_status(self.url + "/.well-known/status") == 200
-                             and self.record() is not None, timeout)
+                             and (not wait_record or self.record() is not None), timeout)
 
     def kill(self):
         """SIGKILL, as a crash would; jobs keep running."""
@@ -408,14 +410,14 @@ def start_host(start_pierd, pier_build, tmp_path):
                     pytrace=False)
     agents = []
 
-    def start(store, name=None, **kw):
+    def start(store, name=None, wait_record=True, **kw):
         exe = pier_build / "pierd"
         if not exe.exists():
             pytest.fail(f"{exe} has not been built", pytrace=False)
         workdir = tmp_path / (name or f"host-{len(agents)}")
         a = HostAgent(pier_build, store, workdir, **kw)
         agents.append(a)
-        return a.start()
+        return a.start(wait_record=wait_record)
 
     yield start
     for a in reversed(agents):

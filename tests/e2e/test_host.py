@@ -985,3 +985,25 @@ def test_api_asks_for_the_cluster_key(pier_store, start_host):
              "the job run through the keyed API", agent)
     # Nothing was added by the refused requests.
     assert [k for k, _, _ in kv_range(agent.store, JOBS + agent.id + "-")] == [JOBS + job_id]
+
+
+def test_agent_starts_before_its_store(start_pierd, start_host):
+    """A host that boots before its store: the agent comes up anyway, keeps
+    trying, and once the store answers registers the host and runs the
+    jobs waiting there."""
+    store = start_pierd("store", name="late-store")
+    url = store.url
+    store.stop()
+    agent = start_host(url, wait_record=False)
+    time.sleep(1.0)
+    assert http_status(agent.url + "/.well-known/status") == 200
+    assert agent.running()
+    assert "cannot register the host in the store yet" in agent.stderr_text()
+
+    store.start()
+    wait_for(lambda: agent.record() is not None, 15, "the host record once the store is up",
+             agent)
+    job_id = put_job(agent, "late", ["/bin/sh", "-c", "echo late-ok"], ports=[],
+                     resources={"memory": {"limit": 32 << 20}})
+    wait_state(agent, job_id, "down")
+    assert "late-ok" in log_msgs(agent, job_id)
