@@ -203,6 +203,10 @@ static int spawn(const struct shim_spawn_opts *o, int report_fd, pid_t *pid, str
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 2, log_path, O_WRONLY | O_CREAT | O_APPEND, 0640);
     posix_spawn_file_actions_adddup2(&fa, report_fd, 3);
+    /* Nothing else of the agent's (its API's sockets, a store connection
+     * a library opened without CLOEXEC) may live on in a shim for as long
+     * as its job runs. */
+    posix_spawn_file_actions_addclosefrom_np(&fa, 4);
     sigset_t none, defaults;
     sigemptyset(&none);
     sigemptyset(&defaults);
