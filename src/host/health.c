@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,9 +42,10 @@ struct health {
     bool healthy;
 
     pthread_t thread;
-    pthread_mutex_t lock; /* guards stop */
+    pthread_mutex_t lock; /* guards stop and abandon */
     pthread_cond_t cond;  /* monotonic */
-    bool stop;
+    bool stop, abandon;
+    int wakefd; /* an eventfd written on stop: cuts a check short */
 };
 
 bool health_has_checks(const struct jobspec *spec)
@@ -54,8 +56,16 @@ bool health_has_checks(const struct jobspec *spec)
     return false;
 }
 
+/* Waits up to timeout_ms for events on fd; false when it ran out or the
+ * health is being stopped (its eventfd became readable). */
+static bool wait_fd(int fd, short events, int timeout_ms, int wakefd)
+{
+    struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = wakefd, .events = POLLIN}};
+    return poll(p, 2, timeout_ms) > 0 && !(p[1].revents & POLLIN) && (p[0].revents & events);
+}
+
 /* Connects to ip:port within timeout_ms; the socket or -1. */
-static int connect_to(const char *ip, int port, int timeout_ms)
+static int connect_to(const char *ip, int port, int timeout_ms, int wakefd)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, ip, &a.sin_addr) != 1)
@@ -65,11 +75,10 @@ static int connect_to(const char *ip, int port, int timeout_ms)
         return -1;
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS)
         goto fail;
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
-    if (poll(&p, 1, timeout_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 ||
-        soerr)
+    if (!wait_fd(fd, POLLOUT, timeout_ms, wakefd) ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr)
         goto fail;
     return fd;
 fail:
@@ -78,7 +87,8 @@ fail:
 }
 
 /* One HTTP check: GET path, read the status line. */
-static bool http_ok(int fd, const char *host, const struct jobspec_check *c, int timeout_ms)
+static bool http_ok(int fd, const char *host, const struct jobspec_check *c, int timeout_ms,
+                    int wakefd)
 {
     struct buf req = BUF_INIT;
     buf_printf(&req, "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: pier-health\r\n\r\n",
@@ -91,9 +101,8 @@ static bool http_ok(int fd, const char *host, const struct jobspec_check *c, int
     size_t got = 0;
     int64_t deadline = clock_now_ms() + timeout_ms;
     while (got < sizeof(line) - 1 && !memchr(line, '\n', got)) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
         int left = (int)(deadline - clock_now_ms());
-        if (left <= 0 || poll(&p, 1, left) != 1)
+        if (left <= 0 || !wait_fd(fd, POLLIN, left, wakefd))
             return false;
         ssize_t n = recv(fd, line + got, sizeof(line) - 1 - got, 0);
         if (n <= 0)
@@ -107,13 +116,13 @@ static bool http_ok(int fd, const char *host, const struct jobspec_check *c, int
     return c->status ? status == c->status : status >= 200 && status < 400;
 }
 
-static bool check_once(const char *ip, struct service *s)
+static bool check_once(const char *ip, struct service *s, int wakefd)
 {
-    int fd = connect_to(ip, s->port, s->check.timeout_ms);
+    int fd = connect_to(ip, s->port, s->check.timeout_ms, wakefd);
     if (fd < 0)
         return false;
-    bool ok =
-        s->check.type == JOBSPEC_CHECK_TCP || http_ok(fd, s->addr, &s->check, s->check.timeout_ms);
+    bool ok = s->check.type == JOBSPEC_CHECK_TCP ||
+              http_ok(fd, s->addr, &s->check, s->check.timeout_ms, wakefd);
     close(fd);
     return ok;
 }
@@ -143,6 +152,14 @@ static void set_up(struct health *h, struct service *s, bool up)
     s->up = up;
 }
 
+static bool stopped(struct health *h)
+{
+    pthread_mutex_lock(&h->lock);
+    bool stop = h->stop;
+    pthread_mutex_unlock(&h->lock);
+    return stop;
+}
+
 static void *health_main(void *arg)
 {
     struct health *h = arg;
@@ -154,7 +171,7 @@ static void *health_main(void *arg)
         pthread_mutex_unlock(&h->lock);
         int64_t now = clock_now_ms(), wake = now + 1000;
         bool all = true;
-        for (size_t i = 0; i < h->n; i++) {
+        for (size_t i = 0; i < h->n && !stopped(h); i++) {
             struct service *s = &h->sv[i];
             if (s->check.type == JOBSPEC_CHECK_NONE) {
                 set_up(h, s, true); /* retried each round until it worked */
@@ -163,7 +180,10 @@ static void *health_main(void *arg)
                 continue;
             }
             if (now >= s->next_ms) {
-                if (check_once(ip, s)) {
+                bool ok = check_once(ip, s, h->wakefd);
+                if (stopped(h))
+                    break; /* cut short: not a result */
+                if (ok) {
                     s->fails = 0;
                     s->passes++;
                 } else {
@@ -189,9 +209,16 @@ static void *health_main(void *arg)
         while (!h->stop && pthread_cond_timedwait(&h->cond, &h->lock, &dl) == 0)
             ;
     }
+    bool abandon = h->abandon;
     pthread_mutex_unlock(&h->lock);
-    for (size_t i = 0; i < h->n; i++)
-        set_up(h, &h->sv[i], false);
+    for (size_t i = 0; i < h->n; i++) {
+        if (abandon) {
+            discover_reg_release(h->sv[i].reg); /* left to its lease */
+            h->sv[i].reg = NULL;
+        } else {
+            set_up(h, &h->sv[i], false);
+        }
+    }
     return NULL;
 }
 
@@ -231,20 +258,28 @@ struct health *health_start(struct store *s, const char *ip, const struct jobspe
     }
     pthread_mutex_init(&h->lock, NULL);
     clock_cond_init(&h->cond);
+    h->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (h->wakefd < 0)
+        abort();
     if (pthread_create(&h->thread, NULL, health_main, h) != 0)
         abort();
     return h;
 }
 
-void health_stop(struct health *h)
+static void end(struct health *h, bool abandon)
 {
     if (!h)
         return;
+    uint64_t one = 1;
     pthread_mutex_lock(&h->lock);
     h->stop = true;
+    h->abandon = abandon;
     pthread_cond_signal(&h->cond);
     pthread_mutex_unlock(&h->lock);
+    if (write(h->wakefd, &one, sizeof(one)) < 0)
+        abort(); /* an eventfd below its maximum cannot refuse */
     pthread_join(h->thread, NULL);
+    close(h->wakefd);
     for (size_t i = 0; i < h->n; i++) {
         free(h->sv[i].name);
         free(h->sv[i].path);
@@ -255,4 +290,14 @@ void health_stop(struct health *h)
     pthread_cond_destroy(&h->cond);
     pthread_mutex_destroy(&h->lock);
     free(h);
+}
+
+void health_stop(struct health *h)
+{
+    end(h, false);
+}
+
+void health_abandon(struct health *h)
+{
+    end(h, true);
 }

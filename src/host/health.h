@@ -26,7 +26,12 @@ struct health *health_start(struct store *s, const char *ip, const struct jobspe
                             const int *ports, health_change_fn fn, void *ud);
 /* Whether the job has at least one check (so "healthy" means something). */
 bool health_has_checks(const struct jobspec *spec);
-/* Deregisters every instance at once and stops the thread. NULL allowed. */
+/* Deregisters every instance at once and stops the thread. A check in
+ * progress is cut short. NULL allowed. */
 void health_stop(struct health *h);
+/* Stops the thread but leaves the instances registered until their leases
+ * run out: for an agent going away while its jobs run on, so that the next
+ * agent re-registers them with no gap. NULL allowed. */
+void health_abandon(struct health *h);
 
 #endif

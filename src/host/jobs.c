@@ -464,7 +464,9 @@ static void *watch_main(void *arg)
         int rc = store_watch_next(w, 500, &ev, &err);
         if (rc == PIER_ETIMEOUT)
             continue;
-        if (rc == PIER_ECOMPACTED) {
+        if (rc == PIER_ECOMPACTED || rc == PIER_EINVAL) {
+            /* The watch is dead (its history is gone, or the server
+             * refuses it): list again and watch from there. */
             store_watch_close(w);
             w = NULL;
             continue;
@@ -554,13 +556,27 @@ void jobs_free(struct jobs *t)
         pthread_join(t->watch_thread, NULL);
         pthread_join(t->monitor_thread, NULL);
     }
+    /* Health threads first (they may call back into the table until they
+     * are joined), then the workers they or others started. Running jobs
+     * stay with their shims; only the agent's side goes. */
+    for (size_t i = 0;; i++) {
+        pthread_mutex_lock(&t->lock);
+        struct health *h = NULL;
+        if (i < t->n) {
+            h = t->v[i]->health;
+            t->v[i]->health = NULL;
+        }
+        size_t n = t->n;
+        pthread_mutex_unlock(&t->lock);
+        if (i >= n)
+            break;
+        health_abandon(h);
+    }
     pthread_mutex_lock(&t->lock);
     while (t->workers > 0)
         pthread_cond_wait(&t->idle, &t->lock);
     pthread_mutex_unlock(&t->lock);
     for (size_t i = 0; i < t->n; i++) {
-        /* Running jobs stay with their shims; only the agent's side goes. */
-        health_stop(t->v[i]->health);
         if (t->v[i]->pidfd >= 0)
             close(t->v[i]->pidfd);
         job_free(t->v[i]);

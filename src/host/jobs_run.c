@@ -98,8 +98,8 @@ static void health_changed(void *ud, const char *job_id, bool healthy)
 {
     struct jobs *t = ud;
     pthread_mutex_lock(&t->lock);
-    struct job *j = jobs_find(t, job_id);
-    if (j && (j->local == JOB_RUNNING))
+    struct job *j = t->stopping ? NULL : jobs_find(t, job_id);
+    if (j && j->local == JOB_RUNNING)
         jobs_observe(t, j, json_pack("{s:b}", "healthy", healthy));
     pthread_mutex_unlock(&t->lock);
 }
@@ -138,9 +138,29 @@ static int reserve(struct jobs *t, struct job *j, struct pier_err *err)
     return 0;
 }
 
+static void crun_force_delete(struct jobs *t, const char *id);
+
+/* A start that failed before its shim ran leaves what the shim would have:
+ * an exit.json saying why (so the directory is pruned like any ended job's,
+ * and a restarted agent reports it failed), and no slug files. */
+static void end_failed_start(const char *dir, const char *why)
+{
+    struct buf p = BUF_INIT;
+    buf_printf(&p, "%s/exit.json", dir);
+    if (access(dir, F_OK) == 0 && access(p.p, F_OK) < 0) {
+        json_t *e = json_pack("{s:i, s:s}", "status", -1, "error", why);
+        write_json_file(p.p, e, NULL);
+        json_decref(e);
+    }
+    buf_reset(&p);
+    buf_printf(&p, "%s/app", dir);
+    rm_tree(p.p);
+    buf_free(&p);
+}
+
 /* Prepares the job's directory and starts its shim. No lock held. */
-static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pid,
-                  struct pier_err *err)
+static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *dir,
+                  pid_t *shim_pid, struct pier_err *err)
 {
     const struct jobspec *spec = j->spec;
     cleanup_buf struct buf path = BUF_INIT;
@@ -152,9 +172,9 @@ static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pi
         return err_set(err, -errno, "creating %s: %s", dir, strerror(errno));
 
     /* What a restarted agent needs to adopt the job. */
-    json_t *keep = json_pack("{s:O, s:o, s:I, s:I}", "record", j->rec, "ports",
-                             ports_json(j->ports, j->n_ports), "memory", (json_int_t)j->memory,
-                             "cpu", (json_int_t)j->cpu);
+    json_t *keep =
+        json_pack("{s:O, s:o, s:I, s:I}", "record", rec, "ports", ports_json(j->ports, j->n_ports),
+                  "memory", (json_int_t)j->memory, "cpu", (json_int_t)j->cpu);
     buf_printf(&path, "%s/job.json", dir);
     rc = write_json_file(path.p, keep, err);
     json_decref(keep);
@@ -199,10 +219,15 @@ static int launch(struct jobs *t, struct job *j, const char *dir, pid_t *shim_pi
         .no_log = spec->disable_log,
         .log_max_bytes = t->cfg.log_max_bytes,
         .log_max_files = t->cfg.log_max_files,
+        .timeout_ms = 90000, /* over the shim's own 60 s for crun */
     };
     pid_t cpid;
-    if ((rc = shim_spawn(&so, shim_pid, &cpid, err)) < 0)
+    if ((rc = shim_spawn(&so, shim_pid, &cpid, err)) < 0) {
+        /* The shim may have got as far as a container (it reported too
+         * late, or was killed in crun): none may outlive the failure. */
+        crun_force_delete(t, j->id);
         return err_wrap(err, rc, "crun");
+    }
     return 0;
 }
 
@@ -230,10 +255,14 @@ void *jobs_start_worker(void *arg)
     jobs_observe(t, j, json_pack("{s:s}", "state", "starting"));
     int rc = reserve(t, j, &err);
     jobs_job_dir(t, j->id, &dir);
+    json_t *rec = json_deep_copy(j->rec); /* the watch may replace j->rec meanwhile */
     pthread_mutex_unlock(&t->lock);
 
     if (rc == 0)
-        rc = launch(t, j, dir.p, &shim_pid, &err);
+        rc = launch(t, j, rec, dir.p, &shim_pid, &err);
+    json_decref(rec);
+    if (rc < 0)
+        end_failed_start(dir.p, err.msg);
 
     pthread_mutex_lock(&t->lock);
     char now[CLOCK_RFC3339_LEN];
@@ -282,10 +311,15 @@ void *jobs_stop_worker(void *arg)
     health_stop(h); /* out of discovery before the first signal */
     struct pier_err err = {0};
     int rc = shim_stop(dir.p, grace, &err);
-    if (rc < 0 && rc != PIER_ENOTFOUND)
-        log_warn("host", "cannot ask the job's shim to stop", "job=%s error=\"%s\"", j->id,
-                 err.msg);
-    else
+    if (rc < 0 && rc != PIER_ENOTFOUND) {
+        /* The shim takes SIGTERM as a stop too (with its own grace). */
+        log_warn("host", "cannot ask the job's shim to stop; sending it SIGTERM",
+                 "job=%s error=\"%s\"", j->id, err.msg);
+        pthread_mutex_lock(&t->lock);
+        if (j->pidfd >= 0)
+            syscall(SYS_pidfd_send_signal, j->pidfd, SIGTERM, NULL, 0);
+        pthread_mutex_unlock(&t->lock);
+    } else
         log_info("host", "job stopping", "job=%s grace_ms=%d", j->id, grace);
 
     pthread_mutex_lock(&t->lock);
@@ -425,15 +459,35 @@ static void crun_force_delete(struct jobs *t, const char *id)
 {
     const char *argv[] = {t->cfg.crun, "--root", t->cfg.crun_root, "delete", "--force", id, NULL};
     posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, defaults;
     pid_t pid;
     int status = -1;
 
     posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    if (posix_spawnp(&pid, t->cfg.crun, &fa, NULL, (char *const *)argv, environ) == 0)
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-            ;
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    posix_spawnattr_init(&attr);
+    sigemptyset(&none);
+    sigfillset(&defaults);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    if (posix_spawnp(&pid, t->cfg.crun, &fa, &attr, (char *const *)argv, environ) == 0) {
+        /* Bounded: a hung crun must not hold up the monitor for good. */
+        for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; waited += 10) {
+            if (waited == 30000) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                log_error("host", "crun delete hung; killed it", "job=%s", id);
+                break;
+            }
+            usleep(10000);
+        }
+    }
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     if (status == 0)
         log_warn("host", "removed a container its shim had left running", "job=%s", id);
@@ -526,6 +580,7 @@ static void adopt_one(struct jobs *t, const char *base, const char *id)
         log_warn("host", "job directory without a readable job.json, left alone", "dir=%s", dir.p);
         goto out;
     }
+    bool orphan = false;
     pid_t pid = shim_alive(dir.p);
     int pidfd = pid > 0 ? pidfd_of(pid) : -1; /* fails when it ended just now */
     pthread_mutex_lock(&t->lock);
@@ -565,12 +620,14 @@ static void adopt_one(struct jobs *t, const char *base, const char *id)
         j->exit = read_json_file(path.p);
         if (!j->exit) {
             j->exit = json_object(); /* no status: lost (jobs_exit_observed) */
-            crun_force_delete(t, id);
+            orphan = true;
         }
         j->local = JOB_ENDED;
         log_info("host", "job ended while the agent was away", "job=%s", id);
     }
     pthread_mutex_unlock(&t->lock);
+    if (orphan)
+        crun_force_delete(t, id); /* its container may run on, unowned */
 out:
     jobspec_free(spec);
     json_decref(keep);

@@ -642,8 +642,9 @@ static int parse_tty(const json_t *rec, struct jobspec *s, struct pier_err *err)
         (rc = get_bool(rec, "stdin", &s->stdin_open, err)) < 0 ||
         (rc = get_bool(rec, "init", &s->init, err)) < 0 ||
         (rc = get_bool(rec, "disable_log", &s->disable_log, err)) < 0 ||
-        (rc = get_int32(rec, "tty_columns", "tty_columns", 1, 65535, &s->tty_columns, err)) < 0 ||
-        (rc = get_int32(rec, "tty_lines", "tty_lines", 1, 65535, &s->tty_lines, err)) < 0)
+        (rc = get_int32(rec, "tty_columns", "tty_columns", 1, JOBSPEC_MAX_TTY, &s->tty_columns,
+                        err)) < 0 ||
+        (rc = get_int32(rec, "tty_lines", "tty_lines", 1, JOBSPEC_MAX_TTY, &s->tty_lines, err)) < 0)
         return rc;
     if (s->tty)
         s->stdin_open = true;

@@ -27,6 +27,7 @@
 #define JOBSPEC_MAX_STRING 131072  /* one arg or one env value (Linux's MAX_ARG_STRLEN) */
 #define JOBSPEC_MAX_EXEC (1 << 20) /* args + env together, in bytes */
 #define JOBSPEC_MAX_PORTS 16
+#define JOBSPEC_MAX_TTY 10000        /* columns or lines, as pierd-shim takes them */
 #define JOBSPEC_MIN_MEMORY (4 << 20) /* below this nothing starts */
 
 /* Defaults for what a spec leaves out (Flynn's defaults where it had them). */

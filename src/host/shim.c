@@ -12,6 +12,7 @@
  * The control socket and the clients on it are shim_conn.c's; what the two
  * files share is in shim_int.h. */
 #include "host/shim.h"
+#include "host/jobspec.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,8 +73,8 @@ static int parse_args(int argc, char **argv, struct shim_opts *o, struct pier_er
             o->crun_root = v;
         } else if (strcmp(a, "--tty") == 0) {
             unsigned cols, rows;
-            if (sscanf(v, "%ux%u", &cols, &rows) != 2 || !cols || !rows || cols > 10000 ||
-                rows > 10000) {
+            if (sscanf(v, "%ux%u", &cols, &rows) != 2 || !cols || !rows || cols > JOBSPEC_MAX_TTY ||
+                rows > JOBSPEC_MAX_TTY) {
                 return err_set(err, -1, "--tty wants COLSxROWS, not \"%s\"", v);
             }
             o->tty = true, o->cols = (unsigned short)cols, o->rows = (unsigned short)rows;

@@ -355,7 +355,19 @@ int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pie
     return store_put(r->s, r->key, value, strlen(value), lease, NULL, err);
 }
 
+static void reg_end(struct discover_reg *r, bool revoke);
+
 void discover_unregister(struct discover_reg *r)
+{
+    reg_end(r, true);
+}
+
+void discover_reg_release(struct discover_reg *r)
+{
+    reg_end(r, false);
+}
+
+static void reg_end(struct discover_reg *r, bool revoke)
 {
     if (!r)
         return;
@@ -366,7 +378,7 @@ void discover_unregister(struct discover_reg *r)
     if (r->started)
         pthread_join(r->thread, NULL);
     if (r->keeper)
-        store_keeper_stop(r->keeper, true);
+        store_keeper_stop(r->keeper, revoke);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cond);
     json_decref(r->meta);

@@ -99,6 +99,11 @@ int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pie
  * frees r. It talks to the store, so it may take up to the store's request
  * timeout when the store is away. NULL allowed. */
 void discover_unregister(struct discover_reg *r);
+/* Stops keeping the instance registered without deregistering it: it
+ * stays until its lease runs out, so that a successor (the same process
+ * restarted, registering the same addr) takes it over with no gap. Frees r.
+ * NULL allowed. */
+void discover_reg_release(struct discover_reg *r);
 
 /* --- watching ---- */
 

@@ -382,7 +382,7 @@ static void test_ports_tty_refused(void **state)
     refused("{\"init\":[]}", "init: must be true or false");
     refused("{\"disable_log\":0}", "disable_log: must be true or false");
     refused("{\"tty_columns\":0}", "tty_columns: must be at least 1");
-    refused("{\"tty_lines\":65536}", "tty_lines: must be at most 65535");
+    refused("{\"tty_lines\":10001}", "tty_lines: must be at most 10000");
     refused("{\"tty_lines\":2.5}", "tty_lines: must be an integer");
 }
 
