@@ -206,6 +206,12 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         if (rc < 0)
             return err_wrap(err, rc, "bad artifact");
     }
+    /* An agent stopping starts nothing more; the next one will. */
+    pthread_mutex_lock(&t->lock);
+    bool stopping = t->stopping;
+    pthread_mutex_unlock(&t->lock);
+    if (stopping)
+        return err_set(err, -ECANCELED, "the agent is stopping");
     struct shim_spawn_opts so = {
         .shim = t->cfg.shim,
         .job_dir = dir,
@@ -261,7 +267,9 @@ void *jobs_start_worker(void *arg)
     if (rc == 0)
         rc = launch(t, j, rec, dir.p, &shim_pid, &err);
     json_decref(rec);
-    if (rc < 0)
+    if (rc == -ECANCELED)
+        rm_tree(dir.p); /* never started: the record stays as it is */
+    else if (rc < 0)
         end_failed_start(dir.p, err.msg);
 
     pthread_mutex_lock(&t->lock);
@@ -279,6 +287,9 @@ void *jobs_start_worker(void *arg)
                                "allocated_ports", ports_json(j->ports, j->n_ports)));
         log_info("host", "job up", "job=%s ports=%d", j->id, j->n_ports ? j->ports[0] : 0);
         j->health = health_start(t->store, t->cfg.host_ip, j->spec, j->ports, health_changed, t);
+    } else if (rc == -ECANCELED) {
+        release(t, j);
+        j->local = JOB_ENDED;
     } else {
         release(t, j);
         log_warn("host", "job failed to start", "job=%s error=\"%s\"", j->id, err.msg);
@@ -581,6 +592,19 @@ static void adopt_one(struct jobs *t, const char *base, const char *id)
         goto out;
     }
     bool orphan = false;
+    buf_reset(&path);
+    buf_printf(&path, "%s/shim.pid", dir.p);
+    bool spawned = access(path.p, F_OK) == 0;
+    buf_reset(&path);
+    buf_printf(&path, "%s/exit.json", dir.p);
+    if (!spawned && access(path.p, F_OK) < 0) {
+        /* A start cut short before any shim ran (the agent stopped or
+         * died in it): nothing ran, so the store's record is started
+         * afresh, as if this directory had never been made. */
+        log_info("host", "removing a start that never got to run", "job=%s", id);
+        rm_tree(dir.p);
+        goto out;
+    }
     pid_t pid = shim_alive(dir.p);
     int pidfd = pid > 0 ? pidfd_of(pid) : -1; /* fails when it ended just now */
     pthread_mutex_lock(&t->lock);

@@ -1007,3 +1007,26 @@ def test_agent_starts_before_its_store(start_pierd, start_host):
                      resources={"memory": {"limit": 32 << 20}})
     wait_state(agent, job_id, "down")
     assert "late-ok" in log_msgs(agent, job_id)
+
+
+def test_a_start_cut_short_is_started_again(pier_store, start_host):
+    """An agent that dies in the middle of a start (its job directory made,
+    no shim yet) leaves a record saying "starting": the next agent clears
+    the half-made directory and starts the job, rather than calling a job
+    that never ran lost."""
+    agent = start_host(pier_store)
+    agent.kill()
+    job_id = f"{agent.id}-cutshort"
+    rec = {"id": job_id, "host_id": agent.id, "desired_state": "up", "state": "starting",
+           "args": ["/bin/sh", "-c", "echo ran-once"], "ports": [],
+           "resources": {"memory": {"limit": 32 << 20}}}
+    kv_put(agent.store, JOBS + job_id, rec)
+    d = agent.data_dir / "jobs" / job_id
+    (d / "bundle").mkdir(parents=True)
+    (d / "job.json").write_text(json.dumps({"record": rec, "ports": [], "memory": 32 << 20,
+                                            "cpu": 1000}))
+    agent.start()
+    rec = wait_state(agent, job_id, "down")
+    assert rec.get("exit_status") == 0 and "host_error" not in rec, rec
+    assert log_msgs(agent, job_id) == ["ran-once"]
+    assert "removing a start that never got to run" in agent.stderr_text()
