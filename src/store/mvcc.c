@@ -282,6 +282,11 @@ static void run_group(struct mvcc *m, struct wreq *batch)
         fail_group(batch, &e);
         return;
     }
+    /* In-memory state (the lease table) first, then the events: a client
+     * that sees a lease's keys deleted must not find the lease still there. */
+    for (struct wreq *r = batch; r; r = r->next)
+        if (r->rc == 0 && r->after)
+            r->after(m, r->arg);
     struct rev_rec **recs = xcalloc(n + 1, sizeof(*recs));
     size_t nrec = 0;
     for (struct wreq *r = batch; r; r = r->next) {
@@ -292,9 +297,6 @@ static void run_group(struct mvcc *m, struct wreq *batch)
     }
     mvcc_ring_publish(m, recs, nrec, rev, compact);
     free(recs);
-    for (struct wreq *r = batch; r; r = r->next)
-        if (r->rc == 0 && r->after)
-            r->after(m, r->arg);
     if (compact != compact0)
         mvcc_upkeep_kick(m); /* it freed pages */
 }
