@@ -724,22 +724,36 @@ int jobs_stop(struct jobs *t, const char *id, int grace_ms, struct pier_err *err
     return rc;
 }
 
-int jobs_signal(struct jobs *t, const char *id, int sig, struct pier_err *err)
+/* Appends the directory of a job whose shim can be talked to: running (or
+ * stopping, for signals), and with a TTY or stdin to attach to. */
+static int live_dir(struct jobs *t, const char *id, bool attach, struct buf *dir,
+                    struct pier_err *err)
 {
-    struct buf dir = BUF_INIT;
     pthread_mutex_lock(&t->lock);
     struct job *j = jobs_find(t, id);
     int rc = 0;
     if (!j)
         rc = err_set(err, PIER_ENOTFOUND, "job %s not found on this host", id);
-    else if (j->local != JOB_RUNNING && j->local != JOB_STOPPING)
+    else if (j->local != JOB_RUNNING && (attach || j->local != JOB_STOPPING))
         rc = err_set(err, PIER_ECONFLICT, "job %s is not running (%s)", id,
                      json_string_value(json_object_get(j->observed, "state"))
                          ? json_string_value(json_object_get(j->observed, "state"))
                          : rec_state(j->rec));
+    else if (attach && (!j->spec || (!j->spec->tty && !j->spec->stdin_open)))
+        rc = err_set(err, PIER_ECONFLICT,
+                     "job %s has no TTY and no stdin to attach to (start it with \"tty\": true "
+                     "or \"stdin\": true)",
+                     id);
     else
-        jobs_job_dir(t, id, &dir);
+        jobs_job_dir(t, id, dir);
     pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+int jobs_signal(struct jobs *t, const char *id, int sig, struct pier_err *err)
+{
+    struct buf dir = BUF_INIT;
+    int rc = live_dir(t, id, false, &dir, err);
     if (rc == 0)
         rc = shim_signal(dir.p, sig, err);
     buf_free(&dir);
@@ -766,21 +780,7 @@ int jobs_dir(struct jobs *t, const char *id, struct buf *path, struct pier_err *
 int jobs_attach(struct jobs *t, const char *id, struct pier_err *err)
 {
     struct buf dir = BUF_INIT;
-    pthread_mutex_lock(&t->lock);
-    struct job *j = jobs_find(t, id);
-    int rc = 0;
-    if (!j)
-        rc = err_set(err, PIER_ENOTFOUND, "job %s not found on this host", id);
-    else if (j->local != JOB_RUNNING || !j->spec)
-        rc = err_set(err, PIER_ECONFLICT, "job %s is not running", id);
-    else if (!j->spec->tty && !j->spec->stdin_open)
-        rc = err_set(err, PIER_ECONFLICT,
-                     "job %s has no TTY and no stdin to attach to (start it with \"tty\": true "
-                     "or \"stdin\": true)",
-                     id);
-    else
-        jobs_job_dir(t, id, &dir);
-    pthread_mutex_unlock(&t->lock);
+    int rc = live_dir(t, id, true, &dir, err);
     if (rc == 0)
         rc = shim_attach(dir.p, err);
     buf_free(&dir);
