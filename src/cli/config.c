@@ -10,6 +10,7 @@
 
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/fs.h"
 #include "lib/jsonx.h"
 
 static char *config_path(void)
@@ -67,26 +68,10 @@ int config_save(const struct config *c, struct pier_err *err)
     int rc = mkdirs(dir);
     if (rc < 0)
         return err_set(err, rc, "cannot create the folder of %s: %s", c->path, strerror(-rc));
-    cleanup_buf struct buf tmp = BUF_INIT;
-    buf_printf(&tmp, "%s.tmp.%d", c->path, (int)getpid());
     cleanup_buf struct buf text = BUF_INIT;
     jsonx_dump(&text, c->root);
     buf_putc(&text, '\n');
-    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return err_set(err, -errno, "cannot write %s: %s", tmp.p, strerror(errno));
-    ssize_t n = write(fd, text.p, text.len);
-    int werr = n == (ssize_t)text.len ? 0 : (n < 0 ? errno : EIO);
-    if (!werr && fsync(fd) < 0)
-        werr = errno;
-    close(fd);
-    if (!werr && rename(tmp.p, c->path) < 0)
-        werr = errno;
-    if (werr) {
-        unlink(tmp.p);
-        return err_set(err, -werr, "cannot write %s: %s", c->path, strerror(werr));
-    }
-    return 0;
+    return fs_write_atomic(c->path, text.p, text.len, 0600, true, err);
 }
 
 void config_free(struct config *c)

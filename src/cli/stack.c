@@ -27,6 +27,7 @@
 #include "cli/ui.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/fs.h"
 #include "lib/jsonx.h"
 
 #define MARKER "/etc/pier-stack"
@@ -312,22 +313,7 @@ static int mkdirs(const char *path, mode_t mode)
  * never followed: it would point out of the stack). */
 static int write_file(const char *path, const char *data, size_t len, mode_t mode)
 {
-    cleanup_buf struct buf tmp = BUF_INIT;
-    buf_printf(&tmp, "%s.pier-tmp", path);
-    unlink(tmp.p);
-    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = write(fd, data, len);
-    int e = n == (ssize_t)len ? 0 : (n < 0 ? errno : EIO);
-    if (!e && fsync(fd) < 0)
-        e = errno;
-    close(fd);
-    if (!e && rename(tmp.p, path) < 0)
-        e = errno;
-    if (e)
-        unlink(tmp.p);
-    return -e;
+    return fs_write_atomic(path, data, len, mode, true, NULL);
 }
 
 /* --- running a step --------------------------------------------------- */

@@ -19,6 +19,7 @@
 
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/fs.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_RESOLV_CONF 65536
@@ -29,40 +30,15 @@ static const char *const host_dirs[] = {"usr", "bin", "sbin", "lib", "lib64", "e
 
 /* ---- files ---- */
 
-/* Writes data to dir/name through a temporary file and a rename, so that a
- * reader (crun, or the agent after a restart) sees the old file or the new
- * one, never half of one. */
+/* Writes dir/name atomically (fs.h). No fsync: crun reads the file
+ * moments later, and after a crash the agent writes the bundle again
+ * before it starts anything. */
 static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
                         mode_t mode, struct pier_err *err)
 {
-    cleanup_buf struct buf tmp = BUF_INIT;
-    cleanup_buf struct buf dst = BUF_INIT;
-    buf_printf(&tmp, "%s/.%s.XXXXXX", dir, name);
-    buf_printf(&dst, "%s/%s", dir, name);
-    int fd = mkostemp(tmp.p, O_CLOEXEC);
-    if (fd < 0)
-        return err_set(err, -errno, "%s: %s", dst.p, strerror(errno));
-    int rc = 0;
-    if (fchmod(fd, mode) < 0)
-        rc = -errno;
-    for (size_t off = 0; rc == 0 && off < len;) {
-        ssize_t n = write(fd, data + off, len - off);
-        if (n < 0 && errno != EINTR)
-            rc = -errno;
-        else if (n > 0)
-            off += (size_t)n;
-    }
-    /* No fsync: crun reads the file moments later, and after a crash the
-     * agent writes the bundle again before it starts anything. */
-    if (close(fd) < 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && rename(tmp.p, dst.p) < 0)
-        rc = -errno;
-    if (rc < 0) {
-        unlink(tmp.p);
-        return err_set(err, rc, "%s: %s", dst.p, strerror(-rc));
-    }
-    return 0;
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "%s/%s", dir, name);
+    return fs_write_atomic(path.p, data, len, mode, false, err);
 }
 
 /* mkdir that accepts an existing directory (but not a file or a symlink). */

@@ -19,6 +19,7 @@
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
+#include "lib/fs.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
@@ -35,16 +36,9 @@ bool hostrec_id_ok(const char *id)
 
 static int write_id_file(const char *path, const char *id, struct pier_err *err)
 {
-    struct buf tmp = BUF_INIT;
-    buf_printf(&tmp, "%s.tmp", path);
-    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int rc = 0;
-    if (fd < 0 || dprintf(fd, "%s\n", id) < 0 || fsync(fd) < 0 || rename(tmp.p, path) < 0)
-        rc = err_set(err, -errno, "writing the host id to %s: %s", path, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    buf_free(&tmp);
-    return rc;
+    char text[HOSTREC_MAX_ID + 2];
+    int n = snprintf(text, sizeof(text), "%s\n", id);
+    return fs_write_atomic(path, text, (size_t)n, 0644, true, err);
 }
 
 int hostrec_load_id(const char *data_dir, const char *want, char id[HOSTREC_MAX_ID + 1],

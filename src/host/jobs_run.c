@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,25 +21,18 @@
 #include "host/shim.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
+#include "lib/fs.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
 #define SLUG_MAX_BYTES (4LL << 30)
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path) < 0 && errno != ENOENT ? -1 : 0;
-}
-
 /* Removes a directory tree (nothing is followed across mounts or symlinks). */
 static void rm_tree(const char *path)
 {
-    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
-        log_warn("host", "cannot remove a directory", "path=%s error=\"%s\"", path,
-                 strerror(errno));
+    int rc = fs_rm_tree(path);
+    if (rc < 0)
+        log_warn("host", "cannot remove a directory", "path=%s error=\"%s\"", path, strerror(-rc));
 }
 
 static json_t *read_json_file(const char *path)
@@ -59,12 +51,10 @@ static json_t *read_json_file(const char *path)
 
 static int write_json_file(const char *path, const json_t *j, struct pier_err *err)
 {
-    struct buf tmp = BUF_INIT;
-    buf_printf(&tmp, "%s.tmp", path);
-    int rc = 0;
-    if (json_dump_file(j, tmp.p, JSON_COMPACT) < 0 || rename(tmp.p, path) < 0)
-        rc = err_set(err, PIER_EINTERNAL, "writing %s: %s", path, strerror(errno));
-    buf_free(&tmp);
+    struct buf text = BUF_INIT;
+    jsonx_dump(&text, j);
+    int rc = fs_write_atomic(path, text.p, text.len, 0600, false, err);
+    buf_free(&text);
     return rc;
 }
 

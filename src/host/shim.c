@@ -34,6 +34,7 @@
 #include "host/shim_int.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
+#include "lib/fs.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
@@ -99,20 +100,12 @@ static int parse_args(int argc, char **argv, struct shim_opts *o, struct pier_er
 
 /* ------------------------------------------------------------ files */
 
-/* Writes name in the job directory atomically (temporary file + rename). */
+/* Writes name in the job directory atomically (fs.h). */
 static int write_file(struct shim *s, const char *name, const char *text, bool durable)
 {
-    char tmp[64];
-    snprintf(tmp, sizeof(tmp), ".%s.tmp", name);
-    cleanup_close int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    size_t len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len || (durable && fsync(fd) < 0))
-        return -errno;
-    if (renameat(s->dirfd, tmp, s->dirfd, name) < 0)
-        return -errno;
-    return 0;
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "%s/%s", s->dir, name);
+    return fs_write_atomic(path.p, text, strlen(text), 0644, durable, NULL);
 }
 
 static void write_exit(struct shim *s, json_t *j)

@@ -1,0 +1,25 @@
+/* fs: file-system helpers the daemons and the CLI share. */
+#ifndef PIER_FS_H
+#define PIER_FS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "lib/err.h"
+
+/* Replaces path with len bytes of data (mode bits mode) through a new
+ * temporary file in the same directory and a rename, so that readers see
+ * the old file or the new one, never half of one. A symlink at path is
+ * replaced, never followed. durable: fsync the file before the rename (for
+ * what must survive a crash of the machine). Returns 0 or -errno, with a
+ * message naming path. */
+int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode, bool durable,
+                    struct pier_err *err);
+
+/* Removes path and everything below it, staying on its file system and
+ * never following symlinks. A missing path is no error. Returns 0 or
+ * -errno (what could not be removed is left). */
+int fs_rm_tree(const char *path);
+
+#endif
