@@ -2,8 +2,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "controller/controller.h"
 #include "discoverd/discoverd.h"
 #include "host/host.h"
+#include "scheduler/scheduler.h"
 #include "store/migrate.h"
 #include "store/server.h"
 
@@ -17,6 +19,10 @@ static const struct subcommand subcommands[] = {
     {"store", store_server_main, "the embedded cluster store (etcd v3 JSON gateway on SQLite)"},
     {"discoverd", discoverd_main, "service discovery over HTTP, with server-sent events"},
     {"host", host_main, "the host agent: runs this host's jobs in crun containers"},
+    {"scheduler", scheduler_main,
+     "the service scheduler: keeps formations at their counts, replaces crashed jobs"},
+    {"controller", controller_main,
+     "the cluster API (Flynn-compatible): apps, releases, formations, jobs, deploys"},
     {"store-migrate", store_migrate_main,
      "move the cluster's state to another store (pierd store <-> etcd)"},
 };

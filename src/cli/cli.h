@@ -4,6 +4,7 @@
 
 struct cli {
     const char *cluster; /* -c/--cluster NAME, or NULL */
+    const char *app;     /* -a/--app APP before the command, or NULL */
     int argc;            /* the command's own arguments (after its name) */
     char **argv;
 };
@@ -16,5 +17,33 @@ int cli_status(struct cli *c);
 int cli_host(struct cli *c);
 /* pier stack build DIR: a stack root made with debootstrap. */
 int cli_stack(struct cli *c);
+
+/* The app workflow, against the cluster's controller (docs/cli.md). */
+/* pier create [NAME] */
+int cli_create(struct cli *c);
+/* pier apps [--json] */
+int cli_apps(struct cli *c);
+/* pier info */
+int cli_info(struct cli *c);
+/* pier destroy [-y | --confirm NAME] */
+int cli_destroy(struct cli *c);
+/* pier scale [TYPE=N | TYPE+N | TYPE-N ...] */
+int cli_scale(struct cli *c);
+/* pier ps [--all] */
+int cli_ps(struct cli *c);
+/* pier kill JOB... */
+int cli_kill(struct cli *c);
+/* pier run [-d] [--] CMD... */
+int cli_run(struct cli *c);
+/* pier env [set K=V... | unset K...] */
+int cli_env(struct cli *c);
+/* pier releases */
+int cli_releases(struct cli *c);
+/* pier rollback [RELEASE] */
+int cli_rollback(struct cli *c);
+/* pier log [-f] [-n N] [-t TYPE] [-j JOB] */
+int cli_log(struct cli *c);
+/* pier events [-f] [-n N] */
+int cli_events(struct cli *c);
 
 #endif

@@ -5,6 +5,10 @@
 #include "cli/cli.h"
 #include "cli/ui.h"
 
+#define APP_HELP                                                                                   \
+    "\nThe app is -a APP, else $PIER_APP, else the one the git remote 'pier'\n"                    \
+    "of the current directory points at.\n"
+
 struct command {
     const char *name;
     int (*run)(struct cli *c);
@@ -36,6 +40,66 @@ static const struct command commands[] = {
      "mirror from /etc/apt or http://deb.debian.org/debian) in DIR, installs the\n"
      "packages in it, and marks it finished in DIR/etc/pier-stack. Needs root and\n"
      "the debootstrap package. Use the result with 'pierd host --stack DIR ...'.\n"},
+    {"create", cli_create, "create an app",
+     "usage: pier create [NAME]\n"
+     "\n"
+     "Creates an app (the controller picks a name when none is given) and\n"
+     "prints its name.\n"},
+    {"apps", cli_apps, "list the apps", "usage: pier apps [--json]\n"},
+    {"info", cli_info, "show an app: release, processes, routes",
+     "usage: pier info [-a APP]\n" APP_HELP},
+    {"destroy", cli_destroy, "delete an app and everything under it",
+     "usage: pier destroy [-a APP] [-y | --confirm NAME]\n"
+     "\n"
+     "Asks for the app's name unless -y or --confirm NAME is given.\n" APP_HELP},
+    {"scale", cli_scale, "show or change how many processes of each type run",
+     "usage: pier scale [-a APP]                       show the counts\n"
+     "       pier scale [-a APP] [--timeout S] TYPE=N|TYPE+N|TYPE-N...\n"
+     "\n"
+     "Changes the counts of the app's current release and waits (60 s, or\n"
+     "--timeout S) until the scheduler has the jobs up; =0 stops a type.\n" APP_HELP},
+    {"ps", cli_ps, "list the app's jobs",
+     "usage: pier ps [--app APP] [-a | --all]\n"
+     "\n"
+     "Shows running and pending jobs; -a/--all shows stopped ones too. Here\n"
+     "-a is the app only when a name follows it.\n"},
+    {"kill", cli_kill, "stop a job (the scheduler replaces service jobs)",
+     "usage: pier kill [-a APP] JOB...\n" APP_HELP},
+    {"run", cli_run, "run a one-off command in the app's environment",
+     "usage: pier run [-a APP] [-d] [-e K=V]... [--] CMD [ARGS...]\n"
+     "\n"
+     "Runs CMD in a new job of the app's current release, attached: output\n"
+     "streams back, stdin is forwarded, and pier exits with CMD's status. A\n"
+     "terminal gets an interactive TTY. -d runs it detached (output goes to\n"
+     "'pier log') and prints the job's id. Options end at the first word of\n"
+     "CMD (or at --).\n" APP_HELP},
+    {"env", cli_env, "show or change the app's config vars",
+     "usage: pier env [-a APP]                  KEY=VALUE lines, sorted\n"
+     "       pier env [-a APP] set K=V...       set vars (a new release, deployed)\n"
+     "       pier env [-a APP] unset K...       remove vars (a new release, deployed)\n"
+     "\n"
+     "Keys are letters, digits and '_', not starting with a digit or '__';\n"
+     "PIER_* is the platform's.\n" APP_HELP},
+    {"releases", cli_releases, "list the app's releases, newest first",
+     "usage: pier releases [-a APP]\n" APP_HELP},
+    {"rollback", cli_rollback, "deploy an earlier release again",
+     "usage: pier rollback [-a APP] [RELEASE]\n"
+     "\n"
+     "Deploys RELEASE (an id, or the start of one), by default the release\n"
+     "before the current one.\n" APP_HELP},
+    {"log", cli_log, "show the app's log",
+     "usage: pier log [-a APP] [-f] [-n N] [-t TYPE] [-j JOB] [-i]\n"
+     "\n"
+     "  -f        follow: keep printing new lines\n"
+     "  -i        include the platform's lines about starting each job\n"
+     "  -n N      the last N lines (default: all the controller keeps)\n"
+     "  -t TYPE   only lines of this process type\n"
+     "  -j JOB    only lines of this job\n" APP_HELP},
+    {"events", cli_events, "show the app's events (jobs, releases, deployments)",
+     "usage: pier events [-a APP] [-f] [-n N]\n"
+     "\n"
+     "  -f        follow: keep printing events as they happen\n"
+     "  -n N      the last N events (default 30)\n" APP_HELP},
     {"version", cmd_version, "print the version", "usage: pier version\n"},
     {"help", cmd_help, "show help for a command", "usage: pier help [COMMAND]\n"},
 };
@@ -48,6 +112,8 @@ static void usage(FILE *out)
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\noptions:\n"
+                 "  -a, --app APP        the app a command works on (also after the\n"
+                 "                       command; env PIER_APP)\n"
                  "  -c, --cluster NAME   use this cluster instead of the default\n"
                  "                       (env PIER_CLUSTER; PIER_CONTROLLER_URL and\n"
                  "                       PIER_CONTROLLER_KEY, together, override the\n"
@@ -103,6 +169,16 @@ int main(int argc, char **argv)
         }
         if (strncmp(a, "--cluster=", 10) == 0) {
             c.cluster = a + 10;
+            continue;
+        }
+        if (strcmp(a, "-a") == 0 || strcmp(a, "--app") == 0) {
+            if (i + 1 >= argc)
+                return ui_usage("", "%s needs an app name", a);
+            c.app = argv[++i];
+            continue;
+        }
+        if (strncmp(a, "--app=", 6) == 0) {
+            c.app = a + 6;
             continue;
         }
         return ui_usage("", "unknown option \"%s\"", a);

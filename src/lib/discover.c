@@ -339,6 +339,14 @@ const char *discover_reg_id(const struct discover_reg *r)
     return r->id;
 }
 
+bool discover_reg_held(struct discover_reg *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bool held = !r->lost && r->keeper;
+    pthread_mutex_unlock(&r->mu);
+    return held;
+}
+
 int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pier_err *err)
 {
     int rc = discover_check_instance(r->addr, r->proto, meta, err);

@@ -93,6 +93,9 @@ int discover_register(struct store *s, const char *service, const char *addr,
                       struct pier_err *err);
 /* The registered instance's id (borrowed). */
 const char *discover_reg_id(const struct discover_reg *r);
+/* Whether the registration's lease is held right now (false from the moment
+ * it is lost until it has been registered again). Thread-safe. */
+bool discover_reg_held(struct discover_reg *r);
 /* Replaces the instance's metadata (borrowed, copied). */
 int discover_reg_set_meta(struct discover_reg *r, const json_t *meta, struct pier_err *err);
 /* Deregisters (revoking the lease, so watchers see it go at once) and

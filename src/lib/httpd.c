@@ -557,7 +557,7 @@ static bool authorized(struct httpd_req *r)
 static void status_handler(struct httpd_req *r, void *ud)
 {
     (void)ud;
-    json_t *j = json_pack("{s:{s:s}}", "data", "status", "healthy");
+    json_t *j = json_pack("{s:{s:s,s:s}}", "data", "status", "healthy", "version", PIER_VERSION);
     httpd_reply_json(r, 200, j);
 }
 

@@ -1,0 +1,913 @@
+#include "cli/api.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/ui.h"
+#include "lib/base64.h"
+#include "lib/cleanup.h"
+#include "lib/clock.h"
+#include "lib/http1.h"
+#include "lib/jsonx.h"
+
+#define USER_AGENT "User-Agent: pier/" PIER_VERSION
+#define RETRY_FOR_MS 10000
+#define RETRY_EVERY_MS 100
+#define RECONNECT_FOR_MS 20000
+#define ERROR_BODY_MAX (64 * 1024)
+#define ATTACH_WAIT_MS 120000
+
+int api_open(struct api *a, const char *cluster, struct pier_err *err)
+{
+    memset(a, 0, sizeof(*a));
+    int rc = config_load(&a->cfg, err);
+    if (rc < 0)
+        return rc;
+    rc = config_pick(&a->cfg, cluster, &a->url, &a->key, err);
+    if (rc < 0)
+        return rc;
+    size_t n = strlen(a->url);
+    while (n > 0 && a->url[n - 1] == '/')
+        n--;
+    a->base = xmalloc(n + 1);
+    memcpy(a->base, a->url, n);
+    a->base[n] = '\0';
+    if (strncmp(a->base, "http://", 7) != 0 && strncmp(a->base, "https://", 8) != 0)
+        return err_set(err, PIER_EINVAL,
+                       "controller URL \"%s\" must start with http:// or https://", a->base);
+    cleanup_buf struct buf cred = BUF_INIT;
+    buf_printf(&cred, ":%s", a->key);
+    buf_puts(&a->auth, "Authorization: Basic ");
+    base64_encode(&a->auth, cred.p, cred.len);
+    a->h = httpc_new();
+    return 0;
+}
+
+void api_close(struct api *a)
+{
+    httpc_free(a->h);
+    buf_free(&a->auth);
+    free(a->base);
+    free(a->app_owned);
+    config_free(&a->cfg);
+    memset(a, 0, sizeof(*a));
+}
+
+int api_fail(const struct api *a, const struct pier_err *err)
+{
+    const char *hint = NULL;
+    switch (err->code) {
+    case API_EAUTH:
+        hint = "the key is wrong for this cluster: add it again with 'pier cluster remove NAME' "
+               "and 'pier cluster add NAME URL KEY' (or fix PIER_CONTROLLER_KEY)";
+        break;
+    case -ECONNREFUSED:
+    case -EHOSTUNREACH:
+    case -ETIMEDOUT:
+        hint = "is the cluster up? 'pier status' checks it; 'pier cluster' shows which URL "
+               "is used";
+        break;
+    case PIER_EUNAVAIL:
+    case PIER_ETIMEOUT:
+        if (a && !a->connected_ok)
+            hint = "'pier status' checks that the controller answers";
+        break;
+    default: break;
+    }
+    return ui_fail(hint, "%s", err->msg);
+}
+
+/* ---- which app ---- */
+
+int api_opt_app(int argc, char **argv, int *i, const char **app)
+{
+    const char *s = argv[*i];
+    if (strcmp(s, "-a") == 0 || strcmp(s, "--app") == 0) {
+        if (*i + 1 >= argc)
+            return -1;
+        *app = argv[++*i];
+        return 1;
+    }
+    if (strncmp(s, "--app=", 6) == 0) {
+        *app = s + 6;
+        return 1;
+    }
+    if (strncmp(s, "-a", 2) == 0 && s[2]) {
+        *app = s + 2;
+        return 1;
+    }
+    return 0;
+}
+
+/* The app named by the URL of the git remote "pier": the last path
+ * segment without ".git" (https://git.example.com/demo.git, or scp-like
+ * git@host:demo.git). NULL when there is no such remote. */
+static char *app_from_git(void)
+{
+    FILE *p = popen("git config --get remote.pier.url 2>/dev/null", "r");
+    if (!p)
+        return NULL;
+    char line[1024];
+    char *got = fgets(line, sizeof(line), p);
+    pclose(p);
+    if (!got)
+        return NULL;
+    size_t n = strcspn(line, "\r\n");
+    while (n > 0 && line[n - 1] == '/')
+        n--;
+    line[n] = '\0';
+    if (n > 4 && strcmp(line + n - 4, ".git") == 0)
+        line[n -= 4] = '\0';
+    char *seg = line;
+    for (char *q = line; *q; q++)
+        if (*q == '/' || *q == ':')
+            seg = q + 1;
+    return *seg ? xstrdup(seg) : NULL;
+}
+
+int api_app(struct api *a, const char *flag, struct pier_err *err)
+{
+    if (flag && *flag) {
+        a->app = flag;
+        return 0;
+    }
+    const char *env = getenv("PIER_APP");
+    if (env && *env) {
+        a->app = env;
+        return 0;
+    }
+    a->app_owned = app_from_git();
+    if (a->app_owned) {
+        a->app = a->app_owned;
+        return 0;
+    }
+    return err_set(err, PIER_EINVAL,
+                   "no app given: use -a APP or run inside a git repo with a 'pier' remote");
+}
+
+int api_start(struct api *a, const struct cli *c, const char *app_flag, bool need_app)
+{
+    struct pier_err err = {0};
+    if (api_open(a, c->cluster, &err) < 0)
+        return ui_fail(NULL, "%s", err.msg);
+    if (need_app && api_app(a, app_flag ? app_flag : c->app, &err) < 0)
+        return ui_fail("'pier apps' lists the apps; 'pier create NAME' makes one", "%s", err.msg);
+    return 0;
+}
+
+void api_escape(struct buf *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+            buf_putc(out, (char)*p);
+        } else {
+            buf_putc(out, '%');
+            buf_putc(out, hex[*p >> 4]);
+            buf_putc(out, hex[*p & 15]);
+        }
+    }
+}
+
+/* ---- errors ---- */
+
+static int code_from_flynn(const char *code)
+{
+    static const struct {
+        const char *name;
+        int code;
+    } map[] = {
+        {"not_found", PIER_ENOTFOUND},
+        {"object_not_found", PIER_ENOTFOUND},
+        {"object_exists", PIER_EEXISTS},
+        {"conflict", PIER_ECONFLICT},
+        {"validation_error", PIER_EINVAL},
+        {"syntax_error", PIER_EINVAL},
+        {"request_body_too_big", PIER_ETOOBIG},
+        {"precondition_failed", PIER_ECONFLICT},
+        {"unauthorized", API_EAUTH},
+        {"service_unavailable", PIER_EUNAVAIL},
+        {"ratelimited", PIER_EUNAVAIL},
+    };
+    for (size_t i = 0; code && i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(map[i].name, code) == 0)
+            return map[i].code;
+    return PIER_EINTERNAL;
+}
+
+/* Turns a non-200 answer into an error. *retry (optional) says whether the
+ * server asked for the same call again. */
+static int answer_error(const struct api *a, const char *method, const char *path, long status,
+                        const struct buf *body, struct pier_err *err, bool *retry)
+{
+    if (retry)
+        *retry = false;
+    json_t *j = NULL;
+    if (body->len > 0 && jsonx_parse_object(body->p, body->len, &j, NULL) == 0 &&
+        json_is_string(json_object_get(j, "code"))) {
+        const char *code = json_string_value(json_object_get(j, "code"));
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        if (retry)
+            *retry = json_is_true(json_object_get(j, "retry"));
+        cleanup_buf struct buf m = BUF_INIT;
+        api_put_clean(&m, msg && *msg ? msg : code);
+        int rc = err_set(err, code_from_flynn(code), "%s", m.p);
+        json_decref(j);
+        return rc;
+    }
+    json_decref(j);
+    if (status == 404)
+        return err_set(err, PIER_ENOTFOUND, "%s %s: not found", method, path);
+    if (status == 401)
+        return err_set(err, API_EAUTH, "the controller at %s refused the key (401)", a->base);
+    return err_set(err, PIER_EPROTO, "the controller at %s answered %s %s with status %ld", a->base,
+                   method, path, status);
+}
+
+/* ---- JSON calls ---- */
+
+static void common_headers(const struct api *a, const char **h, bool accept_json)
+{
+    int n = 0;
+    h[n++] = a->auth.p;
+    h[n++] = "Content-Type: application/json";
+    h[n++] = USER_AGENT;
+    if (accept_json)
+        h[n++] = "Accept: application/json";
+    h[n] = NULL;
+}
+
+static int call(struct api *a, const char *method, const char *path, const json_t *body,
+                json_t **out, bool need_json, struct pier_err *err)
+{
+    if (out)
+        *out = NULL;
+    cleanup_buf struct buf url = BUF_INIT, text = BUF_INIT, name = BUF_INIT;
+    buf_printf(&url, "%s%s", a->base, path);
+    buf_printf(&name, "the controller at %s", a->base);
+    if (body)
+        jsonx_dump(&text, body);
+    const char *headers[6];
+    common_headers(a, headers, true);
+    struct httpc_req req = {
+        .method = method,
+        .url = url.p,
+        .name = name.p,
+        .headers = headers,
+        .body = body ? text.p : NULL,
+        .body_len = text.len,
+        .timeout_ms = 60000,
+    };
+    int64_t deadline = clock_now_ms() + RETRY_FOR_MS;
+    for (;;) {
+        struct httpc_resp resp = {0};
+        int rc = httpc_do(a->h, &req, &resp, err);
+        if (rc < 0)
+            return rc;
+        a->connected_ok = true;
+        if (resp.status == 200) {
+            json_t *j = NULL;
+            if (resp.body.len > 0)
+                rc = jsonx_parse(resp.body.p, resp.body.len, &j, err);
+            if (rc == 0 && !j && need_json)
+                rc = err_set(err, PIER_EPROTO, "%s %s: the controller sent no JSON", method, path);
+            if (rc < 0 && need_json)
+                err_wrap(err, rc, "%s %s", method, path);
+            else
+                rc = 0;
+            httpc_resp_release(&resp);
+            if (rc == 0 && out)
+                *out = j;
+            else
+                json_decref(j);
+            return rc;
+        }
+        bool retry = false;
+        rc = answer_error(a, method, path, resp.status, &resp.body, err, &retry);
+        httpc_resp_release(&resp);
+        if (!retry || clock_now_ms() + RETRY_EVERY_MS > deadline)
+            return rc;
+        usleep(RETRY_EVERY_MS * 1000);
+    }
+}
+
+int api_get(struct api *a, const char *path, json_t **out, struct pier_err *err)
+{
+    return call(a, "GET", path, NULL, out, true, err);
+}
+
+int api_send(struct api *a, const char *method, const char *path, const json_t *body, json_t **out,
+             struct pier_err *err)
+{
+    return call(a, method, path, body, out, false, err);
+}
+
+void api_app_path(const struct api *a, struct buf *out, const char *suffix)
+{
+    buf_puts(out, "/apps/");
+    api_escape(out, a->app);
+    buf_puts(out, suffix ? suffix : "");
+}
+
+int api_app_get(struct api *a, json_t **out, struct pier_err *err)
+{
+    cleanup_buf struct buf path = BUF_INIT;
+    api_app_path(a, &path, "");
+    int rc = api_get(a, path.p, out, err);
+    if (rc == PIER_ENOTFOUND) {
+        cleanup_buf struct buf name = BUF_INIT;
+        api_put_clean(&name, a->app);
+        return err_set(err, rc, "no app named \"%s\" on this cluster ('pier apps' lists them)",
+                       name.p);
+    }
+    return rc;
+}
+
+/* ---- streams ---- */
+
+static int collect(const char *data, size_t len, void *ud)
+{
+    buf_append(ud, data, len);
+    return 0;
+}
+
+/* Opens a stream into *in and checks its status; a non-200 answer is read
+ * whole (up to a cap) and turned into an error. */
+static int stream_open(struct api *a, const char *path, const char *accept, int64_t last_id,
+                       struct buf *in, struct httpc_stream **out, struct pier_err *err)
+{
+    cleanup_buf struct buf url = BUF_INIT, name = BUF_INIT, acc = BUF_INIT, last = BUF_INIT;
+    buf_printf(&url, "%s%s", a->base, path);
+    buf_printf(&name, "the controller at %s", a->base);
+    const char *headers[8];
+    common_headers(a, headers, false);
+    int n = 3;
+    if (accept) {
+        buf_printf(&acc, "Accept: %s", accept);
+        headers[n++] = acc.p;
+        buf_printf(&last, "Last-Event-Id: %lld", (long long)last_id);
+        headers[n++] = last.p;
+    }
+    headers[n] = NULL;
+    struct httpc_req req = {.url = url.p, .name = name.p, .headers = headers, .timeout_ms = 60000};
+    struct httpc_stream *s = NULL;
+    int rc = httpc_stream_open(a->h, &req, collect, in, &s, err);
+    if (rc < 0)
+        return rc;
+    a->connected_ok = true;
+    long status = httpc_stream_status(s);
+    if (status == 200) {
+        *out = s;
+        return 0;
+    }
+    int64_t deadline = clock_now_ms() + 10000;
+    while (in->len < ERROR_BODY_MAX && clock_now_ms() < deadline &&
+           httpc_stream_poll(s, 1000, NULL) > 0)
+        ;
+    httpc_stream_close(s);
+    rc = answer_error(a, "GET", path, status, in, err, NULL);
+    buf_reset(in);
+    return rc;
+}
+
+struct api_events {
+    struct api *a;
+    char *path;
+    struct httpc_stream *s;
+    struct buf in;   /* received, not yet parsed */
+    struct buf data; /* the data lines of the block being read */
+    bool has_data, is_error;
+    bool ended; /* the server ended the stream (or it broke): resume once in is parsed */
+    int64_t last_id;
+};
+
+int api_events_open(struct api *a, const char *path, struct api_events **out, struct pier_err *err)
+{
+    struct api_events *e = xcalloc(1, sizeof(*e));
+    e->a = a;
+    e->path = xstrdup(path);
+    int rc = stream_open(a, path, "text/event-stream", 0, &e->in, &e->s, err);
+    if (rc < 0) {
+        api_events_close(e);
+        return rc;
+    }
+    *out = e;
+    return 0;
+}
+
+void api_events_close(struct api_events *e)
+{
+    if (!e)
+        return;
+    httpc_stream_close(e->s);
+    buf_free(&e->in);
+    buf_free(&e->data);
+    free(e->path);
+    free(e);
+}
+
+/* Ends the current block: 1 with *ev when it held data, 0 when it was
+ * empty, negative for an error event or data that is not JSON. */
+static int dispatch(struct api_events *e, json_t **ev, struct pier_err *err)
+{
+    if (!e->has_data)
+        return 0;
+    bool is_error = e->is_error;
+    e->has_data = e->is_error = false;
+    json_t *j = NULL;
+    int rc = jsonx_parse(e->data.p ? e->data.p : "", e->data.len, &j, NULL);
+    if (is_error) {
+        cleanup_buf struct buf m = BUF_INIT;
+        const char *msg = json_is_string(j)   ? json_string_value(j)
+                          : json_is_object(j) ? json_string_value(json_object_get(j, "message"))
+                                              : NULL;
+        api_put_clean(&m, msg ? msg : (e->data.p ? e->data.p : "?"));
+        json_decref(j);
+        buf_reset(&e->data);
+        return err_set(err, PIER_EUNAVAIL, "the controller's event stream failed: %s", m.p);
+    }
+    buf_reset(&e->data);
+    if (rc < 0 || !json_is_object(j)) {
+        json_decref(j);
+        return err_set(err, PIER_EPROTO, "the controller sent an event that is not a JSON object");
+    }
+    json_t *id = json_object_get(j, "id");
+    if (json_is_integer(id))
+        e->last_id = json_integer_value(id);
+    *ev = j;
+    return 1;
+}
+
+/* Parses complete lines in e->in until one event is complete. */
+static int parse_events(struct api_events *e, json_t **ev, struct pier_err *err)
+{
+    size_t off = 0;
+    int rc = 0;
+    while (rc == 0 && off < e->in.len) {
+        char *line = e->in.p + off;
+        char *nl = memchr(line, '\n', e->in.len - off);
+        if (!nl)
+            break;
+        size_t n = (size_t)(nl - line);
+        off += n + 1;
+        if (n > 0 && line[n - 1] == '\r')
+            n--;
+        if (n == 0) {
+            rc = dispatch(e, ev, err);
+        } else if (n >= 5 && memcmp(line, "data:", 5) == 0) {
+            size_t skip = n > 5 && line[5] == ' ' ? 6 : 5;
+            if (e->has_data)
+                buf_putc(&e->data, '\n');
+            buf_append(&e->data, line + skip, n - skip);
+            e->has_data = true;
+        } else if (n >= 6 && memcmp(line, "event:", 6) == 0) {
+            const char *v = line + 6;
+            size_t vl = n - 6;
+            if (vl > 0 && *v == ' ')
+                v++, vl--;
+            e->is_error = vl == 5 && memcmp(v, "error", 5) == 0;
+        } /* comments (":..."), id: and retry: lines are skipped */
+    }
+    buf_consume(&e->in, off);
+    return rc;
+}
+
+/* The stream ended or broke: opens it again from the last event seen,
+ * retrying for RECONNECT_FOR_MS. A 404 (or another answer) is final. */
+static int reconnect(struct api_events *e, struct pier_err *err)
+{
+    httpc_stream_close(e->s);
+    e->s = NULL;
+    buf_reset(&e->in);
+    buf_reset(&e->data);
+    e->has_data = e->is_error = false;
+    int64_t deadline = clock_now_ms() + RECONNECT_FOR_MS;
+    int wait = 100;
+    for (;;) {
+        int rc = stream_open(e->a, e->path, "text/event-stream", e->last_id, &e->in, &e->s, err);
+        if (rc == 0 || !httpc_not_sent(rc) || clock_now_ms() + wait > deadline)
+            return rc;
+        usleep((useconds_t)wait * 1000);
+        wait = wait * 2 > 1000 ? 1000 : wait * 2;
+    }
+}
+
+int api_events_next(struct api_events *e, int timeout_ms, json_t **ev, struct pier_err *err)
+{
+    *ev = NULL;
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX : clock_now_ms() + timeout_ms;
+    for (;;) {
+        /* What arrived is handed out before the end of the stream is acted on. */
+        int rc = parse_events(e, ev, err);
+        if (rc != 0)
+            return rc;
+        if (e->ended) {
+            usleep(100 * 1000); /* a server that keeps closing at once must not spin us */
+            e->ended = false;
+            rc = reconnect(e, err);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        int64_t left = deadline == INT64_MAX ? -1 : deadline - clock_now_ms();
+        if (deadline != INT64_MAX && left <= 0)
+            return 0;
+        struct pier_err perr = {0};
+        rc = httpc_stream_poll(e->s, left < 0 ? 1000 : (int)(left > 1000 ? 1000 : left), &perr);
+        if (rc <= 0)
+            e->ended = true;
+    }
+}
+
+struct lines {
+    api_line_fn fn;
+    void *ud;
+    bool stop;
+};
+
+/* Hands every complete line of in to fn; at_end: the rest too. */
+static int feed_lines(struct lines *l, struct buf *in, bool at_end, struct pier_err *err)
+{
+    size_t off = 0;
+    while (!l->stop && off < in->len) {
+        char *line = in->p + off;
+        char *nl = memchr(line, '\n', in->len - off);
+        if (!nl && !at_end)
+            break;
+        size_t n = nl ? (size_t)(nl - line) : in->len - off;
+        off += n + (nl ? 1 : 0);
+        while (n > 0 && isspace((unsigned char)line[n - 1]))
+            n--;
+        if (n == 0)
+            continue;
+        json_t *j = NULL;
+        if (jsonx_parse_object(line, n, &j, NULL) < 0) {
+            buf_consume(in, off);
+            return err_set(err, PIER_EPROTO, "the controller sent a log line that is not JSON");
+        }
+        if (l->fn(j, l->ud) != 0)
+            l->stop = true;
+        json_decref(j);
+    }
+    buf_consume(in, off);
+    return 0;
+}
+
+int api_lines(struct api *a, const char *path, api_line_fn fn, void *ud, struct pier_err *err)
+{
+    cleanup_buf struct buf in = BUF_INIT;
+    struct httpc_stream *s = NULL;
+    int rc = stream_open(a, path, NULL, 0, &in, &s, err);
+    if (rc < 0)
+        return rc;
+    struct lines l = {fn, ud, false};
+    for (;;) {
+        rc = feed_lines(&l, &in, false, err);
+        if (rc < 0 || l.stop)
+            break;
+        rc = httpc_stream_poll(s, -1, err);
+        if (rc <= 0) {
+            if (rc == 0)
+                rc = feed_lines(&l, &in, true, err);
+            break;
+        }
+    }
+    httpc_stream_close(s);
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- attach ---- */
+
+struct api_attach {
+    CURL *curl;
+    int fd;
+    struct buf pending; /* bytes that came with the 101 head */
+};
+
+int api_attach_fd(const struct api_attach *c)
+{
+    return c->fd;
+}
+
+void api_attach_close(struct api_attach *c)
+{
+    if (!c)
+        return;
+    curl_easy_cleanup(c->curl);
+    buf_free(&c->pending);
+    free(c);
+}
+
+static int wait_fd(int fd, short events, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int r;
+    do
+        r = poll(&p, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int api_attach_send(struct api_attach *c, const void *p, size_t n, struct pier_err *err)
+{
+    const char *s = p;
+    while (n > 0) {
+        size_t sent = 0;
+        CURLcode rc = curl_easy_send(c->curl, s, n, &sent);
+        if (rc == CURLE_AGAIN) {
+            if (wait_fd(c->fd, POLLOUT, 30000) == 0)
+                return err_set(err, PIER_ETIMEOUT, "the job's connection is stuck (30 s)");
+            continue;
+        }
+        if (rc != CURLE_OK)
+            return err_set(err, PIER_EUNAVAIL, "the job's connection broke: %s",
+                           curl_easy_strerror(rc));
+        s += sent;
+        n -= sent;
+    }
+    return 0;
+}
+
+ssize_t api_attach_recv(struct api_attach *c, struct buf *in, struct pier_err *err)
+{
+    if (c->pending.len > 0) {
+        size_t n = c->pending.len;
+        buf_append(in, c->pending.p, n);
+        buf_reset(&c->pending);
+        return (ssize_t)n;
+    }
+    char tmp[16384];
+    size_t got = 0;
+    CURLcode rc = curl_easy_recv(c->curl, tmp, sizeof(tmp), &got);
+    if (rc == CURLE_AGAIN)
+        return 0;
+    if (rc != CURLE_OK)
+        return err_set(err, PIER_EUNAVAIL, "the job's connection broke: %s",
+                       curl_easy_strerror(rc));
+    if (got == 0)
+        return -EPIPE;
+    buf_append(in, tmp, got);
+    return (ssize_t)got;
+}
+
+/* "POST /prefix/path HTTP/1.1" and its headers, for the base URL. */
+static int attach_request(struct api *a, const char *path, const json_t *body, struct buf *out,
+                          struct pier_err *err)
+{
+    cleanup_buf struct buf text = BUF_INIT; /* before the first goto */
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL, *prefix = NULL;
+    int rc = 0;
+    if (curl_url_set(u, CURLUPART_URL, a->base, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        rc = err_set(err, PIER_EINVAL, "controller URL \"%s\" cannot be read", a->base);
+        goto out;
+    }
+    curl_url_get(u, CURLUPART_PORT, &port, 0);
+    curl_url_get(u, CURLUPART_PATH, &prefix, 0);
+    size_t plen = prefix ? strlen(prefix) : 0;
+    while (plen > 0 && prefix[plen - 1] == '/')
+        plen--;
+    jsonx_dump(&text, body);
+    buf_printf(out, "POST %.*s%s HTTP/1.1\r\n", (int)plen, prefix ? prefix : "", path);
+    buf_printf(out, "Host: %s%s%s\r\n", host, port ? ":" : "", port ? port : "");
+    buf_printf(out, "%s\r\n%s\r\n", a->auth.p, USER_AGENT);
+    buf_puts(out, "Content-Type: application/json\r\nAccept: application/json\r\n"
+                  "Upgrade: flynn-attach/0\r\nConnection: upgrade\r\n");
+    buf_printf(out, "Content-Length: %zu\r\n\r\n", text.len);
+    buf_append(out, text.p, text.len);
+out:
+    curl_free(host);
+    curl_free(port);
+    curl_free(prefix);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+/* Whether the body of a refused attach has fully arrived in in. */
+static bool refusal_complete(const struct http1_framing *fr, const struct buf *in)
+{
+    switch (fr->body) {
+    case HTTP1_BODY_NONE: return true;
+    case HTTP1_BODY_LENGTH: return in->len >= fr->length;
+    case HTTP1_BODY_CHUNKED: {
+        struct http1_chunked ch;
+        http1_chunked_init(&ch);
+        size_t rest = 0;
+        return in->len > 0 && http1_chunked_scan(&ch, in->p, in->len, &rest) == 0;
+    }
+    default: return false; /* until the server closes */
+    }
+}
+
+/* Reads until the response head is complete; then the body of a refusal. */
+static int attach_answer(struct api *a, struct api_attach *c, const char *path,
+                         struct pier_err *err)
+{
+    cleanup_buf struct buf in = BUF_INIT;
+    struct http1_response *resp = xmalloc(sizeof(*resp));
+    int64_t deadline = clock_now_ms() + ATTACH_WAIT_MS;
+    int head = HTTP1_INCOMPLETE;
+    int rc = 0;
+    for (;;) {
+        head = http1_parse_response(in.p ? in.p : "", in.len, resp);
+        if (head != HTTP1_INCOMPLETE)
+            break;
+        ssize_t n = api_attach_recv(c, &in, err);
+        if (n == -EPIPE) {
+            rc = err_set(err, PIER_EUNAVAIL,
+                         "the controller at %s closed the connection of "
+                         "POST %s without an answer",
+                         a->base, path);
+            goto out;
+        }
+        if (n < 0) {
+            rc = (int)n;
+            goto out;
+        }
+        if (n > 0)
+            continue;
+        int64_t left = deadline - clock_now_ms();
+        if (left <= 0) {
+            rc = err_set(err, PIER_ETIMEOUT,
+                         "the controller at %s did not start the job within %d s", a->base,
+                         ATTACH_WAIT_MS / 1000);
+            goto out;
+        }
+        wait_fd(c->fd, POLLIN, (int)(left > 1000 ? 1000 : left));
+    }
+    if (head < 0) {
+        rc = err_set(err, PIER_EPROTO,
+                     "the controller at %s answered POST %s with a broken "
+                     "head: %s",
+                     a->base, path, http1_strerror(head));
+        goto out;
+    }
+    if (resp->status == 101) {
+        buf_append(&c->pending, in.p + head, in.len - (size_t)head);
+        goto out;
+    }
+    /* A refusal: its body (JSON error, or nothing) says why. */
+    struct http1_framing fr = http1_response_framing(resp, false);
+    int status = resp->status;
+    buf_consume(&in, (size_t)head);
+    int64_t body_deadline = clock_now_ms() + 10000;
+    while (!refusal_complete(&fr, &in) && in.len < ERROR_BODY_MAX &&
+           clock_now_ms() < body_deadline) {
+        ssize_t n = api_attach_recv(c, &in, NULL);
+        if (n < 0)
+            break;
+        if (n == 0)
+            wait_fd(c->fd, POLLIN, 1000);
+    }
+    if (fr.body == HTTP1_BODY_LENGTH && in.len > fr.length)
+        in.len = (size_t)fr.length;
+    if (fr.body == HTTP1_BODY_CHUNKED && in.len > 0) {
+        struct http1_chunked ch;
+        http1_chunked_init(&ch);
+        size_t len = in.len, rest = 0;
+        int dr = http1_chunked_decode(&ch, in.p, &len, &rest);
+        in.len = dr == 0 || dr == HTTP1_INCOMPLETE ? len : 0;
+    }
+    rc = answer_error(a, "POST", path, status, &in, err, NULL);
+out:
+    free(resp);
+    return rc;
+}
+
+int api_attach_open(struct api *a, const char *path, const json_t *body, struct api_attach **out,
+                    struct pier_err *err)
+{
+    cleanup_buf struct buf reqtext = BUF_INIT;
+    int rc = attach_request(a, path, body, &reqtext, err);
+    if (rc < 0)
+        return rc;
+    struct api_attach *c = xcalloc(1, sizeof(*c));
+    c->fd = -1;
+    c->curl = curl_easy_init();
+    if (!c->curl)
+        abort();
+    curl_easy_setopt(c->curl, CURLOPT_URL, a->base);
+    curl_easy_setopt(c->curl, CURLOPT_CONNECT_ONLY, 1L);
+    curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c->curl, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+    CURLcode cc = curl_easy_perform(c->curl);
+    if (cc != CURLE_OK) {
+        long os_errno = 0;
+        curl_easy_getinfo(c->curl, CURLINFO_OS_ERRNO, &os_errno);
+        if (cc == CURLE_COULDNT_CONNECT && os_errno == ECONNREFUSED)
+            rc = err_set(err, -ECONNREFUSED, "the controller at %s: connection refused", a->base);
+        else if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
+                 cc == CURLE_OPERATION_TIMEDOUT)
+            rc = err_set(err, -EHOSTUNREACH, "the controller at %s: cannot connect: %s", a->base,
+                         curl_easy_strerror(cc));
+        else
+            rc = err_set(err, PIER_EUNAVAIL, "the controller at %s: %s", a->base,
+                         curl_easy_strerror(cc));
+        goto fail;
+    }
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    curl_easy_getinfo(c->curl, CURLINFO_ACTIVESOCKET, &fd);
+    c->fd = (int)fd;
+    rc = api_attach_send(c, reqtext.p, reqtext.len, err);
+    if (rc == 0)
+        rc = attach_answer(a, c, path, err);
+    if (rc < 0)
+        goto fail;
+    a->connected_ok = true;
+    *out = c;
+    return 0;
+fail:
+    api_attach_close(c);
+    return rc;
+}
+
+/* ---- small shared things ---- */
+
+void api_put_clean(struct buf *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++)
+        buf_putc(out, *p < 0x20 || *p == 0x7f ? '?' : (char)*p);
+}
+
+/* Seconds since the epoch of an RFC 3339 time, or -1. */
+static long long parse_time(const char *s)
+{
+    int y, mo, d, h, mi, sec, n = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
+        return -1;
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec};
+    long long t = (long long)timegm(&tm);
+    const char *p = s + n;
+    if (*p == '.')
+        for (p++; isdigit((unsigned char)*p); p++)
+            ;
+    int oh, om;
+    if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d", &oh, &om) == 2)
+        t -= (*p == '+' ? 1 : -1) * (oh * 3600LL + om * 60LL);
+    return t;
+}
+
+void api_ago(struct buf *out, const char *rfc3339)
+{
+    long long t = parse_time(rfc3339);
+    if (t < 0) {
+        buf_puts(out, "-");
+        return;
+    }
+    long long d = (long long)time(NULL) - t;
+    if (d < 0)
+        d = 0;
+    if (d < 120)
+        buf_printf(out, "%llds ago", d);
+    else if (d < 7200)
+        buf_printf(out, "%lldm ago", d / 60);
+    else if (d < 172800)
+        buf_printf(out, "%lldh ago", d / 3600);
+    else
+        buf_printf(out, "%lldd ago", d / 86400);
+}
+
+struct sort_ctx {
+    const char *field;
+    bool desc;
+};
+static _Thread_local struct sort_ctx sort_ctx;
+
+static int cmp_field(const void *x, const void *y)
+{
+    const char *a = json_string_value(json_object_get(*(json_t *const *)x, sort_ctx.field));
+    const char *b = json_string_value(json_object_get(*(json_t *const *)y, sort_ctx.field));
+    int r = strcmp(a ? a : "", b ? b : "");
+    return sort_ctx.desc ? -r : r;
+}
+
+void api_sort_by(json_t *arr, const char *field, bool desc)
+{
+    size_t n = json_array_size(arr);
+    if (n < 2)
+        return;
+    json_t **v = xcalloc(n, sizeof(*v));
+    for (size_t i = 0; i < n; i++)
+        v[i] = json_incref(json_array_get(arr, i));
+    sort_ctx = (struct sort_ctx){field, desc};
+    qsort(v, n, sizeof(*v), cmp_field);
+    json_array_clear(arr);
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, v[i]); /* steals the reference taken above */
+    free(v);
+}

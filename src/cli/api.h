@@ -1,0 +1,150 @@
+/* api: the CLI's client of the controller, speaking exactly what a Flynn
+ * client sends (FLYNN-CLIENT-CONTRACT.md section 3), so `pier` works
+ * against pier's controller and a real Flynn one alike.
+ *
+ * Every request carries Basic auth with an empty user and the cluster key
+ * as the password, and Content-Type: application/json. Success is exactly
+ * 200. Errors come back as a negative code with a message ready for the
+ * terminal:
+ *   PIER_ENOTFOUND  a bare 404 (many commands treat it as a normal case)
+ *   API_EAUTH       401: the key is wrong
+ *   PIER_E*         Flynn's error JSON, mapped from its "code"; the
+ *                   message is the server's "message"
+ *   -ECONNREFUSED.. no controller answered (httpc's codes)
+ * api_fail() prints such an error with the hint that fits it.
+ *
+ * Three kinds of exchange: JSON calls (api_get, api_send), streams read
+ * as they come (server-sent events: api_events_*; the log's concatenated
+ * JSON: api_lines), and the attach upgrade of `pier run` (api_attach_*). */
+#ifndef PIER_CLI_API_H
+#define PIER_CLI_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cli/cli.h"
+#include "cli/config.h"
+#include "lib/buf.h"
+#include "lib/err.h"
+#include "lib/httpc.h"
+
+/* 401 from the controller: the key is not the cluster's. */
+#define API_EAUTH (-1300)
+
+/* One command's connection to the controller. Fields are read-only for
+ * callers. */
+struct api {
+    struct config cfg;
+    const char *url;   /* the controller URL as configured (borrowed from cfg or env) */
+    const char *key;   /* the cluster key (borrowed likewise) */
+    char *base;        /* url without trailing slashes: paths are appended to it */
+    struct buf auth;   /* "Authorization: Basic ..." */
+    struct httpc *h;   /* keep-alive pool */
+    const char *app;   /* the app a command works on, after api_app(); borrowed */
+    char *app_owned;   /* when the app came from the git remote */
+    bool connected_ok; /* some request got an answer (for hints) */
+};
+
+/* Loads the config and picks the cluster (name: -c, or NULL). On failure
+ * the caller still calls api_close. */
+int api_open(struct api *a, const char *cluster, struct pier_err *err);
+void api_close(struct api *a);
+
+/* api_open with c's cluster, then (need_app) api_app with app_flag, else
+ * the global -a APP (c->app), in one go for a command: returns 0, or the
+ * exit status of the failure it printed. The caller calls api_close either
+ * way. */
+int api_start(struct api *a, const struct cli *c, const char *app_flag, bool need_app);
+
+/* Prints err as "pier: MESSAGE" with the hint its code calls for (a wrong
+ * key, a controller that does not answer, ...). Returns 1. */
+int api_fail(const struct api *a, const struct pier_err *err);
+
+/* Picks the app: flag (-a APP) if set, else $PIER_APP, else the last path
+ * segment (without .git) of the git remote named "pier" in the current
+ * directory. Sets a->app; a clear error naming -a APP when there is none. */
+int api_app(struct api *a, const char *flag, struct pier_err *err);
+
+/* Reads "-a APP", "-aAPP", "--app APP", "--app=APP" at argv[*i]: returns 1
+ * and advances *i past the value when it was one, 0 when argv[*i] is
+ * something else, -1 when the value is missing. */
+int api_opt_app(int argc, char **argv, int *i, const char **app);
+
+/* GET path (starting with "/"); *out gets the decoded JSON (new reference).
+ * Retries while the server says "retry": true (every 100 ms, up to 10 s). */
+int api_get(struct api *a, const char *path, json_t **out, struct pier_err *err);
+/* method (POST, PUT, DELETE) with body (NULL: none) at path. *out (may be
+ * NULL) gets the decoded answer, or NULL when the answer was not JSON. */
+int api_send(struct api *a, const char *method, const char *path, const json_t *body, json_t **out,
+             struct pier_err *err);
+
+/* GET /apps/<a->app>: *out gets the app (new reference). Not found says
+ * "no app named ... on this cluster". */
+int api_app_get(struct api *a, json_t **out, struct pier_err *err);
+/* Appends "/apps/<a->app>" (escaped) and then suffix to out. */
+void api_app_path(const struct api *a, struct buf *out, const char *suffix);
+
+/* Appends s to out %-encoded for a query value or a path segment. */
+void api_escape(struct buf *out, const char *s);
+
+/* --- server-sent events (contract 3.6) ------------------------------- */
+
+struct api_events;
+/* Opens GET path with Accept: text/event-stream and waits until the
+ * response headers arrived (so a request sent afterwards cannot miss its
+ * events). A non-200 answer is an error as for api_get. */
+int api_events_open(struct api *a, const char *path, struct api_events **out, struct pier_err *err);
+/* The next event (the JSON of one data: block, new reference), waiting up
+ * to timeout_ms (-1: no limit). Returns 1 with *ev set, 0 when the time ran
+ * out, or a negative error (an "event: error" block, a block that is not
+ * JSON). When the server closes the stream it reconnects with
+ * Last-Event-Id (the id of the last event seen), retrying for 20 s. */
+int api_events_next(struct api_events *e, int timeout_ms, json_t **ev, struct pier_err *err);
+void api_events_close(struct api_events *e);
+
+/* --- line-delimited JSON (contract 3.8, the log) ------------------------ */
+
+/* Called with each JSON object of the answer, in order; return 0 to go on,
+ * anything else to stop (api_lines then returns 0). The object is
+ * borrowed for the call. */
+typedef int (*api_line_fn)(json_t *obj, void *ud);
+/* GET path (no Accept header) and hands every object to fn as it arrives,
+ * until the server ends the answer. */
+int api_lines(struct api *a, const char *path, api_line_fn fn, void *ud, struct pier_err *err);
+
+/* --- attach (contract 3.7, `pier run`) ---------------------------------- */
+
+struct api_attach;
+/* POSTs body to path on a connection of its own with Upgrade:
+ * flynn-attach/0 and waits for 101. Any other status is an error (a JSON
+ * body decoded as for api_get). Afterwards the connection carries attach
+ * frames (src/host/attach.h) both ways. */
+int api_attach_open(struct api *a, const char *path, const json_t *body, struct api_attach **out,
+                    struct pier_err *err);
+/* The socket to poll() for input. Call api_attach_recv first: bytes may
+ * already be waiting in the client's buffers. */
+int api_attach_fd(const struct api_attach *c);
+/* Appends whatever arrived to in without blocking. Returns the number of
+ * bytes appended (0: nothing now), or -EPIPE when the server closed the
+ * connection, or another negative error. */
+ssize_t api_attach_recv(struct api_attach *c, struct buf *in, struct pier_err *err);
+/* Sends all of p (waits while the socket is full). */
+int api_attach_send(struct api_attach *c, const void *p, size_t n, struct pier_err *err);
+void api_attach_close(struct api_attach *c);
+
+/* --- small things the commands share ----------------------------------- */
+
+/* Appends s with control characters replaced by '?': what the controller
+ * says is outside input, and a terminal obeys escape sequences. */
+void api_put_clean(struct buf *out, const char *s);
+/* "5s ago", "3m ago", "2h ago", "4d ago" for an RFC 3339 time; "-" when it
+ * cannot be read. */
+void api_ago(struct buf *out, const char *rfc3339);
+/* Sorts an array of objects by a string field (ascending, or descending
+ * when desc); missing fields sort first. */
+void api_sort_by(json_t *arr, const char *field, bool desc);
+
+#endif

@@ -1,0 +1,115 @@
+#include "controller/controller.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "controller/ctl.h"
+#include "controller/deployer.h"
+#include "lib/buf.h"
+#include "lib/daemon.h"
+#include "lib/log.h"
+
+static void ping(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    httpd_reply(r, 200, "text/plain", "", 0);
+}
+
+/* The address other processes reach this one at: the listen host with the
+ * bound port (a wildcard host is shown as loopback). */
+static char *own_addr(const char *listen, int port)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t hlen = colon ? (size_t)(colon - listen) : 0;
+    struct buf b = BUF_INIT;
+    if (hlen == 0 || (hlen == 7 && strncmp(listen, "0.0.0.0", 7) == 0))
+        buf_printf(&b, "127.0.0.1:%d", port);
+    else
+        buf_printf(&b, "%.*s:%d", (int)hlen, listen, port);
+    return buf_detach(&b);
+}
+
+int controller_main(int argc, char **argv)
+{
+    const char *domain = NULL;
+    const struct daemon_opt opts[] = {
+        {"domain", "DOMAIN", "the cluster domain: apps get <app>.DOMAIN routes", &domain},
+        {NULL, NULL, NULL, NULL},
+    };
+    const struct daemon_spec spec = {
+        .sub = "controller",
+        .summary = "The cluster's API (Flynn-compatible): apps, releases, formations, jobs, "
+                   "deployments, events, routes.",
+        .default_listen = "127.0.0.1:1200",
+        .opts = opts,
+        .uses = DAEMON_USES_LISTEN | DAEMON_USES_STORE | DAEMON_USES_KEY,
+    };
+    struct daemon_flags f;
+    struct pier_err err = {0};
+    int rc = daemon_parse(&spec, argc, argv, &f, &err);
+    if (rc != 0) {
+        if (rc < 0)
+            fprintf(stderr, "pierd controller: %s\n", err.msg);
+        return rc < 0 ? 2 : 0;
+    }
+    if (!f.store) {
+        fprintf(stderr, "pierd controller: needs the store: --store URL (or PIER_STORE)\n");
+        return 2;
+    }
+    if (!f.key || !*f.key) {
+        fprintf(stderr, "pierd controller: needs the cluster key: --key KEY (or PIER_KEY)\n");
+        return 2;
+    }
+    struct ctl c = {.key = f.key, .domain = domain};
+    if (store_open(f.store, &c.s, &err) < 0) {
+        fprintf(stderr, "pierd controller: %s\n", err.msg);
+        return 2;
+    }
+    const struct httpd_options ho = {
+        .listen = f.listen, .comp = "controller", .key = f.key, .errors = HTTPD_ERRORS_FLYNN};
+    struct httpd *h = httpd_new(&ho);
+    httpd_route(h, "GET", "/ping", ping, &c, true);
+    ctl_apps_routes(h, &c);
+    ctl_artifacts_routes(h, &c);
+    ctl_releases_routes(h, &c);
+    ctl_formations_routes(h, &c);
+    ctl_jobs_routes(h, &c);
+    ctl_routes_routes(h, &c);
+    ctl_keys_routes(h, &c);
+    ctl_events_routes(h, &c);
+    ctl_deployments_routes(h, &c);
+    if (httpd_start(h, &err) < 0) {
+        fprintf(stderr, "pierd controller: %s\n", err.msg);
+        httpd_free(h);
+        store_close(c.s);
+        return 1;
+    }
+    c.addr = own_addr(f.listen, httpd_port(h));
+    struct ctl_worker *recorder = NULL;
+    struct ctl_deployer *deployer = NULL;
+    rc = leader_start(c.s, "controller", c.addr, 10, &c.leader, &err);
+    if (rc == 0)
+        rc = ctl_recorder_start(&c, &recorder, &err);
+    if (rc == 0)
+        rc = ctl_deployer_start(&c, &deployer, &err);
+    if (rc < 0) {
+        fprintf(stderr, "pierd controller: %s\n", err.msg);
+        ctl_worker_stop(recorder);
+        leader_stop(c.leader);
+        httpd_free(h);
+        store_close(c.s);
+        free(c.addr);
+        return 1;
+    }
+    log_info("controller", "listening", "addr=%s store=%s", c.addr, f.store);
+    int sig = daemon_wait();
+    log_info("controller", "stopping", "signal=%d", sig);
+    httpd_free(h);
+    ctl_deployer_stop(deployer);
+    ctl_worker_stop(recorder);
+    leader_stop(c.leader);
+    store_close(c.s);
+    free(c.addr);
+    return 0;
+}

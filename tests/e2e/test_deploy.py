@@ -1,0 +1,215 @@
+"""Deployments end to end: pierd store, two host agents running real crun
+containers, a scheduler and a controller (whose leader runs the deployer).
+
+A new release is rolled out with the app's strategy; a release whose
+processes crash at start, or that is not up within deploy_timeout, is
+rolled back and the old jobs are never stopped.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import store_get
+from controller_util import Controller
+
+SLEEP = ["sh", "-c", "exec sleep 1000"]
+CRASH = ["sh", "-c", "echo crashing; exit 1"]
+
+
+def jobs_of(store, app_id):
+    """The app's job records, read straight from the store."""
+    import base64
+    import urllib.request
+    body = json.dumps({"key": base64.b64encode(b"/pier/v1/jobs/").decode(),
+                       "range_end": base64.b64encode(b"/pier/v1/jobs0").decode()}).encode()
+    req = urllib.request.Request(store + "/v3/kv/range", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        kvs = json.loads(resp.read()).get("kvs", [])
+    out = []
+    for kv in kvs:
+        rec = json.loads(base64.b64decode(kv["value"]))
+        if rec.get("app") == app_id:
+            out.append(rec)
+    return out
+
+
+def up_jobs(store, app_id, release=None):
+    return [j for j in jobs_of(store, app_id)
+            if j.get("state") == "up" and j.get("desired_state", "up") == "up"
+            and (release is None or j.get("release") == release)]
+
+
+def wait(cond, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def cluster(start_pierd, start_host):
+    store = start_pierd("store", name="store").url
+    start_host(store, name="host-a")
+    start_host(store, name="host-b")
+    start_pierd("scheduler", args=["--store", store], name="scheduler")
+    return Controller(start_pierd, store)
+
+
+def new_app(ctl, strategy="all-at-once", timeout=30):
+    st, app = ctl.post("/apps", {"strategy": strategy, "deploy_timeout": timeout})
+    assert st == 200, app
+    return app
+
+
+def new_release(ctl, app, args, env=None, memory=64 << 20):
+    st, rel = ctl.post("/releases", {
+        "app_id": app["id"], "env": env or {},
+        "processes": {"web": {"args": args,
+                              "resources": {"memory": {"limit": memory}}}}})
+    assert st == 200, rel
+    return rel
+
+
+def start_release(ctl, app, rel, n):
+    """Deploys rel to a fresh app (finishes at once) and scales web to n."""
+    st, dep = ctl.post(f"/apps/{app['id']}/deploy", {"id": rel["id"]})
+    assert st == 200 and dep["status"] == "complete", dep
+    st, f = ctl.put(f"/apps/{app['id']}/formations/{rel['id']}",
+                    {"app": app["id"], "release": rel["id"], "processes": {"web": n}})
+    assert st == 200, f
+    wait(lambda: len(up_jobs(ctl.store, app["id"], rel["id"])) == n, 60, f"{n} web jobs up")
+
+
+def deploy(ctl, app, rel):
+    st, dep = ctl.post(f"/apps/{app['id']}/deploy", {"id": rel["id"]})
+    assert st == 200, dep
+    return dep
+
+
+def wait_finished(ctl, dep, timeout=90):
+    def done():
+        st, d = ctl.get(f"/deployments/{dep['id']}")
+        return d if st == 200 and d["status"] in ("complete", "failed") else None
+    return wait(done, timeout, f"deployment {dep['id']} to finish")
+
+
+class Sampler(threading.Thread):
+    """Counts the app's up web jobs every 20 ms while a deploy runs."""
+
+    def __init__(self, store, app_id):
+        super().__init__(daemon=True)
+        self.store, self.app_id = store, app_id
+        self.samples = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.samples.append(len(up_jobs(self.store, self.app_id)))
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+
+def test_one_by_one_keeps_n_minus_one_up(cluster):
+    ctl = cluster
+    app = new_app(ctl, strategy="one-by-one")
+    old = new_release(ctl, app, SLEEP, env={"V": "1"})
+    start_release(ctl, app, old, 3)
+    new = new_release(ctl, app, SLEEP, env={"V": "2"})
+
+    s = Sampler(ctl.store, app["id"])
+    s.start()
+    dep = deploy(ctl, app, new)
+    assert dep["status"] in ("pending", "running") and dep["old_release"] == old["id"]
+    d = wait_finished(ctl, dep)
+    s.stop.set()
+    s.join()
+    assert d["status"] == "complete", d
+    assert len(s.samples) >= 5, s.samples
+    assert min(s.samples) >= 2, f"fewer than N-1 web jobs up during the deploy: {s.samples}"
+
+    st, a = ctl.get(f"/apps/{app['id']}")
+    assert a["release"] == new["id"]
+    wait(lambda: len(up_jobs(ctl.store, app["id"], new["id"])) == 3, 30, "3 new jobs up")
+    wait(lambda: not [j for j in jobs_of(ctl.store, app["id"])
+                      if j["release"] == old["id"] and j.get("state") not in
+                      ("down", "crashed", "failed")], 30, "old jobs down")
+    for j in up_jobs(ctl.store, app["id"], new["id"]):
+        assert j["env"]["V"] == "2"
+
+
+def test_crashing_release_is_rolled_back_without_touching_old_jobs(cluster):
+    ctl = cluster
+    app = new_app(ctl)
+    old = new_release(ctl, app, SLEEP)
+    start_release(ctl, app, old, 2)
+    before = {j["id"] for j in up_jobs(ctl.store, app["id"], old["id"])}
+    bad = new_release(ctl, app, CRASH)
+
+    dep = deploy(ctl, app, bad)
+    d = wait_finished(ctl, dep)
+    assert d["status"] == "failed", d
+
+    # The deployment says why, in its events.
+    st, events = ctl.get(f"/events?app_id={app['id']}&object_types=deployment"
+                         f"&object_id={dep['id']}")
+    assert st == 200
+    failed = [e for e in events if e["data"].get("status") == "failed"]
+    assert failed and "rolled back" in failed[0]["data"].get("error", ""), events
+
+    # The old jobs were never stopped, and the app kept its release.
+    st, a = ctl.get(f"/apps/{app['id']}")
+    assert a["release"] == old["id"]
+    for j in jobs_of(ctl.store, app["id"]):
+        if j["id"] in before:
+            assert j.get("desired_state", "up") == "up" and j["state"] == "up", j
+    assert {j["id"] for j in up_jobs(ctl.store, app["id"], old["id"])} == before
+    # And nothing of the bad release is left wanting to run.
+    wait(lambda: not [j for j in jobs_of(ctl.store, app["id"]) if j["release"] == bad["id"]
+                      and j.get("desired_state", "up") == "up"
+                      and j.get("state") not in ("down", "crashed", "failed")],
+         30, "the bad release's jobs to stop")
+
+
+def test_timeout_rolls_back(cluster):
+    ctl = cluster
+    app = new_app(ctl, timeout=4)
+    old = new_release(ctl, app, SLEEP)
+    start_release(ctl, app, old, 1)
+    # Up never comes: its health check asks a port nobody listens on.
+    st, never = ctl.post("/releases", {
+        "app_id": app["id"],
+        "processes": {"web": {"args": SLEEP, "resources": {"memory": {"limit": 64 << 20}},
+                              "ports": [{"port": 0, "proto": "tcp", "service": {
+                                  "name": f"{app['name']}-web", "create": True,
+                                  "check": {"type": "tcp", "interval": "1s"}}}]}}})
+    assert st == 200, never
+    d = wait_finished(ctl, deploy(ctl, app, never), timeout=60)
+    assert d["status"] == "failed", d
+    st, a = ctl.get(f"/apps/{app['id']}")
+    assert a["release"] == old["id"]
+    assert len(up_jobs(ctl.store, app["id"], old["id"])) == 1
+
+
+def test_all_at_once_and_events(cluster):
+    ctl = cluster
+    app = new_app(ctl)
+    old = new_release(ctl, app, SLEEP)
+    start_release(ctl, app, old, 2)
+    new = new_release(ctl, app, SLEEP, env={"X": "y"})
+    d = wait_finished(ctl, deploy(ctl, app, new))
+    assert d["status"] == "complete", d
+    assert d.get("finished_at")
+    st, events = ctl.get(f"/events?app_id={app['name']}&object_types=deployment")
+    assert st == 200
+    statuses = [e["data"]["status"] for e in reversed(events) if e["object_id"] == d["id"]]
+    assert statuses[0] == "pending" and statuses[-1] == "complete", statuses
+    st, deps = ctl.get(f"/apps/{app['id']}/deployments")
+    assert deps[0]["id"] == d["id"]
