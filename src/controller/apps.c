@@ -19,6 +19,9 @@
 
 #define APP_NAME_MAX 100
 #define DEFAULT_DEPLOY_TIMEOUT 30
+/* Flynn's deploy_timeout is an int32; a larger one would overflow the
+ * deployer's deadline arithmetic (seconds * 1000). */
+#define DEPLOY_TIMEOUT_MAX 2147483647LL
 /* Random names are tried this many times before giving up. */
 #define NAME_TRIES 8
 /* etcd refuses a transaction with more than 128 operations in a branch;
@@ -75,8 +78,11 @@ static int apply_fields(json_t *app, const json_t *body, struct pier_err *err)
         return err_set(err, PIER_EINVAL, "strategy must be all-at-once or one-by-one, not \"%s\"",
                        strategy);
     json_t *to = json_object_get(body, "deploy_timeout");
-    if (to && (!json_is_integer(to) || json_integer_value(to) <= 0))
-        return err_set(err, PIER_EINVAL, "deploy_timeout must be a whole number of seconds > 0");
+    if (to && (!json_is_integer(to) || json_integer_value(to) <= 0 ||
+               json_integer_value(to) > DEPLOY_TIMEOUT_MAX))
+        return err_set(err, PIER_EINVAL,
+                       "deploy_timeout must be a whole number of seconds from 1 to %lld",
+                       DEPLOY_TIMEOUT_MAX);
     json_t *prot = json_object_get(body, "protected");
     if (prot && !json_is_boolean(prot))
         return err_set(err, PIER_EINVAL, "protected must be true or false");

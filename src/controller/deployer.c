@@ -65,6 +65,7 @@ struct job {
 };
 
 struct jobs {
+    struct ctl *c;
     char *app;
     struct job *v;
     size_t n, cap;
@@ -143,6 +144,7 @@ static void jobs_set(struct jobs *js, const char *key, const char *value, size_t
 static int jobs_open(struct ctl *c, const char *app, struct jobs *js, struct pier_err *err)
 {
     memset(js, 0, sizeof(*js));
+    js->c = c;
     js->app = xstrdup(app);
     struct store_range *r = NULL;
     int rc = store_list(c->s, KEYS_JOBS, NULL, &r, err);
@@ -164,11 +166,38 @@ static void jobs_close(struct jobs *js)
     free(js->app);
 }
 
+/* The watch died (its history was compacted while it reconnected): reads
+ * the jobs again and watches from there, keeping when each job that is
+ * still up was first seen up. */
+static void jobs_reload(struct jobs *js)
+{
+    struct jobs fresh;
+    if (jobs_open(js->c, js->app, &fresh, NULL) < 0) {
+        jobs_close(&fresh);
+        return; /* the store away: the next poll tries again */
+    }
+    for (size_t i = 0; i < fresh.n; i++) {
+        for (size_t k = 0; k < js->n; k++) {
+            if (strcmp(fresh.v[i].id, js->v[k].id) == 0 && fresh.v[i].up && js->v[k].up)
+                fresh.v[i].up_since_ms = js->v[k].up_since_ms;
+        }
+    }
+    jobs_close(js);
+    *js = fresh;
+}
+
 /* Takes in what changed within timeout_ms. */
 static void jobs_poll(struct jobs *js, int timeout_ms)
 {
     struct store_events *ev = NULL;
-    if (store_watch_next(js->w, timeout_ms, &ev, NULL) < 0)
+    int rc = store_watch_next(js->w, timeout_ms, &ev, NULL);
+    if (rc == PIER_ECOMPACTED) {
+        /* A dead watch answers at once: without this the waits would spin
+         * and never see a job change again. */
+        jobs_reload(js);
+        return;
+    }
+    if (rc < 0)
         return; /* a timeout, or the store away: the next poll retries */
     for (size_t i = 0; i < ev->n; i++) {
         const struct store_event *e = &ev->ev[i];
@@ -294,6 +323,23 @@ static int formation_set(struct dep *d, const char *release, const char *type, i
     return rc;
 }
 
+/* The count of type in formation <app>/<release> as stored (0 when there
+ * is none, or it cannot be read). */
+static int formation_count(struct dep *d, const char *release, const char *type)
+{
+    struct buf key = BUF_INIT;
+    buf_printf(&key, "%s%s/%s", KEYS_FORMATIONS, d->app, release);
+    json_t *f = NULL;
+    int n = 0;
+    if (ctl_get(d->c, key.p, &f, NULL, NULL) == 0) {
+        json_int_t v = json_integer_value(json_object_get(json_object_get(f, "processes"), type));
+        n = v > 0 && v < INT32_MAX ? (int)v : 0;
+    }
+    json_decref(f);
+    buf_free(&key);
+    return n;
+}
+
 /* Zero counts for every type in processes. */
 static json_t *zeros(const json_t *processes)
 {
@@ -396,8 +442,12 @@ static int run_one_by_one(struct dep *d, struct jobs *js, struct ctl_deployer *o
     json_object_foreach(d->processes, type, v)
     {
         int n = (int)json_integer_value(v);
-        /* Level-triggered: start from what the formations already say. */
-        for (int i = 1; i <= n; i++) {
+        /* Level-triggered: start from what the formations already say (a
+         * deployment resumed by a new leader must not scale the new
+         * release back down to 1 and the old one up again). */
+        int from = formation_count(d, d->new_rel, type);
+        from = from > n ? n : from;
+        for (int i = from > 1 ? from : 1; i <= n; i++) {
             struct want up = {d->new_rel, type, i};
             if (formation_set(d, d->new_rel, type, i, NULL) < 0) {
                 snprintf(why, wl, "cannot write the new formation");
@@ -449,7 +499,39 @@ static void finish(struct dep *d, const char *status, const char *error)
                             "finished_at", now, "step",
                             (json_int_t)json_integer_value(json_object_get(d->rec, "step")) + 1));
     log_info("deployer", "deployment finished", "id=%s app=%s status=%s error=\"%s\"",
-             d->key + strlen(KEYS_DEPLOYMENTS), d->app, status, error ? error : "");
+             d->key + strlen(KEYS_DEPLOYMENTS), d->app ? d->app : "-", status, error ? error : "");
+}
+
+/* Whether the app's release is no longer the deployment's old_release:
+ * another deployment of the app (made at the same moment, each controller
+ * seeing none in progress) or a PUT of the app's release came first.
+ * Running it anyway would deploy from the wrong release. */
+static bool release_moved(struct ctl *c, const json_t *rec, char *why, size_t len)
+{
+    const char *app = json_string_value(json_object_get(rec, "app"));
+    const char *old = json_string_value(json_object_get(rec, "old_release"));
+    if (!app)
+        return false; /* an incomplete record: failed below */
+    struct buf key = BUF_INIT;
+    buf_printf(&key, "%s%s", KEYS_APPS, app);
+    json_t *a = NULL;
+    int rc = ctl_get(c, key.p, &a, NULL, NULL);
+    buf_free(&key);
+    if (rc == PIER_ENOTFOUND) {
+        snprintf(why, len, "the app was deleted");
+        return true;
+    }
+    if (rc < 0)
+        return false;
+    const char *cur = json_string_value(json_object_get(a, "release"));
+    bool moved = strcmp(cur ? cur : "", old ? old : "") != 0;
+    if (moved)
+        snprintf(why, len,
+                 "the app's release changed (to %s) after this deployment was asked for: "
+                 "another deployment came first; deploy again",
+                 cur ? cur : "none");
+    json_decref(a);
+    return moved;
 }
 
 static void run_deployment(struct ctl_deployer *o, const char *id)
@@ -461,6 +543,14 @@ static void run_deployment(struct ctl_deployer *o, const char *id)
         return;
     const char *status = json_string_value(json_object_get(d.rec, "status"));
     if (!status || (strcmp(status, "pending") != 0 && strcmp(status, "running") != 0)) {
+        json_decref(d.rec);
+        return;
+    }
+    char moved[320];
+    if (strcmp(status, "pending") == 0 && release_moved(o->c, d.rec, moved, sizeof(moved))) {
+        cleanup_json json_t *rec0 = json_deep_copy(d.rec);
+        d.app = json_string_value(json_object_get(rec0, "app"));
+        finish(&d, "failed", moved);
         json_decref(d.rec);
         return;
     }
@@ -487,6 +577,8 @@ static void run_deployment(struct ctl_deployer *o, const char *id)
     int64_t timeout_s = json_integer_value(json_object_get(rec, "deploy_timeout"));
     if (timeout_s <= 0)
         timeout_s = 30;
+    if (timeout_s > INT32_MAX) /* Flynn's limit; the API refuses more */
+        timeout_s = INT32_MAX;
     const char *started = json_string_value(json_object_get(rec, "started_at"));
     int64_t elapsed_ms = 0;
     struct tm tm = {0};
@@ -575,6 +667,23 @@ static void start_run(struct ctl_deployer *d, const char *id)
     pthread_mutex_unlock(&d->mu);
 }
 
+/* Whether deployment a goes before b (of the same app): a running one
+ * first, then the oldest. */
+static bool runs_before(const json_t *a, const json_t *b)
+{
+    bool ra = strcmp(json_string_value(json_object_get(a, "status")), "running") == 0;
+    bool rb = strcmp(json_string_value(json_object_get(b, "status")), "running") == 0;
+    if (ra != rb)
+        return ra;
+    const char *ta = json_string_value(json_object_get(a, "created_at"));
+    const char *tb = json_string_value(json_object_get(b, "created_at"));
+    int c = strcmp(ta ? ta : "", tb ? tb : "");
+    if (c != 0)
+        return c < 0;
+    return strcmp(json_string_value(json_object_get(a, "id")),
+                  json_string_value(json_object_get(b, "id"))) < 0;
+}
+
 static void *main_thread(void *arg)
 {
     struct ctl_deployer *d = arg;
@@ -586,14 +695,28 @@ static void *main_thread(void *arg)
         }
         json_t *all = NULL;
         if (ctl_list(d->c, KEYS_DEPLOYMENTS, &all, NULL) == 0) {
+            /* One deployment of an app at a time: two made at once (each
+             * controller seeing none in progress) would fight over the
+             * formations. The one running goes on, else the oldest starts;
+             * the next one then finds the app's release moved and fails. */
+            cleanup_json json_t *pick = json_object(); /* app -> its deployment to run */
             size_t i;
             json_t *dep;
             json_array_foreach(all, i, dep)
             {
                 const char *st = json_string_value(json_object_get(dep, "status"));
                 const char *id = json_string_value(json_object_get(dep, "id"));
-                if (id && st && (strcmp(st, "pending") == 0 || strcmp(st, "running") == 0))
-                    start_run(d, id);
+                const char *app = json_string_value(json_object_get(dep, "app"));
+                if (!id || !st || (strcmp(st, "pending") != 0 && strcmp(st, "running") != 0))
+                    continue;
+                json_t *cur = json_object_get(pick, app ? app : id);
+                if (!cur || runs_before(dep, cur))
+                    json_object_set(pick, app ? app : id, dep);
+            }
+            const char *app;
+            json_object_foreach(pick, app, dep)
+            {
+                start_run(d, json_string_value(json_object_get(dep, "id")));
             }
             json_decref(all);
         }

@@ -247,7 +247,9 @@ static int route_from(const json_t *body, const json_t *app, const json_t *old, 
             return err_set(err, PIER_EINVAL, "a tcp route's port cannot change");
         json_object_set_new(rt, "port", json_integer(old ? cur : port));
         const char *d = NULL;
-        if (jsonx_get_str(body, "domain", &d, NULL) > 0 && *d)
+        if ((rc = jsonx_get_str(body, "domain", &d, err)) < 0)
+            return rc;
+        if (d && *d)
             return err_set(err, PIER_EINVAL, "a tcp route has no domain");
     }
     if ((rc = apply_bool(rt, body, "leader", false, err)) < 0 ||

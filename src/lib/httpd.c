@@ -693,7 +693,13 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     for (char *p = msg; *p; p++)
         if (*p == '"')
             *p = '\'';
-    log_warn(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
+    /* It says this each time a stream ends because its client left or
+     * the server stops (stream_read ends it "with error" to close the
+     * connection): an everyday event, not a warning. */
+    if (strstr(msg, "application error generating response"))
+        log_debug(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
+    else
+        log_warn(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
 }
 
 /* Splits "HOST:PORT", "[V6]:PORT" or ":PORT" and resolves it. */

@@ -358,6 +358,12 @@ int jobbuild_spec(const json_t *app, const json_t *release, const json_t *artifa
     if (type)
         json_object_set_new(job, "type", json_string(type));
     json_object_set_new(job, "desired_state", json_string("up"));
+    /* A service job runs under tini: as PID 1, a process that does not
+     * handle SIGTERM would ignore it and take the whole stop grace. A
+     * one-off runs its command as PID 1, so that a command that cannot be
+     * started fails at once rather than as tini's exit status 127. */
+    if (!oneoff)
+        json_object_set_new(job, "init", json_true());
     int rc = build_args(ptype, type, release_id, oneoff, job, err);
     if (rc == 0)
         rc = build_env(app, release, ptype, type, oneoff, job, err);

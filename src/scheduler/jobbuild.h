@@ -22,7 +22,9 @@
  *    PORT). Other types without ports, and one-off jobs, get none;
  *  - labels: app (id), release, type, meta; desired_state "up"; created_at;
  *    restarts 0; and "oneoff": true for a one-off job, which the service
- *    scheduler then never counts, stops or replaces.
+ *    scheduler then never counts, stops or replaces;
+ *  - init: true for a service job, so its command runs under tini and a
+ *    SIGTERM reaches it (as PID 1 it would ignore one it does not handle).
  * It does not pick a host or an id: the placement does (cluster.h), and
  * sets FLYNN_JOB_ID with them. */
 #ifndef PIER_SCHEDULER_JOBBUILD_H

@@ -274,6 +274,7 @@ BAD_APPS = [
     {"name": "dou--ble"}, {"name": "a" * 101}, {"name": "under_score"}, {"name": 7},
     {"name": "ok", "strategy": "sideways"}, {"name": "ok", "deploy_timeout": 0},
     {"name": "ok", "deploy_timeout": -5}, {"name": "ok", "deploy_timeout": "30"},
+    {"name": "ok", "deploy_timeout": 2**31}, {"name": "ok", "deploy_timeout": 2**62},
     {"name": "ok", "meta": {"a": 1}}, {"name": "ok", "meta": "x"},
     {"name": "ok", "protected": "yes"},
 ]
@@ -290,6 +291,7 @@ def test_app_bad_input_changes_nothing(api, cluster):
     api.req("POST", "/apps", raw=b"").is_flynn_error(400)
     api.req("POST", "/apps", {"name": "taken"}).is_flynn_error(409, "object_exists")
     for body in [{"name": "renamed"}, {"strategy": "x"}, {"deploy_timeout": 0},
+                 {"deploy_timeout": 2**62},
                  {"meta": {"a": []}}, {"protected": 1}]:
         api.req("POST", "/apps/taken", body).is_flynn_error(400, "validation_error")
     api.req("POST", "/apps/taken/meta", {"meta": {"a": 1}}).is_flynn_error(400)
@@ -741,6 +743,7 @@ def test_tcp_routes(api, cluster):
             {"type": "tcp", "port": t1["port"]}).is_flynn_error(409)
     api.req("POST", "/apps/tcpapp/routes", {"type": "tcp", "port": 70000}).is_flynn_error(400)
     api.req("POST", "/apps/tcpapp/routes", {"type": "tcp", "port": -1}).is_flynn_error(400)
+    api.req("POST", "/apps/tcpapp/routes", {"type": "tcp", "domain": 5}).is_flynn_error(400)
     api.req("PUT", f"/apps/tcpapp/routes/tcp/{t3['id']}",
             dict(t3, port=4445)).is_flynn_error(400)
     assert snapshot(store) == before

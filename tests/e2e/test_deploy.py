@@ -213,3 +213,78 @@ def test_all_at_once_and_events(cluster):
     assert statuses[0] == "pending" and statuses[-1] == "complete", statuses
     st, deps = ctl.get(f"/apps/{app['id']}/deployments")
     assert deps[0]["id"] == d["id"]
+
+
+def store_put(store, key, value):
+    import base64
+    import urllib.request
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
+                       "value": base64.b64encode(json.dumps(value).encode()).decode()}).encode()
+    req = urllib.request.Request(store + "/v3/kv/put", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        resp.read()
+
+
+def test_one_by_one_resumed_by_new_leader_keeps_its_progress(start_pierd):
+    """A one-by-one deployment that an earlier leader had brought to its last
+    step (new formation web=2, old web=0) is picked up where the formations
+    say it was: the new release is not scaled back down to 1, nor the old
+    one up again (no hosts run anything here: it ends by its timeout, and
+    only the formation writes are looked at)."""
+    store = start_pierd("store", name="store").url
+    ctl = Controller(start_pierd, store)
+    app = new_app(ctl, strategy="one-by-one", timeout=3)
+    old = new_release(ctl, app, SLEEP)
+    new = new_release(ctl, app, SLEEP)
+    st, _ = ctl.put(f"/apps/{app['id']}/release", {"id": old["id"]})
+    assert st == 200
+    for rel, n in ((old, 0), (new, 2)):
+        st, _ = ctl.put(f"/apps/{app['id']}/formations/{rel['id']}", {"processes": {"web": n}})
+        assert st == 200
+    # The recorder is recording before the deployer acts: its events are seen.
+    wait(lambda: len(ctl.get(f"/events?app_id={app['id']}&object_types=scale")[1] or []) >= 2,
+         20, "the formations' events")
+    dep_id = "0b9a1c52-5d3e-4f7a-9c1e-2f4b6a8d0e11"
+    store_put(store, f"/pier/v1/deployments/{dep_id}", {
+        "id": dep_id, "app": app["id"], "old_release": old["id"], "new_release": new["id"],
+        "strategy": "one-by-one", "status": "running", "processes": {"web": 2},
+        "deploy_timeout": 3, "step": 3,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())})
+    d = wait_finished(ctl, {"id": dep_id}, timeout=30)
+    assert d["status"] == "failed", d  # nothing came up: timed out, rolled back
+    st, events = ctl.get(f"/events?app_id={app['id']}&object_types=scale")
+    assert st == 200
+    counts = [(e["object_id"], e["data"]["processes"].get("web")) for e in reversed(events)]
+    assert (new["id"], 1) not in counts and (old["id"], 1) not in counts, counts
+    assert counts[-2:] == [(new["id"], 0), (old["id"], 2)], counts  # the rollback
+
+
+def test_two_deployments_of_one_app_at_once_run_one_after_the_other(start_pierd):
+    """Two deployments of one app made at the same moment (two controllers,
+    each seeing none in progress, both write theirs): the deployer runs one,
+    and the other, finding the app's release moved, fails instead of
+    deploying from the wrong release. (The old formation runs nothing, so
+    no hosts are needed.)"""
+    store = start_pierd("store", name="store").url
+    ctl = Controller(start_pierd, store)
+    app = new_app(ctl)
+    old = new_release(ctl, app, SLEEP)
+    b = new_release(ctl, app, SLEEP)
+    c = new_release(ctl, app, SLEEP)
+    st, _ = ctl.put(f"/apps/{app['id']}/release", {"id": old["id"]})
+    assert st == 200
+    st, _ = ctl.put(f"/apps/{app['id']}/formations/{old['id']}", {"processes": {"web": 0}})
+    assert st == 200
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    ids = ["1b9a1c52-5d3e-4f7a-9c1e-2f4b6a8d0e11", "2b9a1c52-5d3e-4f7a-9c1e-2f4b6a8d0e11"]
+    for dep_id, rel, us in zip(ids, (b, c), ("000001", "000002")):
+        store_put(store, f"/pier/v1/deployments/{dep_id}", {
+            "id": dep_id, "app": app["id"], "old_release": old["id"], "new_release": rel["id"],
+            "strategy": "all-at-once", "status": "pending", "processes": {"web": 0},
+            "deploy_timeout": 10, "created_at": f"{now}.{us}Z"})
+    first, second = (wait_finished(ctl, {"id": i}, timeout=30) for i in ids)
+    assert first["status"] == "complete", first
+    assert second["status"] == "failed", second
+    st, a = ctl.get(f"/apps/{app['id']}")
+    assert a["release"] == b["id"]

@@ -1,8 +1,10 @@
-"""`make up`'s script end to end: `scripts/up BUILD_DIR` starts the store,
-discoverd and the host agent in the background with their PIDs and logs
-under $PIER_HOME, says where they are and how to try them (a job included),
-leaves running daemons alone when run again, restarts what died, and
-`scripts/up --stop` stops all three, saying so when jobs keep running.
+"""`make up`'s script end to end: `scripts/up BUILD_DIR` makes the cluster
+key once ($PIER_HOME/key, 0600), starts the store, discoverd, the host
+agent, the scheduler and the controller in the background with their PIDs
+and logs under $PIER_HOME, says where they are and how to use them (a CLI
+workflow that really deploys and runs an app), leaves running daemons
+alone when run again, restarts what died, and `scripts/up --stop` stops
+them (controller first, store last), saying so when jobs keep running.
 
 The daemons and jobs outlive the script, so nothing else stops them for us:
 every test stops whatever the PID files (and what the script printed) name,
@@ -11,15 +13,18 @@ also when it fails. This process is made their child subreaper and reaps
 them, as init would, so a stopped daemon does not linger as a zombie that
 `kill -0` still sees. The host agent runs real crun containers: as root."""
 
+import base64
 import ctypes
 import json
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +36,11 @@ from conftest import CRUN, free_port, free_port_range, http_status, sanitizer_re
 REPO = Path(__file__).resolve().parents[2]
 UP = REPO / "scripts" / "up"
 PR_SET_CHILD_SUBREAPER = 36
-NAMES = ("store", "discoverd", "host")
+NAMES = ("store", "discoverd", "host", "scheduler", "controller")
+STOP_ORDER = ("controller", "scheduler", "host", "discoverd", "store")
+# Under load (other tests, benchmarks with many containers) a sanitizer
+# build is slow: waits are generous, what they wait for is exact.
+WAIT = 60
 
 
 def alive(pid):
@@ -58,23 +67,25 @@ class Up:
     def __init__(self, build, home):
         self.build = build
         self.home = home
-        self.store_addr = f"127.0.0.1:{free_port()}"
-        self.discoverd_addr = f"127.0.0.1:{free_port()}"
-        self.host_addr = f"127.0.0.1:{free_port()}"
-        self.store_url = f"http://{self.store_addr}"
-        self.discoverd_url = f"http://{self.discoverd_addr}"
-        self.host_url = f"http://{self.host_addr}"
+        self.addrs = {name: f"127.0.0.1:{free_port()}" for name in NAMES}
+        self.urls = {name: f"http://{addr}" for name, addr in self.addrs.items()}
+        self.store_url = self.urls["store"]
+        self.discoverd_url = self.urls["discoverd"]
+        self.host_url = self.urls["host"]
+        self.scheduler_url = self.urls["scheduler"]
+        self.controller_url = self.urls["controller"]
         self.ports = free_port_range()  # the jobs' ports, apart from other tests'
-        self.env = dict(os.environ, PIER_HOME=str(home), PIER_STORE_LISTEN=self.store_addr,
-                        PIER_DISCOVERD_LISTEN=self.discoverd_addr,
-                        PIER_HOST_LISTEN=self.host_addr,
-                        PIER_HOST_PORTS="%d-%d" % self.ports,
+        self.env = dict(os.environ, PIER_HOME=str(home), PIER_HOST_PORTS="%d-%d" % self.ports,
                         UBSAN_OPTIONS="print_stacktrace=1")
+        for name, addr in self.addrs.items():
+            self.env[f"PIER_{name.upper()}_LISTEN"] = addr
+        # A key in the caller's environment must not reach the daemons.
+        self.env["PIER_KEY"] = "not-the-cluster-key"
         self.seen = set()  # every daemon PID ever named, to stop at the end
         self._done = threading.Event()
         self._reaper = threading.Thread(target=self._reap, daemon=True)
 
-    def run(self, *args, timeout=30):
+    def run(self, *args, timeout=180):
         p = subprocess.run([str(UP), *map(str, args)], env=self.env, capture_output=True,
                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         self.seen.update(int(x) for x in re.findall(r"\(pid (\d+)\)", p.stdout))
@@ -104,9 +115,7 @@ class Up:
             except OSError:
                 continue
             argv = [a.decode(errors="replace") for a in argv]
-            if argv and argv[0] == exe and (self.store_addr in argv or
-                                            self.discoverd_addr in argv or
-                                            self.host_addr in argv):
+            if argv and argv[0] == exe and any(a in argv for a in self.addrs.values()):
                 found.add(int(d.name))
         return found
 
@@ -115,6 +124,28 @@ class Up:
             return (self.home / f"{name}.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def key(self):
+        """The cluster key file's text, or None."""
+        try:
+            return (self.home / "key").read_text()
+        except FileNotFoundError:
+            return None
+
+    def api(self, url, key=None, timeout=10):
+        """(status, parsed JSON or None) of GET url, with key as Basic auth."""
+        h = {}
+        if key is not None:
+            h["Authorization"] = "Basic " + base64.b64encode(f":{key}".encode()).decode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=h),
+                                        timeout=timeout) as r:
+                body = r.read()
+                return r.status, json.loads(body) if body.strip() else None
+        except urllib.error.HTTPError as e:
+            return e.code, None
+        except OSError:
+            return None, None
 
     def host_id(self):
         """The id the host agent made at its first start, or None."""
@@ -142,25 +173,6 @@ class Up:
                 except (OSError, ValueError, IndexError):
                     pass
         return out
-
-    def job(self, job_id):
-        """The job as the agent's API answers it, or None."""
-        try:
-            with urllib.request.urlopen(f"{self.host_url}/host/jobs/{job_id}", timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def wait_job(self, job_id, state, timeout=20):
-        deadline = time.monotonic() + timeout
-        job = None
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job and job.get("state") == state:
-                return job
-            time.sleep(0.05)
-        pytest.fail(f"job {job_id} not {state} after {timeout}s: {job}\n{self.log('host')[-4000:]}",
-                    pytrace=False)
 
     def cleanup_jobs(self):
         """Kills every shim and container the agent started and deletes them
@@ -198,7 +210,8 @@ class Up:
         self._reaper.start()
 
     def cleanup(self):
-        """Stops every daemon this test saw, by PID, then the jobs."""
+        """Stops every daemon this test saw, by PID (the scheduler with the
+        others, so it replaces no job), then the jobs."""
         self.seen.update(self.pids().values())
         self.seen.update(self.pierds())
         left = sorted(p for p in self.seen if alive(p))
@@ -208,7 +221,7 @@ class Up:
             except ProcessLookupError:
                 pass
         for pid in left:
-            if not wait_gone(pid):
+            if not wait_gone(pid, 15):
                 os.kill(pid, signal.SIGKILL)
                 wait_gone(pid, 5)
         self.cleanup_jobs()
@@ -248,18 +261,13 @@ def ok(p):
 
 
 def started(p, name):
-    """The PID `scripts/up` says it started name with."""
+    """The PID `scripts/up` says it started name with, and its URL."""
     m = re.search(rf"^started {name} \(pid (\d+)\) on (\S+)$", p.stdout, re.M)
     assert m, f"no 'started {name}' line in:\n{p.stdout}\n{p.stderr}"
     return int(m.group(1)), m.group(2)
 
 
-def shell(cmd, timeout=10):
-    """Runs one line the script printed, as the user would paste it."""
-    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=timeout)
-
-
-def until(pred, what, timeout=20):
+def until(pred, what, timeout=WAIT):
     """Polls pred() until it returns something truthy (returned)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -267,205 +275,332 @@ def until(pred, what, timeout=20):
         if last or time.monotonic() >= deadline:
             assert last, f"timed out after {timeout}s waiting for {what}: {last!r}"
             return last
-        time.sleep(0.05)
-
-
-def curl_lines(p):
-    return [ln.strip() for ln in p.stdout.splitlines() if ln.strip().startswith("curl ")]
+        time.sleep(0.1)
 
 
 def stopped_all(pids):
-    """What `scripts/up --stop` says when no job runs: host, discoverd, store."""
-    return [f"stopped {name} (pid {pids[name]})" for name in ("host", "discoverd", "store")]
+    """What `scripts/up --stop` says when no job runs, in its order."""
+    return [f"stopped {name} (pid {pids[name]})" for name in STOP_ORDER]
 
 
-def test_up_try_it_again_and_stop(up):
+class Steps:
+    """The commands `scripts/up` prints under "Point the CLI" and "Run an
+    app", run as a user pastes them into bash: each in a shell whose PATH
+    comes from the printed `export PATH=...` line, with a HOME of its own
+    (the CLI keeps its config there) and none of the CLI's variables from
+    this process's environment."""
+
+    def __init__(self, text, tmp_path):
+        lines = text.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("Point the CLI"))
+        self.lines = [ln[2:] for ln in lines[at:] if ln.startswith("  ")]
+        self.home = tmp_path / "user-home"
+        self.home.mkdir(exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("PIER_") and k != "XDG_CONFIG_HOME"}
+        self.env.update(HOME=str(self.home), UBSAN_OPTIONS="print_stacktrace=1")
+
+    def line(self, prefix):
+        """The one printed command that starts with prefix."""
+        found = [ln for ln in self.lines if ln.startswith(prefix)]
+        assert len(found) == 1, (prefix, self.lines)
+        return found[0]
+
+    def sh(self, *cmds, home=None, timeout=120):
+        env = dict(self.env, HOME=str(home or self.home))
+        script = "\n".join([self.line("export PATH="), "set -e", *cmds])
+        p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(self.home))
+        reports = sanitizer_reports(p.stderr)
+        assert not reports, f"{cmds} reported a sanitizer error:\n{p.stderr}"
+        return p
+
+
+def workflow_until_up(up, p, tmp_path):
+    """Runs the printed workflow up to `scale web=1` and checks each step;
+    returns (Steps, key, release id, the web job's id, its port)."""
+    key = up.key().strip()
+    ctl = up.controller_url
+    steps = Steps(p.stdout, tmp_path)
+    assert steps.lines[:3] == [
+        f'export PATH="{up.build}:$PATH"',
+        f"pier cluster add -d local {ctl} {key}",
+        f"export PIER_CONTROLLER_URL={ctl} PIER_CONTROLLER_KEY={key}",
+    ], steps.lines
+
+    # The CLI, pointed at the controller, keeps the cluster in its config.
+    r = ok(steps.sh(steps.line("pier cluster add")))
+    assert r.stdout == 'cluster "local" added (default)\n', r.stdout
+    r = ok(steps.sh("pier cluster"))
+    assert r.stdout.split() == ["NAME", "URL", "*", "local", ctl], r.stdout
+
+    assert ok(steps.sh(steps.line("pier create hello"))).stdout == "hello\n"
+
+    # The release (made with the API) and its deploy, pasted together as
+    # the second needs the first's $release.
+    release, deploy = steps.line("release=$(curl "), steps.line("curl -s -u ")
+    assert f"-u :{key} {ctl}/releases " in release and f"{ctl}/apps/hello/deploy " in deploy
+    r = ok(steps.sh(release, deploy, 'echo "release=$release"'))
+    out, _, rel = r.stdout.rpartition("release=")
+    rel = rel.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", rel), r.stdout
+    dep = json.loads(out)
+    assert (dep["new_release"], dep["status"]) == (rel, "complete"), dep
+    status, app = up.api(f"{ctl}/apps/hello", key)
+    assert status == 200 and app["release"] == rel, (status, app)
+    status, body = up.api(f"{ctl}/releases/{rel}", key)
+    assert status == 200 and list(body["processes"]) == ["web"], body
+
+    # scale web=1 waits until the scheduler placed it and the agent ran it.
+    r = ok(steps.sh(steps.line("pier -a hello scale web=1")))
+    assert "scaling web: 0=>1\n" in r.stdout, r.stdout
+    [job] = re.findall(r"^web (\S+) up$", r.stdout, re.M)
+    assert job.startswith(up.host_id() + "-"), job
+    assert re.search(r"^scale completed in \d+\.\ds$", r.stdout, re.M), r.stdout
+
+    # Discovery has its address, and it answers HTTP there.
+    find = steps.line(f"curl -s {up.discoverd_url}/services/hello-web/instances")
+
+    def instances():
+        r = steps.sh(find)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else []
+
+    [inst] = until(instances, "the web job in discovery")
+    assert inst["meta"]["job_id"] == job, inst
+    host, port = inst["addr"].rsplit(":", 1)
+    port = int(port)
+    assert host == "127.0.0.1" and up.ports[0] <= port <= up.ports[1], inst
+    until(lambda: http_status(f"http://127.0.0.1:{port}/", timeout=5) == 200,
+          "the web job's HTTP server")
+    return steps, key, rel, job, port
+
+
+def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     p = ok(up.run(up.build))
-    store_pid, store_url = started(p, "store")
-    disc_pid, disc_url = started(p, "discoverd")
-    host_pid, host_url = started(p, "host")
-    assert (store_url, disc_url, host_url) == (up.store_url, up.discoverd_url, up.host_url)
-    pids = {"store": store_pid, "discoverd": disc_pid, "host": host_pid}
+    pids = {}
+    for name in NAMES:
+        pids[name], url = started(p, name)
+        assert url == up.urls[name], (name, url)
+    assert [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("started ")] == \
+        list(NAMES)
     assert up.pids() == pids
-    assert up.pierds() == {store_pid, disc_pid, host_pid}
-    assert http_status(up.store_url + "/.well-known/status") == 200
-    assert http_status(up.discoverd_url + "/.well-known/status") == 200
-    assert http_status(up.host_url + "/.well-known/status") == 200
+    assert up.pierds() == set(pids.values())
+    for name in NAMES:
+        assert http_status(up.urls[name] + "/.well-known/status") == 200, name
     assert (up.home / "store").is_dir()
     host_id = up.host_id()
     assert re.fullmatch(r"h[0-9a-f]{12}", host_id or ""), host_id
 
-    # The next steps name the three URLs and where the logs are.
-    assert f"store      {up.store_url}" in p.stdout
-    assert f"export PIER_STORE={up.store_url}" in p.stdout
-    assert f"discoverd  {up.discoverd_url}" in p.stdout
-    assert f"host       {up.host_url}   (host agent {host_id}; see docs/host.md)" in p.stdout
-    assert f"logs and PIDs in {up.home}" in p.stdout
-    assert "The controller and router" in p.stdout
+    # The cluster key: 32 random hex digits, this user's only.
+    text = up.key()
+    assert re.fullmatch(r"[0-9a-f]{32}\n", text or ""), text
+    key = text.strip()
+    assert stat.S_IMODE((up.home / "key").stat().st_mode) == 0o600
+    assert [f.name for f in up.home.iterdir() if f.name.startswith("key")] == ["key"]
+    # ... on no daemon's command line (every local user can read those).
+    for pid in pids.values():
+        assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    # The agent, the scheduler and the controller ask for it; the
+    # caller's PIER_KEY reached none of them.
+    for url in (f"{up.host_url}/host/jobs", f"{up.scheduler_url}/status",
+                f"{up.controller_url}/apps"):
+        assert up.api(url)[0] == 401, url
+        assert up.api(url, "not-the-cluster-key")[0] == 401, url
+        assert up.api(url, key)[0] == 200, url
+    assert up.api(f"{up.controller_url}/apps", key)[1] == []
+    status, sched = until(lambda: (lambda r: r if r[1] and r[1].get("leader") else None)(
+        up.api(f"{up.scheduler_url}/status", key)), "the scheduler to lead")
+    assert [h["id"] for h in sched["hosts"]] == [host_id], sched
+    assert up.api(f"{up.discoverd_url}/services/hello-web/instances")[0] == 200
+
+    # It says where everything is, and how to use it.
+    assert f"store       {up.store_url}   " in p.stdout
+    assert f"export PIER_STORE={up.store_url})" in p.stdout
+    assert f"discoverd   {up.discoverd_url}   " in p.stdout
+    assert f"host        {up.host_url}   (host agent {host_id}; docs/host.md)" in p.stdout
+    assert f"scheduler   {up.scheduler_url}   " in p.stdout
+    assert f"controller  {up.controller_url}   (the API; docs/controller.md)" in p.stdout
+    assert f"cluster key {key}   (in {up.home}/key)" in p.stdout
+    assert f"logs and PIDs in {up.home}; stop with 'make down'" in p.stdout
+    assert "'git push' comes later" in p.stdout
     assert p.stderr == ""
 
-    # The curl lines it prints work as pasted: register, list, watch; then
-    # run a job, find it in discovery, read its log, stop it.
-    curls = curl_lines(p)
-    assert len(curls) == 7, p.stdout
-    put, get, watch, run, hello, log, delete = curls
-    assert "-X PUT" in put and f"{up.discoverd_url}/services/web/instances/one" in put
-    r = shell(put)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["addr"] == "127.0.0.1:8080", r.stdout
-    r = shell(get)
-    assert r.returncode == 0, r.stderr
-    listed = json.loads(r.stdout)
-    assert [(i["id"], i["addr"]) for i in listed] == [("one", "127.0.0.1:8080")], r.stdout
+    steps, key, rel, job, port = workflow_until_up(up, p, tmp_path)
+    assert steps.lines[3:] == [
+        "pier create hello",
+        steps.line("release=$(curl "),
+        steps.line("curl -s -u "),
+        "pier -a hello scale web=1",
+        f"curl -s {up.discoverd_url}/services/hello-web/instances   # its addr answers HTTP",
+        "pier -a hello ps",
+        "pier -a hello log",
+        "pier -a hello run -- sh -c 'echo hi from $DYNO'",
+    ], steps.lines
 
-    # The watch streams events; its first data line holds the instance.
-    w = subprocess.Popen(["bash", "-c", f"exec {watch}"], stdout=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        for line in w.stdout:
-            if line.startswith("data:"):
-                break
-        assert '"one"' in line and "127.0.0.1:8080" in line, line
-    finally:
-        w.kill()
-        w.wait()
+    # ps, here through the printed environment variables and no config.
+    bare = tmp_path / "no-config-home"
+    bare.mkdir()
+    r = ok(steps.sh(steps.line("export PIER_CONTROLLER_URL="), steps.line("pier -a hello ps"),
+                    home=bare))
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [[job, "web", "up"]], r.stdout
+    assert rows[0][5] == rel[:8], r.stdout
+    assert not (bare / ".config").exists()
 
-    # The job: a web server in a container on a port of the agent's range,
-    # listed in discovery as 'hello'; its log holds its output.
-    job_id = f"{host_id}-hello"
-    assert f"-X PUT {up.host_url}/host/jobs/{job_id} " in run, run
-    r = shell(run)
-    assert r.returncode == 0, r.stderr
-    added = json.loads(r.stdout)
-    assert (added["id"], added["host_id"], added["state"]) == (job_id, host_id, "pending"), added
-    [port] = up.wait_job(job_id, "up")["allocated_ports"]
-    assert up.ports[0] <= port <= up.ports[1]
+    # The log: what the server printed at its start and the request above.
+    def log():
+        out = ok(steps.sh(steps.line("pier -a hello log"))).stdout
+        return out if ("Serving HTTP on" in out and '"GET / HTTP/1.1" 200' in out) else None
 
-    def instances():
-        r = shell(hello)
-        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else []
+    logged = until(log, "the web job's start and request in the app log")
+    assert re.search(rf"^\d{{4}}-\d\d-\d\dT[\d:.]+Z app\[web\.{job}\]: Serving HTTP on ", logged,
+                     re.M), logged
 
-    found = until(instances, "the job in discovery")
-    assert [(i["addr"], i["meta"]["job_id"]) for i in found] == [(f"127.0.0.1:{port}", job_id)]
-    # (listed once it is up, without a check: the server may still be starting)
-    until(lambda: http_status(f"http://127.0.0.1:{port}/") == 200, "the job's web server")
+    # A one-off command: its output, its exit status, gone afterwards.
+    r = ok(steps.sh(steps.line("pier -a hello run -- ")))
+    assert re.fullmatch(r"hi from run\.\d+\n", r.stdout), r.stdout
+    rows = [ln.split() for ln in ok(steps.sh("pier -a hello ps")).stdout.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [[job, "web", "up"]], rows
 
-    def job_log():
-        out = shell(log).stdout
-        return out if (f" stdout hello from {job_id}\n" in out
-                       and '"GET / HTTP/1.1" 200' in out) else None
-
-    text = until(job_log, "the job's output and request in its log")
-    assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z stdout hello from ", text), text
-    shims = up.job_pids()
-    assert sorted(shims.values()) == [f"container of {job_id}", f"shim of {job_id}"], shims
-
-    # Running it again leaves all three alone and starts nothing; the job
-    # example takes a new id, as this one is taken.
+    # Running it again leaves all five alone, starts nothing, keeps the key
+    # and says the same.
     p2 = ok(up.run(up.build))
-    assert f"store already running (pid {store_pid})" in p2.stdout
-    assert f"discoverd already running (pid {disc_pid})" in p2.stdout
-    assert f"host already running (pid {host_pid})" in p2.stdout
+    for name in NAMES:
+        assert f"{name} already running (pid {pids[name]})" in p2.stdout
     assert "started" not in p2.stdout
     assert up.pids() == pids
-    assert up.pierds() == {store_pid, disc_pid, host_pid}
-    assert json.loads(shell(get).stdout)[0]["id"] == "one"
-    assert f"/host/jobs/{host_id}-hello2 " in p2.stdout, p2.stdout
-    assert f"/host/jobs/{job_id} " not in p2.stdout
+    assert up.pierds() == set(pids.values())
+    assert up.key() == key + "\n"
+    assert stat.S_IMODE((up.home / "key").stat().st_mode) == 0o600
+    assert p2.stdout.split("\n\n", 1)[1] == p.stdout.split("\n\n", 1)[1]
 
-    # DELETE stops the job: down, out of discovery, shim and container gone.
-    assert delete == f"curl -s -X DELETE {up.host_url}/host/jobs/{job_id}"
-    r = shell(delete)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["id"] == job_id, r.stdout
-    up.wait_job(job_id, "down")
-    until(lambda: instances() == [], "the job out of discovery")
-    assert all(wait_gone(pid) for pid in shims), shims
+    # Scaled to zero, the job stops: down, out of discovery, shim and
+    # container gone.
+    shims = up.job_pids()
+    assert sorted(shims.values()) == [f"container of {job}", f"shim of {job}"], shims
+    r = ok(steps.sh("pier -a hello scale web=0"))
+    assert re.search(rf"^web {job} down$", r.stdout, re.M), r.stdout
+    assert all(wait_gone(pid, WAIT) for pid in shims), shims
+    until(lambda: up.api(f"{up.discoverd_url}/services/hello-web/instances")[1] == [],
+          "the job out of discovery")
 
-    # --stop stops all three, by PID, the agent first, and forgets them; no
-    # job runs, so it says nothing about jobs.
+    # --stop stops all five, by PID, controller first, store last, and
+    # forgets them; no job runs, so it says nothing about jobs.
     p3 = ok(up.run("--stop"))
     assert p3.stdout.splitlines() == stopped_all(pids)
     assert all(wait_gone(pid, 1) for pid in pids.values())
     assert up.pids() == {}
     assert up.pierds() == set()
-    assert http_status(up.store_url + "/.well-known/status") is None
-    assert http_status(up.discoverd_url + "/.well-known/status") is None
-    assert http_status(up.host_url + "/.well-known/status") is None
+    for name in NAMES:
+        assert http_status(up.urls[name] + "/.well-known/status") is None, name
     # All were stopped with SIGTERM and exited cleanly (no sanitizer report:
     # the fixture checks the logs).
-    assert "level=error" not in up.log("store") + up.log("discoverd") + up.log("host")
+    for name in NAMES:
+        assert "level=error" not in up.log(name), (name, up.log(name)[-3000:])
 
-    # Stopping again has nothing to do.
+    # Stopping again has nothing to do; the key stays for the next start.
     p4 = ok(up.run("--stop"))
     assert p4.stdout == "" and p4.stderr == ""
+    assert up.key() == key + "\n"
 
 
-def test_stop_leaves_jobs_running_and_says_how_to_stop_them(up):
+def test_stop_leaves_jobs_running_and_says_how_to_stop_them(up, tmp_path):
     p = ok(up.run(up.build))
-    host_pid, _ = started(p, "host")
-    pids = up.pids()
-    job_id = f"{up.host_id()}-hello"
-    run = curl_lines(p)[3]
-    r = shell(run)
-    assert r.returncode == 0, r.stderr
-    [port] = up.wait_job(job_id, "up")["allocated_ports"]
-    until(lambda: http_status(f"http://127.0.0.1:{port}/") == 200, "the job's web server")
+    pids = {name: started(p, name)[0] for name in NAMES}
+    key = up.key()
+    steps, _, _, job, port = workflow_until_up(up, p, tmp_path)
     jobs = up.job_pids()
     assert len(jobs) == 2, jobs
 
     # The agent stops, the job does not; the script says so and how to stop it.
     p2 = ok(up.run("--stop"))
     lines = p2.stdout.splitlines()
-    assert lines[0] == f"stopped host (pid {host_pid})", p2.stdout
-    assert lines[-2:] == stopped_all(pids)[1:], p2.stdout
-    note = "\n".join(lines[1:-2])
+    assert lines[:3] == stopped_all(pids)[:3], p2.stdout
+    assert lines[-2:] == stopped_all(pids)[3:], p2.stdout
+    note = "\n".join(lines[3:-2])
     assert note.startswith("  1 job it runs keeps running: jobs belong to their shims"), note
-    assert "docs/host.md" in note and "make up" in note
-    assert f"curl -s {up.host_url}/host/jobs " in note
-    m = re.search(r"curl -s -X DELETE \S+/host/jobs/ID$", note)
+    assert "docs/host.md" in note and "'make up'" in note
+    m = re.search(r"\((pier -a APP scale web=0)\)", note)
     assert m, note
+    assert "'pier apps'" in note and "'pier -a APP ps'" in note
     assert all(alive(pid) for pid in jobs), jobs
-    assert http_status(f"http://127.0.0.1:{port}/") == 200
+    assert http_status(f"http://127.0.0.1:{port}/", timeout=5) == 200
     assert up.pierds() == set()
 
-    # As it says: up again (the agent takes the job back), DELETE stops it.
+    # As it says: up again (the agent takes the job back; the key is the
+    # same, so the CLI's config still works), then scale the app to zero.
     p3 = ok(up.run(up.build))
     pids = {name: started(p3, name)[0] for name in NAMES}
-    assert f"(host agent {job_id.split('-')[0]}; " in p3.stdout
-    up.wait_job(job_id, "up")
-    r = shell(m.group(0).replace("/ID", "/" + job_id))
-    assert r.returncode == 0, r.stderr
-    up.wait_job(job_id, "down")
-    assert all(wait_gone(pid) for pid in jobs), jobs
+    assert up.key() == key
+    assert f"(host agent {job.split('-')[0]}; " in p3.stdout
+    rows = [ln.split() for ln in ok(steps.sh("pier apps")).stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["hello"], rows
+    rows = [ln.split() for ln in ok(steps.sh("pier -a hello ps")).stdout.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [[job, "web", "up"]], rows
+    r = ok(steps.sh(m.group(1).replace("APP", "hello")))
+    assert re.search(rf"^web {job} down$", r.stdout, re.M), r.stdout
+    assert all(wait_gone(pid, WAIT) for pid in jobs), jobs
     p4 = ok(up.run("--stop"))
     assert p4.stdout.splitlines() == stopped_all(pids)
 
 
-def test_up_restarts_what_died(up):
+def test_up_restarts_what_died_and_keeps_the_key(up):
     p = ok(up.run(up.build))
-    store_pid, _ = started(p, "store")
-    disc_pid, _ = started(p, "discoverd")
-    host_pid, _ = started(p, "host")
+    pids = {name: started(p, name)[0] for name in NAMES}
     host_id = up.host_id()
-    for pid in (disc_pid, host_pid):
-        os.kill(pid, signal.SIGTERM)
-        assert wait_gone(pid)
+    key = up.key()
+    (up.home / "key").chmod(0o644)
+    died = ("discoverd", "host", "scheduler", "controller")
+    for name in died:
+        os.kill(pids[name], signal.SIGTERM)
+        assert wait_gone(pids[name])
 
     p = ok(up.run(up.build))
-    assert f"store already running (pid {store_pid})" in p.stdout
-    new_disc, _ = started(p, "discoverd")
-    new_host, _ = started(p, "host")
-    assert new_disc != disc_pid and new_host != host_pid
-    assert up.pids() == {"store": store_pid, "discoverd": new_disc, "host": new_host}
-    assert up.pierds() == {store_pid, new_disc, new_host}
-    assert http_status(up.discoverd_url + "/.well-known/status") == 200
-    assert http_status(up.host_url + "/.well-known/status") == 200
-    # The agent keeps its id across restarts.
+    assert f"store already running (pid {pids['store']})" in p.stdout
+    for name in died:
+        new, _ = started(p, name)
+        assert new != pids[name]
+        pids[name] = new
+    assert up.pids() == pids
+    assert up.pierds() == set(pids.values())
+    for name in NAMES:
+        assert http_status(up.urls[name] + "/.well-known/status") == 200, name
+    # The agent keeps its id across restarts; the key is the same, and
+    # again this user's only.
     assert up.host_id() == host_id
     assert f"(host agent {host_id}; " in p.stdout
+    assert up.key() == key
+    assert stat.S_IMODE((up.home / "key").stat().st_mode) == 0o600
+    assert up.api(f"{up.controller_url}/apps", key.strip())[0] == 200
     ok(up.run("--stop"))
     assert up.pierds() == set()
+
+
+@pytest.mark.parametrize("text", ["", "\n", "two words\n", "it's\n"])
+def test_a_key_file_that_holds_no_key_is_refused(up, text):
+    """Not even an empty one is replaced (or taken for no key at all)."""
+    up.home.mkdir(parents=True)
+    (up.home / "key").write_text(text)
+    p = up.run(up.build)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stdout == ""
+    assert p.stderr == (f"scripts/up: {up.home}/key holds no key (one line of letters, digits, "
+                        "'.', '_' or '-'); remove it to make a new one\n")
+    assert up.pierds() == set()
+    assert (up.home / "key").read_text() == text
+
+
+def test_a_key_of_ones_own_is_kept(up):
+    up.home.mkdir(parents=True)
+    (up.home / "key").write_text("my-own.key_1")
+    p = ok(up.run(up.build))
+    assert "cluster key my-own.key_1   " in p.stdout
+    assert up.api(f"{up.controller_url}/apps", "my-own.key_1")[0] == 200
+    assert up.api(f"{up.controller_url}/apps")[0] == 401
+    assert (up.home / "key").read_text() == "my-own.key_1"
+    assert stat.S_IMODE((up.home / "key").stat().st_mode) == 0o600
+    ok(up.run("--stop"))
 
 
 def test_missing_build_dir(up, tmp_path):
@@ -481,22 +616,27 @@ def test_missing_build_dir(up, tmp_path):
 def test_port_taken_by_something_else_fails_clearly(up):
     """Something that accepts connections but is not pier holds the store's
     port: the store cannot start, the script says so with its log, and
-    discoverd is not started."""
-    host, port = up.store_addr.split(":")
+    nothing after it is started."""
+    host, port = up.addrs["store"].split(":")
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, int(port)))
         s.listen(16)
-        p = up.run(up.build, timeout=30)
+        p = up.run(up.build)
     assert p.returncode == 1, p.stdout + p.stderr
     assert f"scripts/up: store did not start; the end of {up.home}/store.log says:" in p.stderr
     assert "cannot listen on" in p.stderr
     assert "started" not in p.stdout
     assert up.pierds() == set()
-    assert "discoverd" not in up.pids() and "host" not in up.pids()
+    assert up.pids() == {}
 
 
-def test_port_taken_by_another_http_server_is_not_mistaken_for_the_store(up):
+@pytest.mark.parametrize("taken", ["store", "controller"])
+def test_port_taken_by_another_http_server_is_not_mistaken_for_pier(up, taken):
+    """An HTTP server that answers status holds the store's (or the
+    controller's) port: the script says so and starts nothing from there
+    on; what it started before runs, and --stop stops it."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
@@ -506,7 +646,7 @@ def test_port_taken_by_another_http_server_is_not_mistaken_for_the_store(up):
         def log_message(self, *args):
             pass
 
-    host, port = up.store_addr.split(":")
+    host, port = up.addrs[taken].split(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -517,6 +657,14 @@ def test_port_taken_by_another_http_server_is_not_mistaken_for_the_store(up):
         srv.server_close()
         t.join()
     assert p.returncode == 1, p.stdout
-    assert f"something else already answers on http://{up.store_addr}" in p.stderr
-    assert "PIER_STORE_LISTEN" in p.stderr
-    assert "started" not in p.stdout
+    assert f"something else already answers on http://{up.addrs[taken]}" in p.stderr
+    assert f"PIER_{taken.upper()}_LISTEN" in p.stderr
+    before = NAMES[:NAMES.index(taken)]
+    pids = {name: started(p, name)[0] for name in before}
+    assert len(p.stdout.splitlines()) == len(before), p.stdout
+    assert up.pids() == pids
+    assert up.pierds() == set(pids.values())
+    p2 = ok(up.run("--stop"))
+    assert p2.stdout.splitlines() == [f"stopped {name} (pid {pids[name]})"
+                                      for name in STOP_ORDER if name in pids]
+    assert up.pierds() == set()

@@ -72,6 +72,7 @@ static void test_service_job(void **state)
     assert_null(json_object_get(job, "id"));
     assert_null(json_object_get(job, "host_id"));
     assert_null(json_object_get(job, "oneoff"));
+    assert_true(json_is_true(json_object_get(job, "init")));
     assert_null(json_object_get(job, "artifact"));
     assert_int_equal(json_integer_value(json_object_get(job, "restarts")), 0);
     assert_non_null(json_string_value(json_object_get(job, "created_at")));
@@ -230,6 +231,7 @@ static void test_oneoff(void **state)
         NULL, &o);
     assert_true(json_equal(json_object_get(job, "args"), args));
     assert_true(json_is_true(json_object_get(job, "oneoff")));
+    assert_null(json_object_get(job, "init"));
     assert_true(json_is_true(json_object_get(job, "tty")));
     assert_true(json_is_true(json_object_get(job, "stdin")));
     assert_int_equal(json_integer_value(json_object_get(job, "tty_columns")), 120);
