@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 60
 export ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=0:halt_on_error=1
 export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build up down test unit e2e fuzz format bench bench-store bench-host clean
+.PHONY: all deps build up down test unit e2e fuzz format bench bench-store bench-host bench-scheduler clean
 
 all: build
 
@@ -50,13 +50,16 @@ fuzz: deps
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
-bench: bench-store bench-host
+bench: bench-store bench-host bench-scheduler
 
 bench-store: build
 	bench/store/run $(BUILD)
 
 bench-host: build
 	bench/host/run $(BUILD)
+
+bench-scheduler: build
+	bench/scheduler/run $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD) build-fuzz
