@@ -20,12 +20,11 @@
  * padded), from the newest down, all at one revision. */
 #include "controller/ctl.h"
 
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "controller/check.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/jsonx.h"
@@ -55,19 +54,6 @@ static bool wants_sse(struct httpd_req *r)
 {
     const char *a = httpd_header(r, "Accept");
     return a && strstr(a, "text/event-stream");
-}
-
-/* A decimal int64 >= 0 with nothing around it. */
-static bool parse_id(const char *s, int64_t *out)
-{
-    if (!s || !*s || strlen(s) > 18)
-        return false;
-    for (const char *p = s; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return false;
-    }
-    *out = strtoll(s, NULL, 10);
-    return true;
 }
 
 struct filter {
@@ -124,13 +110,8 @@ static int filter_parse(struct httpd_req *r, struct ctl *c, struct filter *f)
         f->app = xstrdup(ctl_app_id(app) ? ctl_app_id(app) : "");
         json_decref(app);
     }
-    const char *types = httpd_query(r, "object_types");
-    for (const char *p = types; p && *p;) {
-        size_t n = strcspn(p, ",");
-        if (n > 0)
-            json_array_append_new(f->types, json_stringn(p, n));
-        p += n + (p[n] == ',');
-    }
+    json_decref(f->types);
+    f->types = check_event_types(httpd_query(r, "object_types"));
     const char *oid = httpd_query(r, "object_id");
     if (oid && *oid)
         f->object_id = xstrdup(oid);
@@ -144,7 +125,7 @@ static int query_id(struct httpd_req *r, const char *name, int64_t *out)
     *out = 0;
     if (!v || !*v)
         return 0;
-    if (!parse_id(v, out)) {
+    if (!check_event_id(v, out)) {
         ctl_reply_invalid(r, "%s must be a non-negative integer", name);
         return PIER_EINVAL;
     }
@@ -227,7 +208,7 @@ static void events_get_one(struct httpd_req *r, void *ud)
 {
     struct ctl *c = ud;
     int64_t id = 0;
-    if (!parse_id(httpd_param(r, "id"), &id) || id == 0) {
+    if (!check_event_id(httpd_param(r, "id"), &id) || id == 0) {
         httpd_reply_not_found(r);
         return;
     }
@@ -381,7 +362,7 @@ static void events_stream(struct httpd_req *r, struct ctl *c, struct filter *f, 
 {
     int64_t last = 0;
     const char *h = httpd_header(r, "Last-Event-Id");
-    if (h && *h && !parse_id(h, &last)) {
+    if (h && *h && !check_event_id(h, &last)) {
         ctl_reply_invalid(r, "Last-Event-Id is invalid");
         filter_clear(f);
         return;
@@ -444,51 +425,6 @@ static void events_get(struct httpd_req *r, void *ud)
 
 /* ---- the formations stream ---- */
 
-/* An RFC 3339 time as microseconds since the epoch. A '+' of the offset
- * may arrive as a space (form encoding). */
-static int parse_time(const char *s, int64_t *us)
-{
-    int y, mo, d, h, mi, sec, n = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 ||
-        n != 19 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-        return -1;
-    const char *p = s + n;
-    int64_t frac = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; isdigit((unsigned char)*p); p++, digits++) {
-            if (digits < 6)
-                frac = frac * 10 + (*p - '0');
-        }
-        if (digits == 0)
-            return -1;
-        for (; digits < 6; digits++)
-            frac *= 10;
-    }
-    int64_t off = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-' || *p == ' ') {
-        int oh, om, m = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &m) != 2 || m != 5 || oh > 23 || om > 59)
-            return -1;
-        off = (int64_t)(oh * 60 + om) * 60 * (*p == '-' ? -1 : 1);
-        p += 6;
-    } else {
-        return -1;
-    }
-    if (*p)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900,
-                    .tm_mon = mo - 1,
-                    .tm_mday = d,
-                    .tm_hour = h,
-                    .tm_min = mi,
-                    .tm_sec = sec};
-    *us = ((int64_t)timegm(&tm) - off) * 1000000 + frac;
-    return 0;
-}
-
 static json_t *get_rec(struct ctl *c, const char *prefix, const char *id, const char *const *fields)
 {
     if (!id || !*id || strchr(id, '/'))
@@ -542,7 +478,7 @@ void ctl_formations_stream(struct httpd_req *r, struct ctl *c)
     }
     const char *since_s = httpd_query(r, "since");
     int64_t since = INT64_MIN;
-    if (since_s && *since_s && parse_time(since_s, &since) < 0) {
+    if (since_s && *since_s && check_time(since_s, &since) < 0) {
         ctl_reply_invalid(r, "since must be an RFC 3339 time");
         return;
     }
@@ -564,7 +500,7 @@ void ctl_formations_stream(struct httpd_req *r, struct ctl *c)
         if (!slash || jsonx_parse_object(all->kvs[i].value, all->kvs[i].value_len, &f, NULL) < 0)
             continue;
         const char *up = json_string_value(json_object_get(f, "updated_at"));
-        if (since == INT64_MIN || (up && parse_time(up, &at) == 0 && at >= since)) {
+        if (since == INT64_MIN || (up && check_time(up, &at) == 0 && at >= since)) {
             char *app = strndup(rest, (size_t)(slash - rest));
             json_t *x = expand_formation(c, app, slash + 1, f);
             sse_data(&s->replay, x);

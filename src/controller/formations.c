@@ -10,6 +10,7 @@
  * earlier pending requests for that formation. */
 #include <string.h>
 
+#include "controller/check.h"
 #include "controller/ctl.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
@@ -63,54 +64,6 @@ static int load(struct httpd_req *r, struct ctl *c, bool write, json_t **app, js
         *app = NULL;
     }
     return rc;
-}
-
-static int64_t count_of(const json_t *procs, const char *type)
-{
-    json_t *v = json_object_get(procs, type);
-    return json_is_integer(v) ? json_integer_value(v) : 0;
-}
-
-/* Checks new counts (procs) and tags against the release, and, for a
- * protected app, that no type running under old goes to zero. */
-static int check_scale(const json_t *app, const json_t *rel, const json_t *old, const json_t *procs,
-                       const json_t *tags, struct pier_err *err)
-{
-    const json_t *types = json_object_get(rel, "processes");
-    const char *rid = json_string_value(json_object_get(rel, "id"));
-    if (procs && !json_is_object(procs))
-        return err_set(err, PIER_EINVAL, "processes must be an object of counts");
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)procs, k, v)
-    {
-        if (!json_is_integer(v) || json_integer_value(v) < 0)
-            return err_set(err, PIER_EINVAL, "processes.%s must be a count >= 0", k);
-        if (!json_object_get(types, k))
-            return err_set(err, PIER_EINVAL, "release %s has no process type %s", rid, k);
-    }
-    if (tags && !json_is_object(tags))
-        return err_set(err, PIER_EINVAL, "tags must be an object {type: {key: value}}");
-    json_object_foreach((json_t *)tags, k, v)
-    {
-        char f[128];
-        snprintf(f, sizeof(f), "tags.%s", k);
-        int rc = ctl_check_strmap(v, f, true, err);
-        if (rc < 0)
-            return rc;
-        if (!json_object_get(types, k))
-            return err_set(err, PIER_EINVAL, "release %s has no process type %s", rid, k);
-    }
-    if (!json_is_true(json_object_get(app, "protected")))
-        return 0;
-    const json_t *old_procs = json_object_get(old, "processes");
-    json_object_foreach((json_t *)types, k, v)
-    {
-        if (count_of(old_procs, k) > 0 && count_of(procs, k) == 0)
-            return err_set(err, PIER_EINVAL, "app %s is protected: %s cannot be scaled to zero",
-                           json_string_value(json_object_get(app, "name")), k);
-    }
-    return 0;
 }
 
 /* The formation to write: counts and tags (NULL: empty), created_at kept

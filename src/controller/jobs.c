@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "controller/check.h"
 #include "controller/ctl.h"
 #include "lib/base64.h"
 #include "lib/cleanup.h"
@@ -306,44 +307,6 @@ static int check_strings(const json_t *v, const char *name, struct pier_err *err
     return 0;
 }
 
-static int check_string_map(const json_t *v, const char *name, struct pier_err *err)
-{
-    if (!json_is_object(v))
-        return err_set(err, PIER_EINVAL, "%s: must be an object of strings", name);
-    const char *k;
-    json_t *s;
-    json_object_foreach((json_t *)v, k, s) if (!json_is_string(s)) return err_set(
-        err, PIER_EINVAL, "%s.%s: must be a string", name, k);
-    return 0;
-}
-
-/* The command: "args", else Flynn's older "entrypoint" + "cmd". New. */
-static int newjob_args(const json_t *body, json_t **out, struct pier_err *err)
-{
-    const char *names[] = {"args", "entrypoint", "cmd"};
-    for (int i = 0; i < 3; i++) {
-        const json_t *v = opt(body, names[i]);
-        if (v && check_strings(v, names[i], err) < 0)
-            return PIER_EINVAL;
-    }
-    const json_t *args = opt(body, "args");
-    json_t *a = json_array();
-    if (args && json_array_size(args)) {
-        json_array_extend(a, (json_t *)args);
-    } else {
-        if (opt(body, "entrypoint"))
-            json_array_extend(a, opt(body, "entrypoint"));
-        if (opt(body, "cmd"))
-            json_array_extend(a, opt(body, "cmd"));
-    }
-    if (!json_array_size(a) || !*json_string_value(json_array_get(a, 0))) {
-        json_decref(a);
-        return err_set(err, PIER_EINVAL, "args: a one-off job needs a command (\"args\")");
-    }
-    *out = a;
-    return 0;
-}
-
 /* The artifact records the job runs with: the body's "artifacts" (or
  * "artifact"), else the release's (or its older "artifact"). They are
  * written into rel (the caller's copy), which jobbuild reads the ids from.
@@ -395,97 +358,44 @@ static int newjob_artifacts(struct ctl *c, const json_t *body, json_t *rel, json
     return 0;
 }
 
-static int get_int_in(const json_t *body, const char *name, int lo, int hi, int *out,
-                      struct pier_err *err)
-{
-    const json_t *v = opt(body, name);
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return err_set(err, PIER_EINVAL, "%s: must be an integer from %d to %d", name, lo, hi);
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
-static int get_flag(const json_t *body, const char *name, bool *out, struct pier_err *err)
-{
-    const json_t *v = opt(body, name);
-    if (v && !json_is_boolean(v))
-        return err_set(err, PIER_EINVAL, "%s: must be true or false", name);
-    *out = json_is_true(v);
-    return 0;
-}
-
 /* Builds the record of a one-off job of app from the NewJob body (not yet
  * placed: no id, no host). PIER_EINVAL naming the field for bad input. */
 static int newjob_spec(struct ctl *c, const json_t *app, const json_t *body, bool attach,
                        json_t **out, struct pier_err *err)
 {
-    const json_t *relv = opt(body, "release");
-    const char *rel_id = json_string_value(relv);
-    if (!relv)
-        return err_set(err, PIER_EINVAL, "release: required (the release to run)");
-    if (!rel_id || !uuid_ok(rel_id))
-        return err_set(err, PIER_EINVAL, "release: must be a release id");
-    bool tty = false, disable_log = false, release_env = false;
-    int cols = 0, lines = 0;
-    const json_t *env = opt(body, "env"), *meta = opt(body, "meta");
-    const json_t *res = opt(body, "resources");
-    if ((env && check_string_map(env, "env", err) < 0) ||
-        (meta && check_string_map(meta, "meta", err) < 0))
-        return PIER_EINVAL;
-    if (res && !json_is_object(res))
-        return err_set(err, PIER_EINVAL, "resources: must be an object");
-    if (get_flag(body, "tty", &tty, err) < 0 ||
-        get_flag(body, "disable_log", &disable_log, err) < 0 ||
-        get_flag(body, "release_env", &release_env, err) < 0 ||
-        get_int_in(body, "tty_columns", 0, 10000, &cols, err) < 0 ||
-        get_int_in(body, "tty_lines", 0, 10000, &lines, err) < 0)
-        return PIER_EINVAL;
-    cleanup_json json_t *args = NULL;
-    if (newjob_args(body, &args, err) < 0)
-        return PIER_EINVAL;
-
+    struct check_newjob nj;
+    int rc = check_newjob(body, attach, &nj, err);
+    if (rc < 0)
+        return rc;
     /* The release may be another app's (`pg psql` runs the postgres app's
      * release in the user's app). */
     cleanup_buf struct buf key = BUF_INIT;
-    buf_printf(&key, "%s%s", KEYS_RELEASES, rel_id);
+    buf_printf(&key, "%s%s", KEYS_RELEASES, nj.release);
     cleanup_json json_t *rel = NULL;
-    int rc = ctl_get(c, key.p, &rel, NULL, err);
-    if (rc == PIER_ENOTFOUND)
-        return err_set(err, PIER_EINVAL, "release %s not found", rel_id);
-    if (rc < 0)
-        return rc;
     cleanup_json json_t *arts = NULL;
-    if ((rc = newjob_artifacts(c, body, rel, &arts, err)) < 0)
-        return rc;
-    /* Flynn gives a one-off the release's env only when asked. */
-    if (!release_env)
-        json_object_del(rel, "env");
-
-    const struct jobbuild_oneoff o = {
-        .args = args,
-        .env = env,
-        .meta = meta,
-        .tty = tty,
-        .stdin_open = attach,
-        /* An attached job keeps its log: it is the output of a job that
-         * ends before the attach reaches it. */
-        .disable_log = disable_log && !attach,
-        .tty_columns = cols,
-        .tty_lines = lines,
-        .resources = res,
-    };
     json_t *spec = NULL;
-    if ((rc = jobbuild_spec(app, rel, arts, NULL, &o, &spec, err)) < 0)
-        return rc;
-    json_object_set_new(spec, "oneoff", json_true());
-    if (attach && disable_log)
-        json_object_set_new(spec, "log_hidden", json_true());
-    if (!json_object_get(spec, "ports"))
-        json_object_set_new(spec, "ports", json_array());
-    *out = spec;
-    return 0;
+    rc = ctl_get(c, key.p, &rel, NULL, err);
+    if (rc == PIER_ENOTFOUND)
+        rc = err_set(err, PIER_EINVAL, "release %s not found", nj.release);
+    if (rc == 0)
+        rc = newjob_artifacts(c, body, rel, &arts, err);
+    /* Flynn gives a one-off the release's env only when asked. */
+    if (rc == 0 && !nj.release_env)
+        json_object_del(rel, "env");
+    if (rc == 0)
+        rc = jobbuild_spec(app, rel, arts, NULL, &nj.oneoff, &spec, err);
+    if (rc == 0 && (rc = check_job_runnable(spec, err)) < 0)
+        json_decref(spec);
+    if (rc == 0) {
+        json_object_set_new(spec, "oneoff", json_true());
+        if (nj.log_hidden)
+            json_object_set_new(spec, "log_hidden", json_true());
+        if (!json_object_get(spec, "ports"))
+            json_object_set_new(spec, "ports", json_array());
+        *out = spec;
+    }
+    check_newjob_clear(&nj);
+    return rc;
 }
 
 static bool has_token(const char *list, const char *token)

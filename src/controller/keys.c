@@ -6,118 +6,17 @@
  * '/' and '+', which do not sit well in a URL path or a store key, so the
  * record lives at /pier/v1/keys/<fingerprint with '/' -> '_', '+' -> '-'>
  * and /keys/:id takes either spelling. */
-#include <openssl/evp.h>
-#include <stdint.h>
 #include <string.h>
 
+#include "controller/check.h"
 #include "controller/ctl.h"
-#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/jsonx.h"
 #include "lib/keys.h"
 #include "lib/log.h"
 
-#define KEY_LINE_MAX 16384
 #define FP_PREFIX "SHA256:"
-
-/* The key types OpenSSH writes, with how many length-prefixed fields
- * their wire form has (the type name first). */
-static const struct {
-    const char *name;
-    size_t fields;
-} key_types[] = {
-    {"ssh-ed25519", 2},
-    {"ssh-rsa", 3},
-    {"ssh-dss", 5},
-    {"ecdsa-sha2-nistp256", 3},
-    {"ecdsa-sha2-nistp384", 3},
-    {"ecdsa-sha2-nistp521", 3},
-    {"sk-ssh-ed25519@openssh.com", 3},
-    {"sk-ecdsa-sha2-nistp256@openssh.com", 4},
-};
-
-/* How many fields a key of type has; 0 for a type we do not know. */
-static size_t type_fields(struct str t)
-{
-    for (size_t i = 0; i < sizeof(key_types) / sizeof(*key_types); i++)
-        if (str_eq(t, key_types[i].name))
-            return key_types[i].fields;
-    return 0;
-}
-
-static uint32_t be32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-/* Whether blob is the wire form of a public key of type: as many
- * length-prefixed fields as the type has, filling it exactly, the first
- * naming the type (an ed25519 key's second field is its 32 bytes). */
-static bool blob_ok(const struct buf *blob, struct str type)
-{
-    const unsigned char *p = (const unsigned char *)blob->p;
-    size_t left = blob->len, nfields = 0;
-    while (left > 0) {
-        if (left < 4)
-            return false;
-        uint32_t n = be32(p);
-        if (n > left - 4)
-            return false;
-        if (nfields == 0 && (n != type.len || memcmp(p + 4, type.p, n) != 0))
-            return false;
-        if (nfields == 1 && str_eq(type, "ssh-ed25519") && n != 32)
-            return false;
-        p += 4 + n;
-        left -= 4 + n;
-        nfields++;
-    }
-    return nfields == type_fields(type);
-}
-
-/* Parses an OpenSSH public key line "TYPE BASE64 [COMMENT]" into a new
- * record {id, key, comment} (a new reference in *out). */
-static int parse_key(const char *line, json_t **out, struct pier_err *err)
-{
-    const char *ws = " \t\r\n";
-    const char *s = line + strspn(line, ws);
-    struct str type = {s, strcspn(s, ws)};
-    s = type.p + type.len;
-    s += strspn(s, ws);
-    struct str b64 = {s, strcspn(s, ws)};
-    s = b64.p + b64.len;
-    s += strspn(s, ws);
-    size_t clen = strlen(s);
-    while (clen > 0 && strchr(ws, s[clen - 1]))
-        clen--;
-    if (type.len == 0 || type_fields(type) == 0)
-        return err_set(err, PIER_EINVAL,
-                       "key must be an OpenSSH public key line of a known type (ssh-ed25519, "
-                       "ssh-rsa, ecdsa-sha2-*, ...)");
-    cleanup_buf struct buf blob = BUF_INIT;
-    if (b64.len == 0 || base64_decode(&blob, b64.p, b64.len) < 0 || !blob_ok(&blob, type))
-        return err_set(err, PIER_EINVAL, "key: the base64 part is not a valid %.*s key",
-                       (int)type.len, type.p);
-    for (size_t i = 0; i < clen; i++)
-        if ((unsigned char)s[i] < ' ' && s[i] != '\t')
-            return err_set(err, PIER_EINVAL, "key: the comment holds control characters");
-
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (EVP_Digest(blob.p, blob.len, md, &mdlen, EVP_sha256(), NULL) != 1)
-        return err_set(err, PIER_EINTERNAL, "cannot hash the key");
-    cleanup_buf struct buf fp = BUF_INIT, canon = BUF_INIT;
-    buf_puts(&fp, FP_PREFIX);
-    base64_encode(&fp, md, mdlen);
-    while (fp.len > 0 && fp.p[fp.len - 1] == '=')
-        fp.p[--fp.len] = '\0';
-    buf_printf(&canon, "%.*s %.*s", (int)type.len, type.p, (int)b64.len, b64.p);
-    json_t *k = json_pack("{s:s,s:s,s:s%}", "id", fp.p, "key", canon.p, "comment", s, clen);
-    if (!k)
-        return err_set(err, PIER_EINVAL, "key: the comment is not valid UTF-8");
-    *out = k;
-    return 0;
-}
 
 /* The store key of a fingerprint in either spelling ("SHA256:" optional). */
 static void key_path(struct buf *key, const char *id)
@@ -142,12 +41,8 @@ static void key_create(struct httpd_req *r, void *ud)
         ctl_reply_err(r, rc, &err);
         return;
     }
-    if (!line || !*line || strlen(line) > KEY_LINE_MAX) {
-        ctl_reply_invalid(r, "key is required: an OpenSSH public key line");
-        return;
-    }
     cleanup_json json_t *k = NULL;
-    if ((rc = parse_key(line, &k, &err)) < 0) {
+    if ((rc = check_ssh_key(line, &k, &err)) < 0) {
         ctl_reply_err(r, rc, &err);
         return;
     }

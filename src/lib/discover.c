@@ -17,8 +17,9 @@
 int discover_check_service(const char *service, struct pier_err *err)
 {
     size_t n = strlen(service);
-    if (n == 0 || n > 100)
-        return err_set(err, PIER_EINVAL, "service name must be 1 to 100 characters long");
+    /* 128: an app name (up to 100, Flynn's limit) with "-web" must fit. */
+    if (n == 0 || n > 128)
+        return err_set(err, PIER_EINVAL, "service name must be 1 to 128 characters long");
     for (size_t i = 0; i < n; i++) {
         char c = service[i];
         bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||

@@ -46,7 +46,7 @@ struct discover_list {
     int64_t revision; /* the store revision the list was read at */
 };
 
-/* Checks a service name: 1-100 of [a-z0-9-_.], starting with a letter or
+/* Checks a service name: 1-128 of [a-z0-9-_.], starting with a letter or
  * digit. Returns 0 or PIER_EINVAL with a message. */
 int discover_check_service(const char *service, struct pier_err *err);
 /* Largest addr, proto and meta (keys plus values) an instance may have. */

@@ -511,6 +511,12 @@ def test_release_bad_input_changes_nothing(api, cluster):
         {"artifacts": [art["id"]], "env": {"HAS SPACE": "x"}},
         {"artifacts": [art["id"]], "env": {"A": 1}},
         {"artifacts": [art["id"]], "meta": {"A": True}},
+        # Jobs of these could never start on a host: refused up front.
+        {"artifacts": [art["id"]], "env": {"a.b": "1"}},
+        {"artifacts": [art["id"]], "processes": {"web": {
+            "args": ["x"], "resources": {"memory": {"limit": 1}}}}},
+        {"artifacts": [art["id"]], "processes": {"web": {
+            "args": ["x"], "ports": [{"service": {"name": "s", "check": {"type": "http/x"}}}]}}},
     ]
     for body in bad:
         api.req("POST", "/releases", body).is_flynn_error(400, "validation_error")
@@ -571,7 +577,7 @@ def test_formation_bad_input_changes_nothing(api, cluster):
     path = f"/apps/fbad/formations/{rel['id']}"
     api.put(path, {"processes": {"web": 1}})
     before = snapshot(store)
-    for body in [{"processes": {"web": -1}}, {"processes": {"db": 1}},
+    for body in [{"processes": {"web": -1}}, {"processes": {"db": 1}}, {"processes": {"web": 100001}},
                  {"processes": {"web": "2"}}, {"processes": {"web": 1.5}},
                  {"processes": [1]}, {"processes": {"web": 1}, "tags": {"db": {"a": "b"}}},
                  {"processes": {"web": 1}, "tags": {"web": {"a": 1}}},

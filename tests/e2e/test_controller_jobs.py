@@ -331,6 +331,8 @@ def test_bad_input_changes_nothing(cluster):
         ({"release": cluster.rel, "args": "true"}, "args"),
         ({"release": cluster.rel, "args": ["true"], "env": {"A": 1}}, "env"),
         ({"release": cluster.rel, "args": ["true"], "tty": "yes"}, "tty"),
+        # A job the host agent would refuse is refused before it is placed.
+        ({"release": cluster.rel, "args": ["true"], "env": {"a.b": "1"}}, "env"),
         ({"release": cluster.rel, "args": ["true"], "artifacts": [str(uuid.uuid4())]},
          "artifact"),
     ]

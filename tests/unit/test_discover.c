@@ -21,9 +21,12 @@ static void test_service_names(void **state)
     assert_int_equal(discover_check_service("Web", &err), PIER_EINVAL);
     assert_int_equal(discover_check_service("a/b", &err), PIER_EINVAL);
     assert_non_null(strstr(err.msg, "a/b"));
-    char longname[102];
-    memset(longname, 'a', 101);
-    longname[101] = '\0';
+    char longname[130];
+    memset(longname, 'a', 128);
+    longname[128] = '\0';
+    assert_int_equal(discover_check_service(longname, &err), 0);
+    longname[128] = 'a';
+    longname[129] = '\0';
     assert_int_equal(discover_check_service(longname, &err), PIER_EINVAL);
 }
 
