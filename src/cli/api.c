@@ -839,37 +839,14 @@ void api_put_clean(struct buf *out, const char *s)
         buf_putc(out, *p < 0x20 || *p == 0x7f ? '?' : (char)*p);
 }
 
-/* Seconds since the epoch of an RFC 3339 time, or -1. */
-static long long parse_time(const char *s)
-{
-    int y, mo, d, h, mi, sec, n = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900,
-                    .tm_mon = mo - 1,
-                    .tm_mday = d,
-                    .tm_hour = h,
-                    .tm_min = mi,
-                    .tm_sec = sec};
-    long long t = (long long)timegm(&tm);
-    const char *p = s + n;
-    if (*p == '.')
-        for (p++; isdigit((unsigned char)*p); p++)
-            ;
-    int oh, om;
-    if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d", &oh, &om) == 2)
-        t -= (*p == '+' ? 1 : -1) * (oh * 3600LL + om * 60LL);
-    return t;
-}
-
 void api_ago(struct buf *out, const char *rfc3339)
 {
-    long long t = parse_time(rfc3339);
-    if (t < 0) {
+    int64_t us;
+    if (clock_parse_rfc3339(rfc3339, &us) < 0) {
         buf_puts(out, "-");
         return;
     }
-    long long d = (long long)time(NULL) - t;
+    long long d = (long long)time(NULL) - (long long)(us / 1000000);
     if (d < 0)
         d = 0;
     if (d < 120)

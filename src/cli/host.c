@@ -13,10 +13,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli/api.h"
 #include "cli/cli.h"
 #include "cli/ui.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "lib/jsonx.h"
 #include "lib/store.h"
 
@@ -152,64 +154,15 @@ static void put_cpus(struct buf *b, int64_t milli)
         buf_printf(b, "%.2g", (double)milli / 1000);
 }
 
-/* Parses an RFC 3339 time ("2025-05-20T10:00:00.123456Z", or with an
- * offset) into seconds since the epoch. Returns 0, or -1 when unreadable. */
-static int parse_time(const char *s, time_t *out)
-{
-    struct tm tm = {0};
-    int used = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &used) != 6 ||
-        used == 0)
-        return -1;
-    const char *p = s + used;
-    if (*p == '.')
-        for (p++; *p >= '0' && *p <= '9'; p++)
-            ;
-    long offset = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        int hh, mm, n = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 || n != 5)
-            return -1;
-        offset = (hh * 3600L + mm * 60L) * (*p == '-' ? -1 : 1);
-        p += 6;
-    } else {
-        return -1;
-    }
-    if (*p)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    *out = timegm(&tm) - offset;
-    return 0;
-}
-
 /* "12s ago", "5m ago", "3h ago", "2d ago"; "-" when absent, the raw text
  * (cleaned) when unreadable. */
 static void put_age(struct buf *b, const char *when)
 {
-    time_t t;
-    if (!when || !*when) {
-        buf_putc(b, '-');
-        return;
-    }
-    if (parse_time(when, &t) < 0) {
+    int64_t us;
+    if (when && *when && clock_parse_rfc3339(when, &us) < 0)
         put_clean(b, when, 32);
-        return;
-    }
-    int64_t d = (int64_t)time(NULL) - (int64_t)t;
-    if (d < 0)
-        d = 0; /* a clock a little ahead on the host */
-    if (d < 120)
-        buf_printf(b, "%" PRId64 "s ago", d);
-    else if (d < 2 * 3600)
-        buf_printf(b, "%" PRId64 "m ago", d / 60);
-    else if (d < 2 * 86400)
-        buf_printf(b, "%" PRId64 "h ago", d / 3600);
     else
-        buf_printf(b, "%" PRId64 "d ago", d / 86400);
+        api_ago(b, when);
 }
 
 /* --- tables ----------------------------------------------------------- */

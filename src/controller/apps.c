@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "controller/check.h"
 #include "controller/ctl.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
@@ -67,7 +68,7 @@ static bool strategy_ok(const char *s)
 static int apply_fields(json_t *app, const json_t *body, struct pier_err *err)
 {
     json_t *meta = json_object_get(body, "meta");
-    int rc = ctl_check_strmap(meta, "meta", true, err);
+    int rc = check_strmap(meta, "meta", err);
     if (rc < 0)
         return rc;
     const char *strategy = NULL;
@@ -249,7 +250,7 @@ static int edit_meta(json_t *app, void *ud, struct pier_err *err)
 {
     const json_t *body = ud;
     json_t *meta = json_object_get(body, "meta");
-    int rc = ctl_check_strmap(meta, "meta", true, err);
+    int rc = check_strmap(meta, "meta", err);
     if (rc < 0)
         return rc;
     json_object_set_new(app, "meta",

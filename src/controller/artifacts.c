@@ -2,6 +2,7 @@
  * once with a server-made id, read many times, never changed. */
 #include <string.h>
 
+#include "controller/check.h"
 #include "controller/ctl.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
@@ -35,7 +36,7 @@ static int artifact_from(const json_t *body, json_t **out, struct pier_err *err)
     if (!uri || !*uri)
         return err_set(err, PIER_EINVAL, "uri is required");
     json_t *meta = json_object_get(body, "meta");
-    if ((rc = ctl_check_strmap(meta, "meta", true, err)) < 0)
+    if ((rc = check_strmap(meta, "meta", err)) < 0)
         return rc;
     json_t *manifest = NULL, *hashes = NULL;
     if ((rc = jsonx_get_obj(body, "manifest", &manifest, err)) < 0 ||

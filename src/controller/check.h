@@ -21,6 +21,10 @@
 #define CHECK_KEY_LINE_MAX 16384 /* one SSH public key line */
 #define CHECK_SCALE_MAX 100000   /* processes of one type (what the scheduler runs at most) */
 
+/* v absent, null, or an object of strings (meta, env); field names it in
+ * the message. */
+int check_strmap(const json_t *v, const char *field, struct pier_err *err);
+
 /* ---- keys (keys.c) ---- */
 
 /* Reads an OpenSSH public key line "TYPE BASE64 [COMMENT]" (NULL or empty
@@ -93,10 +97,5 @@ bool check_event_id(const char *s, int64_t *out);
 /* The object types of a comma-separated list (empty items left out): a
  * new array of strings, empty for NULL or "". */
 json_t *check_event_types(const char *list);
-
-/* An RFC 3339 time (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM); a '+'
- * may arrive as a space, from form encoding) as microseconds since the
- * epoch. -1 for anything else. */
-int check_time(const char *s, int64_t *us);
 
 #endif

@@ -175,22 +175,6 @@ void ctl_sort_newest(json_t *arr)
     free(v);
 }
 
-int ctl_check_strmap(const json_t *v, const char *field, bool null_ok, struct pier_err *err)
-{
-    if (!v || (null_ok && json_is_null(v)))
-        return 0;
-    if (!json_is_object(v))
-        return err_set(err, PIER_EINVAL, "%s must be an object of strings", field);
-    const char *k;
-    const json_t *x;
-    json_object_foreach((json_t *)v, k, x)
-    {
-        if (!json_is_string(x))
-            return err_set(err, PIER_EINVAL, "%s.%s must be a string", field, k);
-    }
-    return 0;
-}
-
 int ctl_txn_run(struct ctl *c, const struct store_txn *t, bool *ok, struct pier_err *err)
 {
     struct store_txn_result *res = NULL;

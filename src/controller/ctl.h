@@ -105,11 +105,6 @@ void ctl_keep_fields(json_t *obj, const char *const *fields);
  * descending (RFC 3339 times of one width sort as strings). */
 void ctl_sort_newest(json_t *arr);
 
-/* Checks that v (field's value, NULL when absent) is absent or a JSON
- * object whose values are all strings (meta, env). PIER_EINVAL naming
- * field otherwise. null counts as absent only when null_ok. */
-int ctl_check_strmap(const json_t *v, const char *field, bool null_ok, struct pier_err *err);
-
 /* Runs t: *ok says whether its compares held. */
 int ctl_txn_run(struct ctl *c, const struct store_txn *t, bool *ok, struct pier_err *err);
 

@@ -580,10 +580,12 @@ static void run_deployment(struct ctl_deployer *o, const char *id)
     if (timeout_s > INT32_MAX) /* Flynn's limit; the API refuses more */
         timeout_s = INT32_MAX;
     const char *started = json_string_value(json_object_get(rec, "started_at"));
-    int64_t elapsed_ms = 0;
-    struct tm tm = {0};
-    if (started && strptime(started, "%Y-%m-%dT%H:%M:%S", &tm))
-        elapsed_ms = ((int64_t)time(NULL) - (int64_t)timegm(&tm)) * 1000;
+    int64_t elapsed_ms = 0, started_us;
+    if (clock_parse_rfc3339(started, &started_us) == 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        elapsed_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - started_us / 1000;
+    }
     d.deadline_ms = clock_now_ms() + timeout_s * 1000 - (elapsed_ms > 0 ? elapsed_ms : 0);
 
     struct jobs js;

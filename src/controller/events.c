@@ -27,6 +27,7 @@
 #include "controller/check.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "lib/jsonx.h"
 #include "lib/keys.h"
 #include "lib/log.h"
@@ -478,7 +479,7 @@ void ctl_formations_stream(struct httpd_req *r, struct ctl *c)
     }
     const char *since_s = httpd_query(r, "since");
     int64_t since = INT64_MIN;
-    if (since_s && *since_s && check_time(since_s, &since) < 0) {
+    if (since_s && *since_s && clock_parse_rfc3339(since_s, &since) < 0) {
         ctl_reply_invalid(r, "since must be an RFC 3339 time");
         return;
     }
@@ -500,7 +501,7 @@ void ctl_formations_stream(struct httpd_req *r, struct ctl *c)
         if (!slash || jsonx_parse_object(all->kvs[i].value, all->kvs[i].value_len, &f, NULL) < 0)
             continue;
         const char *up = json_string_value(json_object_get(f, "updated_at"));
-        if (since == INT64_MIN || (up && check_time(up, &at) == 0 && at >= since)) {
+        if (since == INT64_MIN || (up && clock_parse_rfc3339(up, &at) == 0 && at >= since)) {
             char *app = strndup(rest, (size_t)(slash - rest));
             json_t *x = expand_formation(c, app, slash + 1, f);
             sse_data(&s->replay, x);

@@ -398,28 +398,13 @@ static int newjob_spec(struct ctl *c, const json_t *app, const json_t *body, boo
     return rc;
 }
 
-static bool has_token(const char *list, const char *token)
-{
-    size_t n = strlen(token);
-    for (const char *p = list; p && *p;) {
-        p += strspn(p, " \t,");
-        size_t len = strcspn(p, ",");
-        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len == n && strncasecmp(p, token, n) == 0)
-            return true;
-        p += strcspn(p, ",");
-    }
-    return false;
-}
-
 /* POST /apps/:app/jobs: a one-off job, detached (the Job at once) or
  * attached (Upgrade: flynn-attach/0). */
 static void jobs_run(struct httpd_req *r, void *ud)
 {
     struct ctl *c = ud;
     const char *upgrade = httpd_header(r, "Upgrade");
-    if (upgrade && !has_token(upgrade, "flynn-attach/0")) {
+    if (upgrade && !httpd_header_has(r, "Upgrade", "flynn-attach/0")) {
         ctl_reply_invalid(r, "Upgrade: only flynn-attach/0 is spoken here, not \"%s\"", upgrade);
         return;
     }

@@ -573,27 +573,12 @@ static void relay_run(void *ud, int client, const char *extra, size_t extra_len)
     buf_free(&down.b);
 }
 
-static bool has_token(const char *list, const char *token)
-{
-    size_t n = strlen(token);
-    for (const char *p = list; p && *p;) {
-        p += strspn(p, " \t,");
-        size_t len = strcspn(p, ",");
-        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len == n && strncasecmp(p, token, n) == 0)
-            return true;
-        p += strcspn(p, ",");
-    }
-    return false;
-}
-
 static void job_attach(struct httpd_req *r, void *ud)
 {
     struct host_api *a = ud;
     const char *id = httpd_param(r, "id");
     const char *up = httpd_header(r, "Upgrade");
-    if (!up || !has_token(up, "flynn-attach/0")) {
+    if (!up || !httpd_header_has(r, "Upgrade", "flynn-attach/0")) {
         bad_request(r, "attach needs the headers \"Upgrade: flynn-attach/0\" and \"Connection: "
                        "upgrade\" (the stream then carries attach frames)");
         return;

@@ -27,4 +27,10 @@ void clock_cond_init(pthread_cond_t *c);
 #define CLOCK_RFC3339_LEN 28
 void clock_rfc3339(char out[CLOCK_RFC3339_LEN]);
 
+/* Reads an RFC 3339 time ("2026-11-25T16:54:52.123456Z", any number of
+ * fraction digits, "Z" or a "+hh:mm"/"-hh:mm" offset; a space stands for
+ * "+", as a query string decodes it) into microseconds since the epoch.
+ * Fixed-position digits only: no blanks or signs inside. 0 or -1. */
+int clock_parse_rfc3339(const char *s, int64_t *us);
+
 #endif

@@ -229,6 +229,22 @@ const char *httpd_header(const struct httpd_req *r, const char *name)
     return MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, name);
 }
 
+bool httpd_header_has(const struct httpd_req *r, const char *name, const char *token)
+{
+    const char *list = httpd_header(r, name);
+    size_t n = strlen(token);
+    for (const char *p = list; p && *p;) {
+        p += strspn(p, " \t,");
+        size_t len = strcspn(p, ",");
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
 struct str httpd_body(const struct httpd_req *r)
 {
     return (struct str){r->body.p ? r->body.p : "", r->body.len};

@@ -74,6 +74,9 @@ const char *httpd_param(const struct httpd_req *r, const char *name);
 const char *httpd_query(const struct httpd_req *r, const char *name);
 /* A request header (case-insensitive), or NULL. */
 const char *httpd_header(const struct httpd_req *r, const char *name);
+/* Whether header name lists token (case-insensitive, comma-separated, as
+ * "Upgrade: foo, flynn-attach/0" or "Connection: keep-alive, Upgrade"). */
+bool httpd_header_has(const struct httpd_req *r, const char *name, const char *token);
 /* The whole request body (possibly empty), NUL-terminated. */
 struct str httpd_body(const struct httpd_req *r);
 /* Parses the body as a JSON object; on failure replies 400 itself and

@@ -3,6 +3,8 @@
  * first, ranks each within its kind. O(jobs log jobs), once a minute. */
 #include "scheduler/jobgc.h"
 
+#include "lib/clock.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,10 +36,10 @@ static const char *str_of(const json_t *obj, const char *field)
 /* When it ended (or was made), ms; 0 when the record says neither. */
 static int64_t ended_at(const json_t *rec)
 {
-    int64_t t;
-    if (restart_parse_time(str_of(rec, "finished_at"), &t) == 0 ||
-        restart_parse_time(str_of(rec, "created_at"), &t) == 0)
-        return t;
+    int64_t us;
+    if (clock_parse_rfc3339(str_of(rec, "finished_at"), &us) == 0 ||
+        clock_parse_rfc3339(str_of(rec, "created_at"), &us) == 0)
+        return us / 1000;
     return 0;
 }
 

@@ -43,9 +43,4 @@ struct restart_decision {
 void restart_decide(const struct restart_policy *p, const json_t *ended, int64_t now_ms,
                     struct restart_decision *out);
 
-/* Parses an RFC 3339 UTC time ("2026-11-25T16:54:52.123456Z", fraction
- * optional, "Z" or "+00:00") into ms since the Unix epoch. -1 when it
- * cannot. */
-int restart_parse_time(const char *s, int64_t *ms);
-
 #endif

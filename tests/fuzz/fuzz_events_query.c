@@ -7,7 +7,7 @@
  * before_id, since_id, the Last-Event-Id header, object_types) and of the
  * formations stream (since). The input is split at its first two
  * newlines: an id for check_event_id, a list for check_event_types, a
- * time for check_time (each a C string, so it ends at a NUL as a query
+ * time for clock_parse_rfc3339 (each a C string, so it ends at a NUL as a query
  * argument would).
  *
  * Beyond crashes and sanitizer reports it checks: an accepted id is 1 to
@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "controller/check.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 
 #define CHECK(cond)                                                                                \
@@ -123,7 +124,7 @@ static bool rfc3339_shape(const char *s)
 static void fuzz_time(const char *s)
 {
     int64_t us = 0;
-    if (check_time(s, &us) < 0)
+    if (clock_parse_rfc3339(s, &us) < 0)
         return;
     if (!rfc3339_shape(s))
         fprintf(stderr, "fuzz_events_query: took \"%s\"\n", s);
@@ -138,7 +139,7 @@ static void fuzz_time(const char *s)
     snprintf(again, sizeof(again), "%04d-%02d-%02dT%02d:%02d:%02d.%06" PRId64 "Z",
              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
     int64_t us2 = 0;
-    CHECK(check_time(again, &us2) == 0 && us2 == us);
+    CHECK(clock_parse_rfc3339(again, &us2) == 0 && us2 == us);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lib/cleanup.h"
+#include "lib/clock.h"
 #include "scheduler/restart.h"
 
 /* 2026-11-25T16:00:00Z in ms. */
@@ -30,15 +31,17 @@ static json_t *ended(int restarts, const char *started, const char *finished, co
 static void test_parse_time(void **state)
 {
     (void)state;
-    int64_t ms = 0;
-    assert_int_equal(restart_parse_time("2026-11-25T16:00:00Z", &ms), 0);
-    assert_int_equal(ms, T0);
-    assert_int_equal(restart_parse_time("2026-11-25T16:00:01.123456Z", &ms), 0);
-    assert_int_equal(ms, T0 + 1123);
-    assert_int_equal(restart_parse_time("2026-11-25T17:00:00+01:00", &ms), 0);
-    assert_int_equal(ms, T0);
-    assert_int_equal(restart_parse_time("1970-01-01T00:00:00Z", &ms), 0);
-    assert_int_equal(ms, 0);
+    int64_t us = 0;
+    assert_int_equal(clock_parse_rfc3339("2026-11-25T16:00:00Z", &us), 0);
+    assert_int_equal(us, T0 * 1000);
+    assert_int_equal(clock_parse_rfc3339("2026-11-25T16:00:01.123456Z", &us), 0);
+    assert_int_equal(us, (T0 + 1000) * 1000 + 123456);
+    assert_int_equal(clock_parse_rfc3339("2026-11-25T17:00:00+01:00", &us), 0);
+    assert_int_equal(us, T0 * 1000);
+    assert_int_equal(clock_parse_rfc3339("2026-11-25T16:00:00 00:00", &us), 0);
+    assert_int_equal(us, T0 * 1000);
+    assert_int_equal(clock_parse_rfc3339("1970-01-01T00:00:00Z", &us), 0);
+    assert_int_equal(us, 0);
     const char *bad[] = {"",
                          "2026-11-25",
                          "2026-11-25 16:00:00Z",
@@ -46,10 +49,12 @@ static void test_parse_time(void **state)
                          "2026-11-25T16:00:00",
                          "2026-11-25T16:00:00.Z",
                          "2026-11-25T16:00:00Zjunk",
-                         "2026-11-25T16:0a:00Z"};
+                         "2026-11-25T16:0a:00Z",
+                         "-026-11-25T16:00:00Z",
+                         "2026-11-25T 6:00:00Z"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(restart_parse_time(bad[i], &ms), -1);
-    assert_int_equal(restart_parse_time(NULL, &ms), -1);
+        assert_int_equal(clock_parse_rfc3339(bad[i], &us), -1);
+    assert_int_equal(clock_parse_rfc3339(NULL, &us), -1);
 }
 
 static void test_backoff_doubles_to_cap(void **state)
