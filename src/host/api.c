@@ -59,14 +59,16 @@ static void reply_job(struct httpd_req *r, struct host_api *a, const char *id)
 static void status_get(struct httpd_req *r, void *ud)
 {
     struct host_api *a = ud;
-    int running = 0;
+    int running = 0, starting = 0, queued = 0;
     int64_t memory = 0, cpu = 0;
     jobs_usage(a->jobs, &running, &memory, &cpu);
+    jobs_starts(a->jobs, &starting, &queued);
     cleanup_json json_t *all = jobs_list(a->jobs);
     struct hostrec *hr = atomic_load(&a->hr);
     json_t *host = hr ? hostrec_json(hr) : json_null(); /* new reference, stolen below */
-    json_t *j = json_pack("{s:s, s:o, s:{s:i, s:I}, s:{s:I, s:I}}", "id", a->host_id, "host", host,
-                          "jobs", "running", running, "known", (json_int_t)json_array_size(all),
+    json_t *j = json_pack("{s:s, s:o, s:{s:i, s:I, s:i, s:i}, s:{s:I, s:I}}", "id", a->host_id,
+                          "host", host, "jobs", "running", running, "known",
+                          (json_int_t)json_array_size(all), "starting", starting, "queued", queued,
                           "allocated", "memory", (json_int_t)memory, "cpu", (json_int_t)cpu);
     httpd_reply_json(r, 200, j);
 }

@@ -273,12 +273,93 @@ static void fail_job(struct jobs *t, struct job *j, const char *why)
     j->local = JOB_ENDED;
 }
 
+/* Parses j's record into *spec and checks it names this job and host; a
+ * record that does not fails the job (and *spec stays NULL). Lock held. */
+static bool check_spec(struct jobs *t, struct job *j, struct jobspec **spec)
+{
+    struct pier_err err = {0};
+    *spec = NULL;
+    if (jobspec_parse(j->rec, spec, &err) < 0) {
+        fail_job(t, j, err.msg);
+        return false;
+    }
+    if (strcmp((*spec)->id, j->id) != 0 || strcmp((*spec)->host_id, t->cfg.host_id) != 0 ||
+        !jobspec_id_ok(j->id, t->cfg.host_id)) {
+        struct buf why = BUF_INIT;
+        buf_printf(&why, "job %s names id \"%s\" and host \"%s\"; this is host %s", j->id,
+                   (*spec)->id, (*spec)->host_id, t->cfg.host_id);
+        fail_job(t, j, why.p);
+        buf_free(&why);
+        jobspec_free(*spec);
+        *spec = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* --- bounded starts ---------------------------------------------------- *
+ *
+ * A burst of new records (a scale to hundreds of jobs) would otherwise
+ * start every job at once: a shim, crun and a bundle per job, hundreds of
+ * runnable processes, and the store and scheduler sharing the machine wait
+ * for a core while the first jobs take no less time to come up. So at most
+ * cfg.max_starting starts are in progress at a time. A start holds its slot
+ * from the moment a worker is given it until the job is up or failed; the
+ * other jobs wait in a FIFO queue (JOB_QUEUED, their record still
+ * "pending"), and a queued job asked to stop leaves the queue as "down"
+ * without starting. Stops are never queued. */
+
+static void queue_push(struct jobs *t, struct job *j)
+{
+    j->q_next = NULL;
+    j->q_prev = t->q_tail;
+    if (t->q_tail)
+        t->q_tail->q_next = j;
+    else
+        t->q_head = j;
+    t->q_tail = j;
+    t->queued++;
+}
+
+static void queue_remove(struct jobs *t, struct job *j)
+{
+    if (j->q_prev)
+        j->q_prev->q_next = j->q_next;
+    else
+        t->q_head = j->q_next;
+    if (j->q_next)
+        j->q_next->q_prev = j->q_prev;
+    else
+        t->q_tail = j->q_prev;
+    j->q_prev = j->q_next = NULL;
+    t->queued--;
+}
+
+void jobs_dispatch(struct jobs *t)
+{
+    while (t->q_head && !t->stopping &&
+           (t->cfg.max_starting <= 0 || t->starting < t->cfg.max_starting)) {
+        struct job *j = t->q_head;
+        queue_remove(t, j);
+        /* The record may have changed while the job waited: start what it
+         * says now. */
+        struct jobspec *spec = NULL;
+        if (!check_spec(t, j, &spec))
+            continue;
+        jobspec_free(j->spec);
+        j->spec = spec;
+        j->stop_grace_ms = spec->stop_grace_ms;
+        j->local = JOB_STARTING;
+        t->starting++;
+        jobs_spawn_worker(t, j, jobs_start_worker);
+    }
+}
+
 /* A record seen for the first time (or again after a restart) with no local
  * trace of the job. */
 static void reconcile_new(struct jobs *t, struct job *j)
 {
     const char *state = rec_state(j->rec);
-    struct pier_err err = {0};
 
     if (terminal(state)) {
         j->local = JOB_ENDED;
@@ -303,26 +384,15 @@ static void reconcile_new(struct jobs *t, struct job *j)
         j->local = JOB_ENDED;
         return;
     }
-    /* pending, or starting before a restart of the agent: start it. */
+    /* pending, or starting before a restart of the agent: start it, once a
+     * start slot is free. A spec it cannot run fails now, not in turn. */
     struct jobspec *spec = NULL;
-    if (jobspec_parse(j->rec, &spec, &err) < 0) {
-        fail_job(t, j, err.msg);
+    if (!check_spec(t, j, &spec))
         return;
-    }
-    if (strcmp(spec->id, j->id) != 0 || strcmp(spec->host_id, t->cfg.host_id) != 0 ||
-        !jobspec_id_ok(j->id, t->cfg.host_id)) {
-        struct buf why = BUF_INIT;
-        buf_printf(&why, "job %s names id \"%s\" and host \"%s\"; this is host %s", j->id, spec->id,
-                   spec->host_id, t->cfg.host_id);
-        fail_job(t, j, why.p);
-        buf_free(&why);
-        jobspec_free(spec);
-        return;
-    }
-    j->spec = spec;
-    j->stop_grace_ms = spec->stop_grace_ms;
-    j->local = JOB_STARTING;
-    jobs_spawn_worker(t, j, jobs_start_worker);
+    jobspec_free(spec);
+    j->local = JOB_QUEUED;
+    queue_push(t, j);
+    jobs_dispatch(t);
 }
 
 void jobs_reconcile(struct jobs *t, struct job *j)
@@ -335,6 +405,18 @@ void jobs_reconcile(struct jobs *t, struct job *j)
             reconcile_new(t, j);
         else
             j->local = JOB_ENDED;
+        break;
+    case JOB_QUEUED:
+        if (!desired_up(j)) {
+            queue_remove(t, j);
+            j->local = JOB_ENDED;
+            log_info("host", "job stopped before its start began", "job=%s", j->id);
+            if (j->rec && !j->deleted) {
+                char now[CLOCK_RFC3339_LEN];
+                clock_rfc3339(now);
+                jobs_observe(t, j, json_pack("{s:s, s:s}", "state", "down", "finished_at", now));
+            }
+        }
         break;
     case JOB_STARTING: break;
     case JOB_RUNNING:
@@ -785,6 +867,14 @@ int jobs_attach(struct jobs *t, const char *id, struct pier_err *err)
         rc = shim_attach(dir.p, err);
     buf_free(&dir);
     return rc;
+}
+
+void jobs_starts(struct jobs *t, int *starting, int *queued)
+{
+    pthread_mutex_lock(&t->lock);
+    *starting = t->starting;
+    *queued = t->queued;
+    pthread_mutex_unlock(&t->lock);
 }
 
 void jobs_usage(struct jobs *t, int *running, int64_t *memory, int64_t *cpu)

@@ -16,7 +16,9 @@
  * reports the ones that ended while it was away from their exit.json.
  *
  * Threads: one watch thread, one monitor thread (pidfds of the shims), a
- * worker thread per start or stop in progress; the table has one lock. */
+ * worker thread per start or stop in progress; the table has one lock.
+ * At most cfg.max_starting starts are in progress at once; the other jobs
+ * to start wait in a queue, in the order they came, still "pending". */
 #ifndef PIER_HOST_JOBS_H
 #define PIER_HOST_JOBS_H
 
@@ -46,7 +48,8 @@ struct jobs_config {
     int64_t memory_total; /* bytes jobs may use in all */
     size_t log_max_bytes;
     int log_max_files;
-    int keep_ended; /* directories of ended jobs kept (oldest removed first) */
+    int keep_ended;   /* directories of ended jobs kept (oldest removed first) */
+    int max_starting; /* starts in progress at once (until up or failed); 0: no bound */
 };
 
 struct jobs;
@@ -92,5 +95,7 @@ int jobs_dir(struct jobs *j, const char *id, struct buf *path, struct pier_err *
 int jobs_attach(struct jobs *j, const char *id, struct pier_err *err);
 /* Counts for the host record and status: running jobs and memory they hold. */
 void jobs_usage(struct jobs *j, int *running, int64_t *memory, int64_t *cpu);
+/* Starts in progress, and jobs queued waiting for a start slot. */
+void jobs_starts(struct jobs *j, int *starting, int *queued);
 
 #endif

@@ -20,6 +20,7 @@
 /* Where the agent is with a job, on this host. */
 enum job_local {
     JOB_NEW,      /* known from the store only */
+    JOB_QUEUED,   /* to be started, waiting for a start slot (still "pending") */
     JOB_STARTING, /* a worker prepares and starts it */
     JOB_RUNNING,  /* its shim runs */
     JOB_STOPPING, /* asked to stop; waiting for the shim to report the end */
@@ -48,6 +49,7 @@ struct job {
     struct health *health;
     int stop_grace_ms;
     json_t *exit; /* an exit.json found at adoption, reported once the record is seen */
+    struct job *q_prev, *q_next; /* in the start queue while JOB_QUEUED */
 };
 
 struct jobs {
@@ -65,6 +67,10 @@ struct jobs {
     int64_t memory_used, cpu_used;
     bool stopping;
     int64_t list_rev; /* the revision of the first list */
+    /* Bounded starts (jobs.c): jobs waiting for a start slot, oldest first,
+     * and the starts in progress (at most cfg.max_starting unless 0). */
+    struct job *q_head, *q_tail;
+    int queued, starting;
 
     pthread_t watch_thread, monitor_thread;
     bool threads_started;
@@ -82,6 +88,8 @@ void jobs_reconcile(struct jobs *t, struct job *j);
 /* Runs fn(t, j) on a new thread with j->busy set. Lock held. */
 void jobs_spawn_worker(struct jobs *t, struct job *j, void *(*fn)(void *));
 void jobs_job_dir(struct jobs *t, const char *id, struct buf *out);
+/* Begins queued starts while there are free start slots. Lock held. */
+void jobs_dispatch(struct jobs *t);
 
 /* jobs_run.c */
 void *jobs_start_worker(void *arg);

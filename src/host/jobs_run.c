@@ -288,7 +288,9 @@ void *jobs_start_worker(void *arg)
                                "finished_at", now));
         j->local = JOB_ENDED;
     }
+    t->starting--; /* up or failed: the slot goes to the next queued start */
     worker_done(t, j);
+    jobs_dispatch(t);
     pthread_mutex_unlock(&t->lock);
     buf_free(&dir);
     return NULL;

@@ -23,7 +23,7 @@
 
 struct host_flags {
     const char *id, *ports, *tags, *ttl, *stack, *memory, *cpu, *ip, *crun, *crun_root, *uid,
-        *keep_ended, *log_max_bytes, *log_max_files;
+        *keep_ended, *log_max_bytes, *log_max_files, *max_starting;
 };
 
 /* "k=v,k2=v2" into an object of strings. */
@@ -140,7 +140,7 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
 {
     char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096];
     long long memory = 0;
-    long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0;
+    long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0, max_starting = -1;
     long long log_bytes = 0;
     json_t *tags = NULL;
     struct store *s = NULL;
@@ -160,6 +160,8 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
          (rc = parse_size("log-max-bytes", hf->log_max_bytes, &log_bytes, err)) < 0) ||
         (hf->log_max_files &&
          (rc = parse_int("log-max-files", hf->log_max_files, 1, 100, &log_files, err)) < 0) ||
+        (hf->max_starting &&
+         (rc = parse_int("max-starting", hf->max_starting, 0, 100000, &max_starting, err)) < 0) ||
         (rc = parse_tags(hf->tags, &tags, err)) < 0 ||
         (rc = ports_new(hf->ports ? hf->ports : "20000-20999", &ports, err)) < 0)
         goto out;
@@ -182,6 +184,12 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         memory = prepare_memory_total();
     if (!cpu)
         cpu = sysconf(_SC_NPROCESSORS_ONLN) * 1000;
+    /* A few starts per core: a burst waits its turn instead of filling
+     * the run queue the store and the scheduler need too. */
+    if (max_starting < 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        max_starting = cpus > 1 ? 2 * cpus : 2;
+    }
     /* pierd-shim is installed (and built) next to pierd. */
     ssize_t n = readlink("/proc/self/exe", shim, sizeof(shim) - 16);
     if (n <= 0) {
@@ -229,6 +237,7 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         .log_max_bytes = (size_t)log_bytes,
         .log_max_files = (int)log_files,
         .keep_ended = (int)keep,
+        .max_starting = (int)max_starting,
     };
     jobs = jobs_new(&jc, s, ports, NULL);
     if ((rc = jobs_start(jobs, err)) < 0)
@@ -252,8 +261,8 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         goto out;
     jobs_set_hostrec(jobs, hr);
     host_api_set_hostrec(api, hr);
-    log_info("host", "ready", "id=%s api=%s ports=%d-%d memory_mb=%lld", id, addr, ports_lo(ports),
-             ports_hi(ports), memory >> 20);
+    log_info("host", "ready", "id=%s api=%s ports=%d-%d memory_mb=%lld max_starting=%ld", id, addr,
+             ports_lo(ports), ports_hi(ports), memory >> 20, max_starting);
 
     int sig = daemon_wait();
     log_info("host", "stopping; running jobs keep running", "signal=%d", sig);
@@ -291,6 +300,10 @@ int host_main(int argc, char **argv)
         {"log-max-bytes", "SIZE", "rotate a job's log at this size (default 10M)",
          &hf.log_max_bytes},
         {"log-max-files", "N", "log files kept per job (default 3)", &hf.log_max_files},
+        {"max-starting", "N",
+         "job starts in progress at once; the rest wait in order (default 2 per CPU, "
+         "at least 2; 0: no bound)",
+         &hf.max_starting},
         {NULL, NULL, NULL, NULL},
     };
     const struct daemon_spec spec = {

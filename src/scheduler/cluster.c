@@ -10,8 +10,8 @@
  * Placement (cluster_place) is where the safety lies; see cluster.h for
  * the compares. Within one call the memory and the spread counts of the
  * hosts are kept up to date as jobs are tentatively placed, so a batch of
- * 1000 wants is decided in one go and committed in a handful of
- * transactions, each one holding the jobs of its hosts and their ledgers. */
+ * 1000 wants is decided in one go, then committed by placecommit.h: each
+ * host's jobs in a chain of transactions, the hosts' chains concurrently. */
 #include "scheduler/cluster.h"
 
 #include <inttypes.h>
@@ -27,6 +27,7 @@
 #include "lib/log.h"
 #include "lib/uuid.h"
 #include "scheduler/jobbuild.h"
+#include "scheduler/placecommit.h"
 #include "scheduler/placement.h"
 
 /* etcd refuses more than 128 operations (--max-txn-ops) per branch and
@@ -364,7 +365,14 @@ void cluster_usage(const struct cluster *c, int64_t *memory, size_t *jobs)
     }
 }
 
-/* ---- placing ---- */
+/* ---- placing ----
+ *
+ * First every want gets its host in turn (placement.h), the host's memory,
+ * job count and spread counts updated at once as if the job were there, so
+ * the next want sees it; the job's record and the host's ledger after it
+ * are rendered then. Then placecommit.h commits them, one host's jobs in
+ * a chain of transactions and different hosts' concurrently, and the view
+ * takes in what committed, at each transaction's revision. */
 
 /* The spread counts of one (app, process type) over the hosts. */
 struct kind {
@@ -383,12 +391,12 @@ struct place {
     json_t *replacing;         /* ids of the jobs replaced in this call */
     struct kind *kinds;
     size_t n_kinds;
-    /* the batch being built */
-    struct store_txn *txn;
-    bool *touched; /* per host: its compares and ledger are in the batch */
-    size_t *batch; /* indexes of wants in the batch */
-    size_t n_batch, ops, cmps, bytes;
-    size_t committed;
+    /* the decided placements */
+    struct pc_host *hosts; /* per host */
+    struct pc_job *jobs;
+    size_t *job_want;  /* index in wants of each of jobs */
+    json_t **old_recs; /* per job: the replaced job's new record (NULL: none) */
+    size_t n_jobs;
 };
 
 /* "app\x1ftype" of a job, or NULL for a job without both. */
@@ -425,8 +433,10 @@ static void place_init(struct place *p)
     size_t nh = c->n_hosts ? c->n_hosts : 1;
     p->ph = xcalloc(nh, sizeof(*p->ph));
     p->jobs_on = xcalloc(nh, sizeof(*p->jobs_on));
-    p->touched = xcalloc(nh, sizeof(*p->touched));
-    p->batch = xcalloc(p->n ? p->n : 1, sizeof(*p->batch));
+    p->hosts = xcalloc(nh, sizeof(*p->hosts));
+    p->jobs = xcalloc(p->n ? p->n : 1, sizeof(*p->jobs));
+    p->job_want = xcalloc(p->n ? p->n : 1, sizeof(*p->job_want));
+    p->old_recs = xcalloc(p->n ? p->n : 1, sizeof(*p->old_recs));
     p->kind_index = json_object();
     p->replacing = json_object();
     int64_t *mem = xcalloc(nh, sizeof(*mem));
@@ -439,6 +449,8 @@ static void place_init(struct place *p)
             p->ph[h] = (struct placement_host){.id = c->hosts[h]->id, .up = false};
         }
         p->ph[h].memory_allocated = mem[h];
+        p->hosts[h] = (struct pc_host){c->hosts[h]->id, c->hosts[h]->create_revision,
+                                       ledger_rev(c, c->hosts[h]->id)};
     }
     free(mem);
     for (size_t i = 0; i < p->n; i++)
@@ -464,9 +476,15 @@ static void place_fini(struct place *p)
     json_decref(p->replacing);
     free(p->ph);
     free(p->jobs_on);
-    free(p->touched);
-    free(p->batch);
-    store_txn_free(p->txn);
+    for (size_t i = 0; i < p->n_jobs; i++) {
+        free((char *)p->jobs[i].text);
+        free((char *)p->jobs[i].old_text);
+        json_decref(p->old_recs[i]);
+    }
+    free(p->hosts);
+    free(p->jobs);
+    free(p->job_want);
+    free(p->old_recs);
 }
 
 static void job_key(struct buf *b, const char *id)
@@ -475,94 +493,9 @@ static void job_key(struct buf *b, const char *id)
     buf_printf(b, "%s%s", KEYS_JOBS, id);
 }
 
-/* The batch's compares and ledger of each host it places on. */
-static void flush_hosts(struct place *p)
-{
-    struct cluster *c = p->c;
-    cleanup_buf struct buf key = BUF_INIT;
-    for (size_t h = 0; h < c->n_hosts; h++) {
-        if (!p->touched[h])
-            continue;
-        const struct cluster_host *host = c->hosts[h];
-        buf_reset(&key);
-        buf_printf(&key, "%s%s", KEYS_HOSTS, host->id);
-        store_txn_cmp(p->txn, key.p, STORE_CMP_CREATE, STORE_EQ, host->create_revision);
-        buf_reset(&key);
-        buf_printf(&key, "%s%s", KEYS_PLACEMENTS, host->id);
-        store_txn_cmp(p->txn, key.p, STORE_CMP_MOD, STORE_EQ, ledger_rev(c, host->id));
-        json_t *ledger =
-            json_pack("{s:s,s:I,s:I}", "host", host->id, "jobs", (json_int_t)p->jobs_on[h],
-                      "memory", (json_int_t)p->ph[h].memory_allocated);
-        char *text = json_dumps(ledger, JSON_COMPACT);
-        store_txn_put(p->txn, STORE_THEN, key.p, text, strlen(text), 0);
-        free(text);
-        json_decref(ledger);
-    }
-}
-
-/* The batch's replaced jobs: compared, and put with "replaced_by". Returns
- * their new records (id -> record) to take into the view. */
-static json_t *flush_replaced(struct place *p)
-{
-    json_t *replaced = json_object();
-    cleanup_buf struct buf key = BUF_INIT;
-    for (size_t b = 0; b < p->n_batch; b++) {
-        struct cluster_want *w = &p->wants[p->batch[b]];
-        if (!w->replaces)
-            continue;
-        const struct cluster_job *old = cluster_job_find(p->c, w->replaces);
-        json_t *rec = json_deep_copy(old->rec);
-        json_object_set_new(rec, "replaced_by", json_string(w->id));
-        job_key(&key, old->id);
-        store_txn_cmp(p->txn, key.p, STORE_CMP_MOD, STORE_EQ, old->mod_revision);
-        char *text = json_dumps(rec, JSON_COMPACT);
-        store_txn_put(p->txn, STORE_THEN, key.p, text, strlen(text), 0);
-        free(text);
-        json_object_set_new(replaced, old->id, rec);
-    }
-    return replaced;
-}
-
-/* Commits the batch (the new jobs are in it already). On success the view
- * takes it all in at the transaction's revision. */
-static int place_flush(struct place *p, struct pier_err *err)
-{
-    if (p->n_batch == 0)
-        return 0;
-    struct cluster *c = p->c;
-    flush_hosts(p);
-    cleanup_json json_t *replaced = flush_replaced(p);
-    struct store_txn_result *res = NULL;
-    int rc = store_txn_commit(p->s, p->txn, &res, err);
-    if (rc == 0 && !res->succeeded)
-        rc = err_set(err, PIER_ECONFLICT,
-                     "another placement or a job change came first; retry with a fresh view");
-    if (rc == 0) {
-        int64_t rev = res->revision;
-        for (size_t h = 0; h < c->n_hosts; h++)
-            if (p->touched[h])
-                ledger_set(c, c->hosts[h]->id, rev);
-        const char *id;
-        json_t *rec;
-        json_object_foreach(replaced, id, rec) job_put(c, id, json_incref(rec), rev);
-        for (size_t b = 0; b < p->n_batch; b++) {
-            struct cluster_want *w = &p->wants[p->batch[b]];
-            job_put(c, w->id, json_deep_copy(w->job), rev);
-            w->placed = true;
-            p->committed++;
-        }
-    }
-    store_txn_result_free(res);
-    store_txn_free(p->txn);
-    p->txn = NULL;
-    memset(p->touched, 0, (c->n_hosts ? c->n_hosts : 1) * sizeof(*p->touched));
-    p->n_batch = p->ops = p->cmps = p->bytes = 0;
-    return rc;
-}
-
-/* Gives the want its id on host h and its place in the batch (flushing
- * first when the batch is full). */
-static int place_add(struct place *p, size_t wi, size_t h, struct pier_err *err)
+/* Gives want wi its id on host h (whose counts include it already) and
+ * renders its record, the host's ledger after it and the replaced job. */
+static void place_assign(struct place *p, size_t wi, size_t h)
 {
     struct cluster_want *w = &p->wants[wi];
     const char *host_id = p->c->hosts[h]->id;
@@ -578,33 +511,79 @@ static int place_add(struct place *p, size_t wi, size_t h, struct pier_err *err)
         json_object_set_new(w->job, "env", env);
     }
     json_object_set_new(env, "FLYNN_JOB_ID", json_string(w->id));
-    cleanup_free char *text = json_dumps(w->job, JSON_COMPACT);
-    size_t len = strlen(text);
-    /* A job: its put and create compare; a host new to the batch: two
-     * compares and its ledger; a replaced job: a compare and a put. */
-    size_t ops = 1 + (p->touched[h] ? 0 : 1) + (w->replaces ? 1 : 0);
-    size_t cmps = 1 + (p->touched[h] ? 0 : 2) + (w->replaces ? 1 : 0);
-    if (p->n_batch > 0 && (p->ops + ops > TXN_MAX_OPS || p->cmps + cmps > TXN_MAX_OPS ||
-                           p->bytes + len > TXN_MAX_BYTES)) {
-        int rc = place_flush(p, err);
-        if (rc < 0)
-            return rc;
-        ops = 2 + (w->replaces ? 1 : 0);
-        cmps = 3 + (w->replaces ? 1 : 0);
+    char *text = json_dumps(w->job, JSON_COMPACT);
+    struct pc_job *j = &p->jobs[p->n_jobs];
+    *j = (struct pc_job){
+        .host = h,
+        .id = w->id,
+        .text = text,
+        .len = strlen(text),
+        .memory = p->ph[h].memory_allocated,
+        .jobs = p->jobs_on[h],
+    };
+    if (w->replaces) {
+        const struct cluster_job *old = cluster_job_find(p->c, w->replaces);
+        json_t *rec = json_deep_copy(old->rec);
+        json_object_set_new(rec, "replaced_by", json_string(w->id));
+        j->replaces = w->replaces;
+        j->old_text = json_dumps(rec, JSON_COMPACT);
+        j->old_rev = old->mod_revision;
+        p->old_recs[p->n_jobs] = rec;
     }
-    if (!p->txn)
-        p->txn = store_txn_new();
-    cleanup_buf struct buf key = BUF_INIT;
-    job_key(&key, w->id);
-    /* The uuid is new; the compare makes "new" certain. */
-    store_txn_cmp(p->txn, key.p, STORE_CMP_CREATE, STORE_EQ, 0);
-    store_txn_put(p->txn, STORE_THEN, key.p, text, len, 0);
-    p->touched[h] = true;
-    p->batch[p->n_batch++] = wi;
-    p->ops += ops;
-    p->cmps += cmps;
-    p->bytes += len;
-    return 0;
+    p->job_want[p->n_jobs++] = wi;
+}
+
+/* Picks a host for want i and counts the job on it. */
+static void place_decide(struct place *p, size_t i)
+{
+    struct cluster *c = p->c;
+    struct cluster_want *w = &p->wants[i];
+    err_clear(&w->why);
+    if (w->replaces &&
+        (!cluster_job_find(c, w->replaces) || json_object_get(p->replacing, w->replaces))) {
+        err_set(&w->why, PIER_ECONFLICT, "job %s is gone or already being replaced", w->replaces);
+        return;
+    }
+    struct placement_job pj = {
+        .app = json_string_value(json_object_get(w->job, "app")),
+        .type = json_string_value(json_object_get(w->job, "type")),
+        .memory = jobbuild_memory(w->job),
+        .tags = w->tags && json_object_size(w->tags) ? w->tags : NULL,
+    };
+    ssize_t k = kind_of(p, w->job, false);
+    for (size_t h = 0; h < c->n_hosts; h++)
+        p->ph[h].same_kind = k >= 0 ? p->kinds[k].on[h] : 0;
+    int h = placement_pick(p->ph, c->n_hosts, &pj, &w->why);
+    if (h < 0)
+        return;
+    if (w->replaces)
+        json_object_set_new(p->replacing, w->replaces, json_true());
+    p->ph[h].memory_allocated += pj.memory;
+    p->jobs_on[h]++;
+    if (k >= 0)
+        p->kinds[k].on[h]++;
+    place_assign(p, i, (size_t)h);
+}
+
+/* Takes what committed into the view, at its transaction's revision. */
+static size_t place_apply(struct place *p)
+{
+    struct cluster *c = p->c;
+    size_t count = 0;
+    for (size_t h = 0; h < c->n_hosts; h++)
+        ledger_set(c, c->hosts[h]->id, p->hosts[h].ledger_rev);
+    for (size_t i = 0; i < p->n_jobs; i++) {
+        int64_t rev = p->jobs[i].revision;
+        struct cluster_want *w = &p->wants[p->job_want[i]];
+        if (rev == 0)
+            continue;
+        if (p->old_recs[i])
+            job_put(c, w->replaces, json_incref(p->old_recs[i]), rev);
+        job_put(c, w->id, json_deep_copy(w->job), rev);
+        w->placed = true;
+        count++;
+    }
+    return count;
 }
 
 int cluster_place(struct cluster *c, struct store *s, struct cluster_want *wants, size_t n,
@@ -612,44 +591,13 @@ int cluster_place(struct cluster *c, struct store *s, struct cluster_want *wants
 {
     struct place p = {.c = c, .s = s, .wants = wants, .n = n};
     place_init(&p);
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        struct cluster_want *w = &wants[i];
-        if (w->placed)
-            continue;
-        err_clear(&w->why);
-        if (w->replaces &&
-            (!cluster_job_find(c, w->replaces) || json_object_get(p.replacing, w->replaces))) {
-            err_set(&w->why, PIER_ECONFLICT, "job %s is gone or already being replaced",
-                    w->replaces);
-            continue;
-        }
-        struct placement_job pj = {
-            .app = json_string_value(json_object_get(w->job, "app")),
-            .type = json_string_value(json_object_get(w->job, "type")),
-            .memory = jobbuild_memory(w->job),
-            .tags = w->tags && json_object_size(w->tags) ? w->tags : NULL,
-        };
-        ssize_t k = kind_of(&p, w->job, false);
-        for (size_t h = 0; h < c->n_hosts; h++)
-            p.ph[h].same_kind = k >= 0 ? p.kinds[k].on[h] : 0;
-        int h = placement_pick(p.ph, c->n_hosts, &pj, &w->why);
-        if (h < 0)
-            continue;
-        rc = place_add(&p, i, (size_t)h, err);
-        if (rc < 0)
-            break;
-        if (w->replaces)
-            json_object_set_new(p.replacing, w->replaces, json_true());
-        p.ph[h].memory_allocated += pj.memory;
-        p.jobs_on[h]++;
-        if (k >= 0)
-            p.kinds[k].on[h]++;
-    }
-    if (rc == 0)
-        rc = place_flush(&p, err);
+    for (size_t i = 0; i < n; i++)
+        if (!wants[i].placed)
+            place_decide(&p, i);
+    int rc = placecommit_run(s, p.hosts, c->n_hosts, p.jobs, p.n_jobs, err);
+    size_t count = place_apply(&p);
     if (committed)
-        *committed = p.committed;
+        *committed = count;
     place_fini(&p);
     return rc;
 }

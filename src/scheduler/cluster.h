@@ -106,13 +106,18 @@ struct cluster_want {
 
 /* Places as many of wants as fit, spreading each app's process type over
  * hosts first and then preferring the host with most free memory
- * (placement.h), in transactions of at most 100 operations. A placed
- * want's job gets "id", "host_id", "uuid" and env FLYNN_JOB_ID. A want
- * no host can take is left with placed false and why set. A compare that
- * fails (another scheduler won a host) is PIER_ECONFLICT after what was
- * committed before it: refresh the view from the watch and call again with
- * the rest. Store errors pass through. *committed (optional) counts the
- * jobs placed. Wants already placed are skipped. */
+ * (placement.h). All wants are decided first; then each host's jobs are
+ * committed in transactions of at most 100 operations, one after another,
+ * and different hosts' concurrently (placecommit.h). A placed want's job
+ * gets "id", "host_id", "uuid" and env FLYNN_JOB_ID (so does a decided one
+ * whose transaction did not commit, with placed false and why empty). A
+ * want no host can take is left with placed false and why set. A compare
+ * that fails (another scheduler won a host) is PIER_ECONFLICT after what
+ * was committed (that host's later transactions are not tried; other
+ * hosts' are): refresh the view from the watch and call again with the
+ * rest. Store errors pass through (no transaction is started after one).
+ * *committed (optional) counts the jobs placed. Wants already placed are
+ * skipped. */
 int cluster_place(struct cluster *c, struct store *s, struct cluster_want *wants, size_t n,
                   size_t *committed, struct pier_err *err);
 

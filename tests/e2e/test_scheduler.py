@@ -376,3 +376,41 @@ def test_leader_handover(pier_store, start_host, start_pierd):
     scale(store, app, rel, {"web": 4})
     wait_for(lambda: len(up(jobs_of(store, app))) == 4, 30, "four web jobs up", [other])
     assert http_status(other.url + "/.well-known/status") == 200
+
+
+def test_big_pass_commits_per_host_chains(pier_store, start_pierd):
+    """A pass of 600 jobs on 5 hosts: each host gets 120, committed in two
+    transactions of that host alone (100 operations at most), the hosts'
+    transactions side by side and each host's second comparing the ledger
+    its first wrote. Nothing conflicts (no race is lost and retried), and
+    every ledger ends at the host's 120 jobs and their memory. The hosts
+    are records without agents, so the 600 jobs are only placed."""
+    store = pier_store
+    ids = [f"pc{uuid.uuid4().hex[:8]}h{i}" for i in range(5)]
+    for i, host_id in enumerate(ids):
+        kv_put(store, "/pier/v1/hosts/" + host_id, {
+            "id": host_id, "addr": f"127.0.0.1:{1 + i}", "ip": "127.0.0.1", "tags": {},
+            "memory": {"total": 4096 * MIB, "allocated": 0},
+            "cpu": {"total": 2000, "allocated": 0}, "ports": {"lo": 1, "hi": 2, "free": 1},
+            "jobs": 0, "version": "test", "started_at": now(), "heartbeat": now()})
+    sched = start_scheduler(start_pierd, store, "--log-level", "debug")
+    app, rel = make_app(store, {"worker": SLEEPER}, memory=16 * MIB)
+    scale(store, app, rel, {"worker": 600})
+    wait_for(lambda: len(jobs_of(store, app)) == 600, 30, "600 job records", [sched])
+    time.sleep(0.5)  # settled: nothing more is placed
+    jobs = jobs_of(store, app)
+    assert len(jobs) == 600
+    assert per_host(jobs) == {h: 120 for h in ids}
+    for host_id in ids:
+        assert kv_get(store, "/pier/v1/placements/" + host_id) == {
+            "host": host_id, "jobs": 120, "memory": 120 * 16 * MIB}
+    # The transactions, by the jobs' create revisions: two per host, one host each.
+    out = store_post(store, "/v3/kv/range", {"key": b64(JOBS), "range_end": b64(JOBS[:-1] + "0")})
+    txns = {}
+    for kv in out["kvs"]:
+        job = json.loads(base64.b64decode(kv["value"]))
+        txns.setdefault(int(kv["create_revision"]), set()).add(job["host_id"])
+    assert len(txns) == 10, sorted((rev, len(h)) for rev, h in txns.items())
+    assert all(len(hosts) == 1 for hosts in txns.values())
+    assert "lost a race" not in sched.stderr_text()
+    assert 'msg="placed jobs" count=600 ' in sched.stderr_text()  # in one pass
