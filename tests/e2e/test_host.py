@@ -401,7 +401,10 @@ def test_max_procs_stops_a_fork_bomb_and_the_host_stays_healthy(pier_store, star
         assert pids_cgroup(counter, "pids.max") == str(limit)
 
     # A real fork bomb.
-    bomb = put_job(agent, "bomb", ["/bin/sh", "-c", "f() { f | f & }; f; sleep 3600"],
+    # Its PID 1 becomes sleep at once, so the job lives on however the bomb
+    # fares (a shell that ran "f; sleep" could itself fail to fork sleep
+    # and end the job, and with it its cgroup, before the checks read it).
+    bomb = put_job(agent, "bomb", ["/bin/sh", "-c", "(f() { f | f & }; f) & exec sleep 3600"],
                    resources=res)
     wait_state(agent, bomb, "up")
     if Path("/sys/fs/cgroup/pids").is_dir():  # cgroup v1 (this machine kind)
