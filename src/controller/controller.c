@@ -16,20 +16,6 @@ static void ping(struct httpd_req *r, void *ud)
     httpd_reply(r, 200, "text/plain", "", 0);
 }
 
-/* The address other processes reach this one at: the listen host with the
- * bound port (a wildcard host is shown as loopback). */
-static char *own_addr(const char *listen, int port)
-{
-    const char *colon = strrchr(listen, ':');
-    size_t hlen = colon ? (size_t)(colon - listen) : 0;
-    struct buf b = BUF_INIT;
-    if (hlen == 0 || (hlen == 7 && strncmp(listen, "0.0.0.0", 7) == 0))
-        buf_printf(&b, "127.0.0.1:%d", port);
-    else
-        buf_printf(&b, "%.*s:%d", (int)hlen, listen, port);
-    return buf_detach(&b);
-}
-
 int controller_main(int argc, char **argv)
 {
     const char *domain = NULL;
@@ -85,7 +71,7 @@ int controller_main(int argc, char **argv)
         store_close(c.s);
         return 1;
     }
-    c.addr = own_addr(f.listen, httpd_port(h));
+    c.addr = httpd_reach_addr(h);
     struct ctl_worker *recorder = NULL;
     struct ctl_deployer *deployer = NULL;
     rc = leader_start(c.s, "controller", c.addr, 10, &c.leader, &err);

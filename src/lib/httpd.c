@@ -792,6 +792,18 @@ int httpd_port(const struct httpd *h)
     return h->port;
 }
 
+char *httpd_reach_addr(const struct httpd *h)
+{
+    const char *colon = strrchr(h->listen, ':');
+    size_t hlen = colon ? (size_t)(colon - h->listen) : 0;
+    struct buf b = BUF_INIT;
+    if (hlen == 0 || (hlen == 7 && strncmp(h->listen, "0.0.0.0", 7) == 0))
+        buf_printf(&b, "127.0.0.1:%d", httpd_port(h));
+    else
+        buf_printf(&b, "%.*s:%d", (int)hlen, h->listen, httpd_port(h));
+    return buf_detach(&b);
+}
+
 void httpd_set_data(struct httpd *h, void *data, void (*free_fn)(void *data))
 {
     h->data = data;

@@ -53,6 +53,10 @@ void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd
 int httpd_start(struct httpd *h, struct pier_err *err);
 /* The bound port (useful after listening on port 0). */
 int httpd_port(const struct httpd *h);
+/* The address other processes reach the server at, HOST:PORT: the listen
+ * host (a wildcard one as 127.0.0.1) with the bound port. A new string,
+ * free() it. After httpd_start. */
+char *httpd_reach_addr(const struct httpd *h);
 /* Attaches what the handlers share, for those who hold only the server:
  * httpd_data returns it, and httpd_free calls free_fn(data) (NULL: nothing)
  * once no handler runs any more. */

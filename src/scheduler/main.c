@@ -26,20 +26,6 @@ static void get_status(struct httpd_req *r, void *ud)
     httpd_reply_json(r, 200, sc ? schedloop_status(sc) : json_pack("{s:b}", "leader", false));
 }
 
-/* The address other processes reach this one at: the listen host with the
- * bound port (a wildcard host is shown as loopback). */
-static char *own_addr(const char *listen, int port)
-{
-    const char *colon = strrchr(listen, ':');
-    size_t hlen = colon ? (size_t)(colon - listen) : 0;
-    struct buf b = BUF_INIT;
-    if (hlen == 0 || (hlen == 7 && strncmp(listen, "0.0.0.0", 7) == 0))
-        buf_printf(&b, "127.0.0.1:%d", port);
-    else
-        buf_printf(&b, "%.*s:%d", (int)hlen, listen, port);
-    return buf_detach(&b);
-}
-
 /* A whole number in [lo, hi], or -1. */
 static long long number(const char *s, long long lo, long long hi)
 {
@@ -127,7 +113,7 @@ int scheduler_main(int argc, char **argv)
     struct api api = {0};
     httpd_route(h, "GET", "/status", get_status, &api, false);
     rc = httpd_start(h, &err);
-    char *addr = rc == 0 ? own_addr(f.listen, httpd_port(h)) : NULL;
+    char *addr = rc == 0 ? httpd_reach_addr(h) : NULL;
     if (rc == 0 && !o.always_lead)
         rc = leader_start(s, "scheduler", addr, ttl, &l, &err);
     if (rc == 0)
