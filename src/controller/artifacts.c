@@ -90,22 +90,7 @@ static void artifact_create(struct httpd_req *r, void *ud)
 
 static void artifact_list(struct httpd_req *r, void *ud)
 {
-    struct ctl *c = ud;
-    struct pier_err err = {0};
-    json_t *all = NULL;
-    int rc = ctl_list(c, KEYS_ARTIFACTS, &all, &err);
-    if (rc < 0) {
-        ctl_reply_err(r, rc, &err);
-        return;
-    }
-    ctl_sort_newest(all);
-    size_t i;
-    json_t *a;
-    json_array_foreach(all, i, a)
-    {
-        ctl_keep_fields(a, artifact_fields);
-    }
-    httpd_reply_json(r, 200, all);
+    ctl_reply_list(r, ud, KEYS_ARTIFACTS, artifact_fields);
 }
 
 static void artifact_get(struct httpd_req *r, void *ud)

@@ -219,3 +219,24 @@ int ctl_app_update(struct ctl *c, const char *ref, ctl_app_edit_fn edit, void *u
     }
     return err_set(err, PIER_ECONFLICT, "app %s: changed by others too often, try again", ref);
 }
+
+void ctl_reply_list(struct httpd_req *r, struct ctl *c, const char *prefix,
+                    const char *const *fields)
+{
+    struct pier_err err = {0};
+    json_t *all = NULL;
+    int rc = ctl_list(c, prefix, &all, &err);
+    if (rc < 0) {
+        ctl_reply_err(r, rc, &err);
+        return;
+    }
+    ctl_sort_newest(all);
+    size_t i;
+    json_t *rec;
+    json_array_foreach(all, i, rec)
+    {
+        if (fields)
+            ctl_keep_fields(rec, fields);
+    }
+    httpd_reply_json(r, 200, all);
+}

@@ -104,6 +104,10 @@ void ctl_keep_fields(json_t *obj, const char *const *fields);
 /* Sorts an array of records newest first: by created_at, then id, both
  * descending (RFC 3339 times of one width sort as strings). */
 void ctl_sort_newest(json_t *arr);
+/* Replies with every record under prefix, newest first, each cut to fields
+ * (NULL-terminated; NULL keeps every field): the plain list endpoints. */
+void ctl_reply_list(struct httpd_req *r, struct ctl *c, const char *prefix,
+                    const char *const *fields);
 
 /* Runs t: *ok says whether its compares held. */
 int ctl_txn_run(struct ctl *c, const struct store_txn *t, bool *ok, struct pier_err *err);

@@ -63,16 +63,7 @@ static void key_create(struct httpd_req *r, void *ud)
 
 static void key_list(struct httpd_req *r, void *ud)
 {
-    struct ctl *c = ud;
-    struct pier_err err = {0};
-    json_t *all = NULL;
-    int rc = ctl_list(c, KEYS_KEYS, &all, &err);
-    if (rc < 0) {
-        ctl_reply_err(r, rc, &err);
-        return;
-    }
-    ctl_sort_newest(all);
-    httpd_reply_json(r, 200, all);
+    ctl_reply_list(r, ud, KEYS_KEYS, NULL);
 }
 
 static void key_get(struct httpd_req *r, void *ud)
