@@ -5,6 +5,7 @@
 #include "controller/controller.h"
 #include "discoverd/discoverd.h"
 #include "host/host.h"
+#include "router/router_main.h"
 #include "scheduler/scheduler.h"
 #include "store/migrate.h"
 #include "store/server.h"
@@ -23,6 +24,8 @@ static const struct subcommand subcommands[] = {
      "the service scheduler: keeps formations at their counts, replaces crashed jobs"},
     {"controller", controller_main,
      "the cluster API (Flynn-compatible): apps, releases, formations, jobs, deploys"},
+    {"router", router_main,
+     "the HTTP(S) and TCP router: routes from the store, backends from discovery"},
     {"store-migrate", store_migrate_main,
      "move the cluster's state to another store (pierd store <-> etcd)"},
 };

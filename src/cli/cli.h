@@ -41,6 +41,8 @@ int cli_env(struct cli *c);
 int cli_releases(struct cli *c);
 /* pier rollback [RELEASE] */
 int cli_rollback(struct cli *c);
+/* pier route [add http|add tcp|update|remove] ... (route.c) */
+int cli_route(struct cli *c);
 /* pier log [-f] [-n N] [-t TYPE] [-j JOB] */
 int cli_log(struct cli *c);
 /* pier events [-f] [-n N] */

@@ -36,8 +36,8 @@ from conftest import CRUN, free_port, free_port_range, http_status, sanitizer_re
 REPO = Path(__file__).resolve().parents[2]
 UP = REPO / "scripts" / "up"
 PR_SET_CHILD_SUBREAPER = 36
-NAMES = ("store", "discoverd", "host", "scheduler", "controller")
-STOP_ORDER = ("controller", "scheduler", "host", "discoverd", "store")
+NAMES = ("store", "discoverd", "host", "scheduler", "controller", "router")
+STOP_ORDER = ("router", "controller", "scheduler", "host", "discoverd", "store")
 # Under load (other tests, benchmarks with many containers) a sanitizer
 # build is slow: waits are generous, what they wait for is exact.
 WAIT = 60
@@ -75,7 +75,10 @@ class Up:
         self.scheduler_url = self.urls["scheduler"]
         self.controller_url = self.urls["controller"]
         self.ports = free_port_range()  # the jobs' ports, apart from other tests'
+        self.http_port = free_port()  # the router's HTTP listener
+        self.domain = "up-test.localhost"
         self.env = dict(os.environ, PIER_HOME=str(home), PIER_HOST_PORTS="%d-%d" % self.ports,
+                        PIER_ROUTER_HTTP=f"127.0.0.1:{self.http_port}", PIER_DOMAIN=self.domain,
                         UBSAN_OPTIONS="print_stacktrace=1")
         for name, addr in self.addrs.items():
             self.env[f"PIER_{name.upper()}_LISTEN"] = addr
@@ -359,19 +362,20 @@ def workflow_until_up(up, p, tmp_path):
     assert re.search(r"^scale completed in \d+\.\ds$", r.stdout, re.M), r.stdout
 
     # Discovery has its address, and it answers HTTP there.
-    find = steps.line(f"curl -s {up.discoverd_url}/services/hello-web/instances")
-
-    def instances():
-        r = steps.sh(find)
-        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else []
-
-    [inst] = until(instances, "the web job in discovery")
+    status, insts = until(lambda: (lambda r: r if r[0] == 200 and r[1] else None)(
+        up.api(f"{up.discoverd_url}/services/hello-web/instances")), "the web job in discovery")
+    [inst] = insts
     assert inst["meta"]["job_id"] == job, inst
     host, port = inst["addr"].rsplit(":", 1)
     port = int(port)
     assert host == "127.0.0.1" and up.ports[0] <= port <= up.ports[1], inst
-    until(lambda: http_status(f"http://127.0.0.1:{port}/", timeout=5) == 200,
-          "the web job's HTTP server")
+
+    # The app's default route answers through the router, with the printed
+    # command (curl resolves *.localhost to the loopback address itself).
+    fetch = steps.line(f"curl -s http://hello.{up.domain}:{up.http_port}/")
+    assert fetch.endswith("   # through the router"), fetch
+    until(lambda: (lambda r: r.returncode == 0 and "Directory listing" in r.stdout)(
+        steps.sh(fetch)), "the web job's HTTP server through the router")
     return steps, key, rel, job, port
 
 
@@ -404,7 +408,7 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     # The agent, the scheduler and the controller ask for it; the
     # caller's PIER_KEY reached none of them.
     for url in (f"{up.host_url}/host/jobs", f"{up.scheduler_url}/status",
-                f"{up.controller_url}/apps"):
+                f"{up.controller_url}/apps", f"{up.urls['router']}/status"):
         assert up.api(url)[0] == 401, url
         assert up.api(url, "not-the-cluster-key")[0] == 401, url
         assert up.api(url, key)[0] == 200, url
@@ -421,6 +425,9 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     assert f"host        {up.host_url}   (host agent {host_id}; docs/host.md)" in p.stdout
     assert f"scheduler   {up.scheduler_url}   " in p.stdout
     assert f"controller  {up.controller_url}   (the API; docs/controller.md)" in p.stdout
+    assert (f"router      http://127.0.0.1:{up.http_port}   (every app at "
+            f"http://APP.{up.domain}:{up.http_port}; status at {up.urls['router']}/status; "
+            "docs/router.md)") in p.stdout
     assert f"cluster key {key}   (in {up.home}/key)" in p.stdout
     assert f"logs and PIDs in {up.home}; stop with 'make down'" in p.stdout
     assert "'git push' comes later" in p.stdout
@@ -432,7 +439,7 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
         steps.line("release=$(curl "),
         steps.line("curl -s -u "),
         "pier -a hello scale web=1",
-        f"curl -s {up.discoverd_url}/services/hello-web/instances   # its addr answers HTTP",
+        f"curl -s http://hello.{up.domain}:{up.http_port}/   # through the router",
         "pier -a hello ps",
         "pier -a hello log",
         "pier -a hello run -- sh -c 'echo hi from $DYNO'",
@@ -463,7 +470,7 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     rows = [ln.split() for ln in ok(steps.sh("pier -a hello ps")).stdout.splitlines()[1:]]
     assert [row[:3] for row in rows] == [[job, "web", "up"]], rows
 
-    # Running it again leaves all five alone, starts nothing, keeps the key
+    # Running it again leaves all six alone, starts nothing, keeps the key
     # and says the same.
     p2 = ok(up.run(up.build))
     for name in NAMES:
@@ -485,7 +492,7 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     until(lambda: up.api(f"{up.discoverd_url}/services/hello-web/instances")[1] == [],
           "the job out of discovery")
 
-    # --stop stops all five, by PID, controller first, store last, and
+    # --stop stops all six, by PID, router first, store last, and
     # forgets them; no job runs, so it says nothing about jobs.
     p3 = ok(up.run("--stop"))
     assert p3.stdout.splitlines() == stopped_all(pids)
@@ -516,9 +523,9 @@ def test_stop_leaves_jobs_running_and_says_how_to_stop_them(up, tmp_path):
     # The agent stops, the job does not; the script says so and how to stop it.
     p2 = ok(up.run("--stop"))
     lines = p2.stdout.splitlines()
-    assert lines[:3] == stopped_all(pids)[:3], p2.stdout
-    assert lines[-2:] == stopped_all(pids)[3:], p2.stdout
-    note = "\n".join(lines[3:-2])
+    assert lines[:4] == stopped_all(pids)[:4], p2.stdout
+    assert lines[-2:] == stopped_all(pids)[4:], p2.stdout
+    note = "\n".join(lines[4:-2])
     assert note.startswith("  1 job it runs keeps running: jobs belong to their shims"), note
     assert "docs/host.md" in note and "'make up'" in note
     m = re.search(r"\((pier -a APP scale web=0)\)", note)
