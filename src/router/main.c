@@ -7,9 +7,11 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lib/buf.h"
@@ -43,9 +45,31 @@ static void status_get(struct httpd_req *req, void *ud)
     httpd_reply_json(req, 200, j);
 }
 
+/* The sync's tables go to the router once it runs (the sync keeps the
+ * latest, which rsync_republish hands on then). */
+static _Atomic(struct router *) running;
+
 static void publish(void *ud, struct rtable *t)
 {
-    router_publish(ud, t);
+    (void)ud;
+    struct router *r = atomic_load(&running);
+    if (r)
+        router_publish(r, t);
+    else
+        rtable_unref(t);
+}
+
+/* Raises the open-file limit to its hard limit: every client and backend
+ * connection is a descriptor, and running out would fail connects to
+ * healthy backends. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn("router", "cannot raise the open-file limit", "error=\"%s\"", strerror(errno));
+    }
 }
 
 /* Parses an integer flag value in [min, max]. */
@@ -228,17 +252,25 @@ int router_main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    /* The routes first, so that the router never answers 404 for want of
+     * having read them. */
+    b = rtable_builder_new(tls_ctx_make, tls_ctx_free);
+    if (rsync_start(s, b, publish, NULL, &sync, &err) < 0) {
+        fprintf(stderr, "pierd router: %s\n", err.msg);
+        goto out;
+    }
+    if (rsync_wait_ready(sync, 10000) < 0)
+        log_warn("router", "no routes read from the store yet; answering 404 until then",
+                 "store=%s", f.store);
+    raise_nofile();
     rc = router_start(&cfg, &router, &err);
     if (rc < 0) {
         fprintf(stderr, "pierd router: %s\n", err.msg);
         status = rc == PIER_EINVAL ? 2 : 1; /* a bad address, or one that cannot be bound */
         goto out;
     }
-    b = rtable_builder_new(tls_ctx_make, tls_ctx_free);
-    if (rsync_start(s, b, publish, router, &sync, &err) < 0) {
-        fprintf(stderr, "pierd router: %s\n", err.msg);
-        goto out;
-    }
+    atomic_store(&running, router);
+    rsync_republish(sync);
     struct admin admin = {.router = router, .sync = sync};
     const struct httpd_options ho = {
         .listen = f.listen, .comp = "router", .key = f.key, .errors = HTTPD_ERRORS_FLYNN};
@@ -248,9 +280,6 @@ int router_main(int argc, char **argv)
         fprintf(stderr, "pierd router: %s\n", err.msg);
         goto out;
     }
-    if (rsync_wait_ready(sync, 10000) < 0)
-        log_warn("router", "no routes read from the store yet; answering 404 until then",
-                 "store=%s", f.store);
     log_info("router", "listening", "http=%s https=%s admin=%s admin_port=%d workers=%d",
              cfg.n_http ? http : "off", cfg.n_https ? https : "off", f.listen, httpd_port(h),
              cfg.workers);
@@ -259,8 +288,10 @@ int router_main(int argc, char **argv)
              cfg.shutdown_timeout_ms);
     status = 0;
 out:
-    /* The admin API and the sync go first (they call into the router),
-     * then the workers finish their requests with the last table. */
+    /* Stop accepting first; then the admin API and the sync (which call
+     * into the router) go, while the workers finish their requests. */
+    if (router)
+        router_drain(router);
     httpd_free(h);
     if (sync)
         rsync_stop(sync);

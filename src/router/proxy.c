@@ -432,12 +432,17 @@ json_t *router_status(struct router *r)
     return j;
 }
 
+void router_drain(struct router *r)
+{
+    for (int i = 0; i < r->n_workers; i++)
+        worker_signal_stop(&r->workers[i]);
+}
+
 void router_stop(struct router *r)
 {
     if (!r)
         return;
-    for (int i = 0; i < r->n_workers; i++)
-        worker_signal_stop(&r->workers[i]);
+    router_drain(r);
     for (int i = 0; i < r->n_workers; i++)
         worker_stop_join(&r->workers[i]);
     free(r->workers);

@@ -45,6 +45,10 @@ void router_publish(struct router *r, struct rtable *t);
  * "tcp_connections", "bad_requests", "timeouts"}, "workers"}. */
 json_t *router_status(struct router *r);
 
+/* Starts the graceful stop below and returns at once: from now on no
+ * connection is accepted. router_publish may still be called. */
+void router_drain(struct router *r);
+
 /* Graceful stop: listeners close, idle connections close, in-flight
  * requests and tunnels get up to cfg.shutdown_timeout_ms, then everything
  * is closed; the threads are joined and r is freed. */

@@ -321,6 +321,16 @@ int rsync_wait_ready(struct rsync *y, int timeout_ms)
     return ready ? 0 : PIER_ETIMEOUT;
 }
 
+void rsync_republish(struct rsync *y)
+{
+    pthread_mutex_lock(&y->mu);
+    if (y->latest) {
+        rtable_ref(y->latest);
+        y->publish(y->ud, y->latest);
+    }
+    pthread_mutex_unlock(&y->mu);
+}
+
 struct rtable *rsync_table(struct rsync *y)
 {
     pthread_mutex_lock(&y->mu);

@@ -23,6 +23,10 @@ int rsync_start(struct store *s, struct rtable_builder *b,
  * PIER_ETIMEOUT. */
 int rsync_wait_ready(struct rsync *y, int timeout_ms);
 
+/* Hands the latest table to publish again (nothing before the first), in
+ * order with the sync threads' own calls. */
+void rsync_republish(struct rsync *y);
+
 /* The latest table (a new reference) or NULL before the first. */
 struct rtable *rsync_table(struct rsync *y);
 

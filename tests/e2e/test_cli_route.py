@@ -411,8 +411,10 @@ def test_an_id_prefix_shared_by_several_routes_is_ambiguous(pier, cluster):
             break
         seen[rid[0]] = rid
     before = routes(cluster, "many")
+    # (the app's default http route may share that digit too)
+    n = sum(r["id"].startswith(rid[0]) for r in before)
     p = fails(pier("route", "-a", "many", "remove", rid[0]))
-    assert f'"{rid[0]}" matches 2 routes; give more of the id' in p.stderr, p.stderr
+    assert f'"{rid[0]}" matches {n} routes; give more of the id' in p.stderr, p.stderr
     assert routes(cluster, "many") == before
 
 
