@@ -174,9 +174,10 @@ void alog_request(struct alog *l, const struct cconn *c, uint64_t now_ns)
     char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
                     (char)('0' + us % 10)};
     buf_append(b, frac, 4);
+    /* The backend tried last, also when it failed (502, 504). */
     buf_puts(b, " backend=");
-    if (c->be)
-        put_value(b, c->be->addr, strlen(c->be->addr), ALOG_FIELD_MAX);
+    if (c->last_be)
+        put_value(b, c->last_be->addr, strlen(c->last_be->addr), ALOG_FIELD_MAX);
     else
         buf_putc(b, '-');
     buf_puts(b, " request_id=");

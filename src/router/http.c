@@ -101,9 +101,10 @@ void http_accept(struct listener *l)
         free(s);
         return;
     }
-    int prev = STAT_ADD(hw, client_conns, 1);
+    struct rstats *gs = &w->router->stats;
+    int prev = atomic_fetch_add_explicit(&gs->client_conns, 1, memory_order_relaxed);
     if (w->stopping || (cfg->max_conns > 0 && prev >= cfg->max_conns)) {
-        STAT_SUB(hw, client_conns, 1);
+        atomic_fetch_sub_explicit(&gs->client_conns, 1, memory_order_relaxed);
         rstream_close(s, free_stream);
         return;
     }
@@ -117,8 +118,14 @@ void http_accept(struct listener *l)
     if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->ip, sizeof(c->ip));
-        else if (ss.ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->ip, sizeof(c->ip));
+        else if (ss.ss_family == AF_INET6) {
+            /* A v4 client on a dual-stack listener: its address as IPv4. */
+            const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+            if (IN6_IS_ADDR_V4MAPPED(a6))
+                inet_ntop(AF_INET, &a6->s6_addr[12], c->ip, sizeof(c->ip));
+            else
+                inet_ntop(AF_INET6, a6, c->ip, sizeof(c->ip));
+        }
     }
     if (!c->ip[0])
         strcpy(c->ip, "unknown");
@@ -140,7 +147,6 @@ static void c_closed(struct rstream *s)
     free(s);
     free(c->hb);
     free(c);
-    STAT_SUB(hw, client_conns, 1);
     hw->nconns--;
     worker_check_done(hw);
 }
@@ -191,6 +197,9 @@ static void c_close(struct cconn *c)
     c->state = C_CLOSED;
     c_unlink(c);
     rstream_close(c->s, c_closed);
+    /* The socket is closed now (only the memory waits for the callback):
+     * a connection accepted next may take its place under --max-conns. */
+    atomic_fetch_sub_explicit(&c->hw->w->router->stats.client_conns, 1, memory_order_relaxed);
 }
 
 /* Gives up on the connection in the middle of a request. */
@@ -251,7 +260,7 @@ void local_response(struct cconn *c, int status, const char *body)
     }
     bool read_all = c->req_body == HTTP1_BODY_NONE || c->req_done;
     bool close = !c->keep_alive || !read_all || hw->w->stopping || status == 400 || status == 408 ||
-                 status == 431 || status == 505;
+                 status == 431 || status == 505 || (c->client_eof && c->hlen == c->hused);
     size_t blen = strlen(body);
     struct ob o;
     ob_init(&o);
@@ -273,7 +282,8 @@ void local_response(struct cconn *c, int status, const char *body)
     c->bytes = c->head_req ? 0 : blen;
     c->resp_started = true;
     count_response(hw, status);
-    /* The router answered itself: no backend in the log. */
+    /* The router answered itself: the backend's open count ends here (the
+     * log still names the backend tried last, c->last_be). */
     if (c->be)
         atomic_fetch_sub_explicit(&c->be->inflight, 1, memory_order_relaxed);
     c->be = NULL;
@@ -293,7 +303,7 @@ static void bad_head(struct cconn *c, int status, const char *body)
     clock_gettime(CLOCK_REALTIME, &c->t0_wall);
     c->method = c->host = c->path = c->rid = (struct span){0, 0};
     c->gen_rid[0] = '\0';
-    c->be = NULL;
+    c->be = c->last_be = NULL;
     c->status = 0;
     c->bytes = 0;
     c->keep_alive = c->head_req = false;
@@ -302,8 +312,25 @@ static void bad_head(struct cconn *c, int status, const char *body)
     local_response(c, status, body);
 }
 
+/* Whether the rest of the request's body is in c->hb already (a request
+ * whose client has shut its write side can still be answered). */
+static bool body_buffered(const struct cconn *c)
+{
+    size_t have = c->hlen - c->hused;
+    switch (c->req_body) {
+    case HTTP1_BODY_LENGTH: return have >= c->req_left;
+    case HTTP1_BODY_CHUNKED: {
+        struct http1_chunked ch = c->req_ch;
+        size_t rest = 0;
+        return http1_chunked_scan(&ch, c->hb + c->hused, have, &rest) == 0;
+    }
+    default: return true;
+    }
+}
+
 /* The request is over (response queued, or given up): log it, release the
- * backend, then go on with the next request or close. */
+ * backend, then go on with the next request or close. A connection that
+ * closes lingers until its queued bytes are written. */
 void c_finish(struct cconn *c)
 {
     struct hworker *hw = c->hw;
@@ -326,25 +353,36 @@ void c_finish(struct cconn *c)
     c->state = C_HEAD;
     c->active = c->head_start = now_ms(hw);
     c->b_paused = false;
+    if (c->client_eof) {
+        /* The client sent all it will: the complete requests it sent are
+         * answered in order (c_process closes after the last one). */
+        c->paused = 0;
+        if (!c->in_process) {
+            if (rest)
+                c_process(c);
+            else
+                c_linger(c);
+        }
+        return;
+    }
     c_read_resume(c, PAUSE_FULL | PAUSE_FLOW);
     if (c->state == C_HEAD && rest)
         c_process(c);
 }
 
-/* Absolute-form targets ("http://host/path") carry the host themselves. */
-static void route_input(const struct http1_request *q, struct str *host, struct str *path)
+/* Absolute-form targets ("http://host/path") carry the host themselves
+ * (and the backend gets it as Host, upstream.c). false: such a target
+ * with an empty host. */
+static bool route_input(const struct http1_request *q, struct str *host, struct str *path)
 {
     *host = q->host;
     *path = q->path;
-    if (path->len == 0 || path->p[0] == '/')
-        return;
-    const char *p = path->p, *end = path->p + path->len;
-    const char *sep = memchr(p, ':', path->len);
-    if (!sep || end - sep < 3 || sep[1] != '/' || sep[2] != '/')
-        return;
-    const char *a = sep + 3, *slash = memchr(a, '/', (size_t)(end - a));
-    *host = (struct str){a, (size_t)((slash ? slash : end) - a)};
-    *path = slash ? (struct str){slash, (size_t)(end - slash)} : STR_LIT("/");
+    struct str auth, rest;
+    if (!target_absolute(q->path, &auth, &rest))
+        return true;
+    *host = auth;
+    *path = rest.len ? rest : STR_LIT("/");
+    return auth.len > 0;
 }
 
 /* The request head c->hb[0..hend) is parsed into hw->req: route it. */
@@ -360,7 +398,6 @@ static void c_request(struct cconn *c, size_t hend)
     STAT_ADD(hw, requests, 1);
     c->method = span_of(c, q->method);
     c->path = span_of(c, q->path);
-    c->host = span_of(c, q->host);
     c->minor = q->minor_version;
     c->head_req = str_eq(q->method, "HEAD");
     c->keep_alive = http1_request_keep_alive(q) && !w->stopping;
@@ -378,6 +415,7 @@ static void c_request(struct cconn *c, size_t hend)
     c->bytes = 0;
     c->resp_started = c->retried = c->close_after = c->b_paused = false;
     c->ntried = 0;
+    c->last_be = NULL;
     c->gen_rid[0] = '\0';
     struct str rid = http1_header_get(q->headers, q->num_headers, "X-Request-Id");
     if (request_id_ok(rid)) {
@@ -388,7 +426,19 @@ static void c_request(struct cconn *c, size_t hend)
     }
 
     struct str host, path;
-    route_input(q, &host, &path);
+    bool host_ok = route_input(q, &host, &path);
+    c->host = span_of(c, host);
+    if (c->client_eof && !body_buffered(c)) {
+        c_close(c); /* it can never be whole */
+        return;
+    }
+    struct conn_names cn;
+    if (!host_ok || !conn_names_get(q->headers, q->num_headers, &cn)) {
+        STAT_ADD(hw, bad_requests, 1);
+        local_response(
+            c, 400, host_ok ? "too many Connection options\n" : "no host in the request target\n");
+        return;
+    }
     const struct rroute *route =
         w->table ? rtable_match_http(w->table, host.p, host.len, path.p, path.len) : NULL;
     if (!route) {
@@ -421,7 +471,7 @@ static void c_request(struct cconn *c, size_t hend)
         local_response(c, 503, "no backend available for this route\n");
         return;
     }
-    upstream_dispatch(c, be, false);
+    upstream_dispatch(c, be, false, true);
 }
 
 /* ---- client input ------------------------------------------------------ */
@@ -451,6 +501,9 @@ static void c_process(struct cconn *c)
         c_request(c, (size_t)r);
     }
     c->in_process = false;
+    /* After an EOF, nothing more will complete what is left. */
+    if (c->client_eof && c->state == C_HEAD)
+        c_linger(c);
 }
 
 static void c_on_data(struct rstream *s, char *buf, size_t n)
@@ -474,18 +527,29 @@ static void c_on_data(struct rstream *s, char *buf, size_t n)
 static void c_on_end(struct rstream *s, int why)
 {
     struct cconn *c = s->data;
-    /* A client that only shut its write side after a whole request still
-     * gets the response (printf ... | nc); one that leaves mid-request or
-     * resets aborts it, and the backend connection closes too. */
-    if (why == RSTREAM_EOF &&
-        (c->state == C_LINGER || ((c->state == C_PROXY || c->state == C_CONNECT) && c->req_done))) {
-        c->client_eof = true;
-        c->close_after = true;
-        if (c->state == C_LINGER && rstream_queued(c->s) == 0)
-            c_close(c);
+    /* A client that only shut its write side still gets the answer to
+     * every request it sent in full (printf ... | nc), in order, and the
+     * bytes already queued for it; then the connection closes. One that
+     * leaves mid-request or resets aborts it, and the backend connection
+     * closes too. */
+    if (why != RSTREAM_EOF) {
+        c_close(c);
         return;
     }
-    c_close(c);
+    c->client_eof = true;
+    switch (c->state) {
+    case C_HEAD: c_linger(c); break; /* only an incomplete head is left */
+    case C_LINGER:
+        if (rstream_queued(c->s) == 0)
+            c_close(c);
+        break;
+    case C_CONNECT:
+    case C_PROXY:
+        if (!c->req_done && (c->state == C_PROXY || !body_buffered(c)))
+            c_close(c);
+        break;
+    default: break;
+    }
 }
 
 /* ---- deadlines and shutdown ------------------------------------------- */
@@ -515,6 +579,8 @@ static void sweep_one(struct cconn *c, uint64_t now)
     case C_PROXY:
         if (!c->resp_started && c->req_done) {
             if (now - c->req_done_at >= (uint64_t)cfg->backend_timeout_ms) {
+                if (c->be)
+                    atomic_fetch_add_explicit(&c->be->failures, 1, memory_order_relaxed);
                 STAT_ADD(c->hw, backend_errors, 1);
                 STAT_ADD(c->hw, timeouts, 1);
                 local_response(c, 504, "the backend did not answer in time\n");
@@ -559,10 +625,15 @@ void http_stopping(struct hworker *hw)
 {
     for (struct cconn *c = hw->conns, *next; c; c = next) {
         next = c->next;
-        if (c->state == C_HEAD && c->hlen == 0)
-            c_close(c);
-        else
+        if (c->state == C_HEAD && c->hlen == 0) {
+            /* Idle, but maybe still writing its last response. */
+            if (rstream_queued(c->s) > 0)
+                c_linger(c);
+            else
+                c_close(c);
+        } else {
             c->close_after = true;
+        }
     }
     pool_close_all(&hw->pool);
 }

@@ -109,7 +109,7 @@ static void unlink_idle(struct pool *p, struct pool_slot *s, struct bconn *b)
         p->lru_tail = b->iprev;
     b->iprev = b->inext = NULL;
     b->idle = false;
-    atomic_fetch_sub_explicit(&b->hw->w->router->stats.idle_backend, 1, memory_order_relaxed);
+    STAT_SUB(b->hw, idle_backend, 1);
     if (--s->n == 0)
         slot_delete(p, s);
 }
@@ -144,7 +144,7 @@ void pool_put(struct pool *p, struct bconn *b, uint64_t now)
     p->lru_tail = b;
     b->idle = true;
     b->idle_since = now;
-    atomic_fetch_add_explicit(&b->hw->w->router->stats.idle_backend, 1, memory_order_relaxed);
+    STAT_ADD(b->hw, idle_backend, 1);
 }
 
 void pool_remove(struct pool *p, struct bconn *b)

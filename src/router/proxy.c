@@ -1,8 +1,9 @@
 /* proxy: the router's workers (router.h). Each worker is a thread running
  * its own libuv loop with its own SO_REUSEPORT listeners, so the kernel
  * spreads connections over them and they share nothing on the hot path
- * but the routing table (immutable, reference counted) and the counters
- * (relaxed atomics). The HTTP proxy itself is in http.c.
+ * but the routing table (immutable, reference counted) and the backends'
+ * open-request counts; each worker counts requests in its own struct
+ * rwstats, summed by router_status. The HTTP proxy itself is in http.c.
  *
  * A new table reaches a worker through its mutex and async handle; the
  * worker swaps it in between callbacks, so a request routed with the old
@@ -16,6 +17,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,6 +231,7 @@ static void *worker_main(void *arg)
     uv_loop_close(&w->loop);
     alog_free(&hw->log);
     rbuf_thread_cleanup();
+    ob_thread_cleanup();
     return NULL;
 }
 
@@ -323,7 +326,12 @@ int router_start(const struct rconfig *cfg, struct router **out, struct pier_err
     struct router *r = xcalloc(1, sizeof(*r));
     r->cfg = *cfg;
     r->n_workers = cfg->workers > 0 ? cfg->workers : 1;
-    r->workers = xcalloc((size_t)r->n_workers, sizeof(*r->workers));
+    /* Aligned for struct rwstats (a cache line each). */
+    size_t wsize = (size_t)r->n_workers * sizeof(*r->workers);
+    r->workers = aligned_alloc(_Alignof(struct rworker), wsize);
+    if (!r->workers)
+        abort();
+    memset(r->workers, 0, wsize);
     size_t n = cfg->n_http + cfg->n_https;
     struct sockaddr_storage *addrs = xcalloc(n ? n : 1, sizeof(*addrs));
     for (size_t i = 0; i < n; i++) {
@@ -396,9 +404,9 @@ void router_publish(struct router *r, struct rtable *t)
     rtable_unref(t);
 }
 
-static json_t *u64(atomic_ullong *v)
+static unsigned long long ld(atomic_ullong *v)
 {
-    return json_integer((json_int_t)atomic_load_explicit(v, memory_order_relaxed));
+    return atomic_load_explicit(v, memory_order_relaxed);
 }
 
 static json_t *i32(atomic_int *v)
@@ -406,25 +414,52 @@ static json_t *i32(atomic_int *v)
     return json_integer(atomic_load_explicit(v, memory_order_relaxed));
 }
 
+/* A global counter plus every worker's share of it (off: the field's
+ * offset in struct rwstats). */
+static json_t *sum(struct router *r, atomic_ullong *global, size_t off)
+{
+    unsigned long long v = ld(global);
+    for (int i = 0; i < r->n_workers; i++)
+        v += ld((atomic_ullong *)((char *)&r->workers[i].stats + off));
+    return json_integer((json_int_t)v);
+}
+
+/* A gauge: the global count (tcp.c's) plus the HTTP workers' own. */
+static json_t *gauge(struct router *r, atomic_int *global, size_t off)
+{
+    long long v = atomic_load_explicit(global, memory_order_relaxed);
+    unsigned long long w = 0;
+    for (int i = 0; i < r->n_workers; i++)
+        w += ld((atomic_ullong *)((char *)&r->workers[i].stats + off));
+    v += (long long)w;
+    return json_integer(v < 0 ? 0 : (json_int_t)v);
+}
+
+#define WOFF(field) offsetof(struct rwstats, field)
+
 json_t *router_status(struct router *r)
 {
     struct rstats *s = &r->stats;
     json_t *conns = json_object();
     json_object_set_new(conns, "client", i32(&s->client_conns));
-    json_object_set_new(conns, "backend", i32(&s->backend_conns));
+    json_object_set_new(conns, "backend", gauge(r, &s->backend_conns, WOFF(backend_conns)));
     json_object_set_new(conns, "tunnels", i32(&s->tunnels));
-    json_object_set_new(conns, "idle_backend", i32(&s->idle_backend));
+    json_object_set_new(conns, "idle_backend", gauge(r, &s->idle_backend, WOFF(idle_backend)));
     json_t *counters = json_object();
-    json_object_set_new(counters, "requests", u64(&s->requests));
+    json_object_set_new(counters, "requests", sum(r, &s->requests, WOFF(requests)));
     static const char *const names[5] = {"responses_1xx", "responses_2xx", "responses_3xx",
                                          "responses_4xx", "responses_5xx"};
     for (int i = 0; i < 5; i++)
-        json_object_set_new(counters, names[i], u64(&s->responses[i]));
-    json_object_set_new(counters, "backend_errors", u64(&s->backend_errors));
-    json_object_set_new(counters, "retries", u64(&s->retries));
-    json_object_set_new(counters, "tcp_connections", u64(&s->tcp_connections));
-    json_object_set_new(counters, "bad_requests", u64(&s->bad_requests));
-    json_object_set_new(counters, "timeouts", u64(&s->timeouts));
+        json_object_set_new(
+            counters, names[i],
+            sum(r, &s->responses[i], WOFF(responses) + (size_t)i * sizeof(atomic_ullong)));
+    json_object_set_new(counters, "backend_errors",
+                        sum(r, &s->backend_errors, WOFF(backend_errors)));
+    json_object_set_new(counters, "retries", sum(r, &s->retries, WOFF(retries)));
+    json_object_set_new(counters, "tcp_connections",
+                        json_integer((json_int_t)ld(&s->tcp_connections)));
+    json_object_set_new(counters, "bad_requests", sum(r, &s->bad_requests, WOFF(bad_requests)));
+    json_object_set_new(counters, "timeouts", sum(r, &s->timeouts, WOFF(timeouts)));
     json_t *j = json_object();
     json_object_set_new(j, "connections", conns);
     json_object_set_new(j, "counters", counters);

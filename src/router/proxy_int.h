@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <uv.h>
@@ -120,6 +121,7 @@ struct cconn {
     struct rbackend *be;     /* chosen; its inflight counts this request */
     struct rbackend *cookie; /* the backend a valid sticky cookie named */
     struct rbackend *tried[MAX_TRIES];
+    struct rbackend *last_be; /* the backend tried last (the log's), or NULL */
     unsigned ntried;
     struct bconn *b;
     struct span method, host, path, rid;
@@ -159,15 +161,16 @@ struct bconn {
 
 /* ---- shared helpers ---- */
 
-static inline struct rstats *stats_of(const struct hworker *hw)
+/* The worker's own counters (worker.h struct rwstats): only its thread
+ * writes them, so a plain load and store do (no locked instruction). */
+static inline void wstat_add(atomic_ullong *v, unsigned long long n)
 {
-    return &hw->w->router->stats;
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + n,
+                          memory_order_relaxed);
 }
 
-#define STAT_ADD(hw, field, n)                                                                     \
-    atomic_fetch_add_explicit(&stats_of(hw)->field, n, memory_order_relaxed)
-#define STAT_SUB(hw, field, n)                                                                     \
-    atomic_fetch_sub_explicit(&stats_of(hw)->field, n, memory_order_relaxed)
+#define STAT_ADD(hw, field, n) wstat_add(&(hw)->w->stats.field, (unsigned long long)(n))
+#define STAT_SUB(hw, field, n) wstat_add(&(hw)->w->stats.field, -(unsigned long long)(n))
 
 static inline const struct rconfig *cfg_of(const struct hworker *hw)
 {
@@ -192,23 +195,38 @@ static inline struct span span_of(const struct cconn *c, struct str s)
 }
 
 /* head.c */
-/* A head being written: in an rbuf, or on the heap past RBUF_SIZE. */
+/* A head being written, in a block from a per-thread free list (OB_SMALL
+ * bytes; a larger head moves to a block of its own on the heap). */
+struct ob_block;
 struct ob {
-    char *p;
+    struct ob_block *blk;
+    char *p; /* the block's bytes */
     size_t len, cap;
-    bool heap;
 };
 
 void ob_init(struct ob *o);
-void ob_need(struct ob *o, size_t n);
-void ob_put(struct ob *o, const void *p, size_t n);
+/* Moves o to a block with room for n more bytes. */
+void ob_grow(struct ob *o, size_t n);
+static inline void ob_need(struct ob *o, size_t n)
+{
+    if (o->len + n > o->cap)
+        ob_grow(o, n);
+}
+static inline void ob_put(struct ob *o, const void *p, size_t n)
+{
+    ob_need(o, n);
+    memcpy(o->p + o->len, p, n);
+    o->len += n;
+}
 #define OB_LIT(o, s) ob_put(o, s, sizeof(s) - 1)
 void ob_str(struct ob *o, struct str s);
 void ob_u64(struct ob *o, uint64_t v);
 /* "Name: value\r\n" */
 void ob_field(struct ob *o, const struct http1_header *h);
-/* Writes o to s and frees it; cb(ud) runs for the last piece. */
+/* Writes o to s and frees it once written; cb(ud) may be NULL. */
 int ob_write(struct ob *o, struct rstream *s, rstream_write_cb cb, void *ud);
+/* Frees the calling thread's free list of head blocks (at worker exit). */
+void ob_thread_cleanup(void);
 /* Writes bytes (not an rbuf) to s in rbuf copies. */
 int write_copy(struct rstream *s, const char *p, size_t n, rstream_write_cb cb, void *ud);
 
@@ -218,6 +236,7 @@ enum field {
     F_HOP, /* Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding */
     F_CONNECTION,
     F_CONTENT_LENGTH,
+    F_HOST,
     F_UPGRADE,
     F_XFF,
     F_XF_OTHER, /* X-Forwarded-Proto, X-Forwarded-Port, X-Request-Start: the router's */
@@ -232,14 +251,24 @@ static inline bool name_is(struct str n, const char *lit, size_t len)
 
 /* The field names a message's Connection fields list besides close,
  * keep-alive and upgrade (RFC 9110 7.6.1): hop-by-hop fields too. Host
- * is never one (a client listing it would strip it). */
-#define CONN_NAMES_MAX 8
+ * is never one (a client listing it would strip it). A message naming
+ * more than CONN_NAMES_MAX is refused (400, or 502 for a response), so no
+ * named field ever passes. */
+#define CONN_NAMES_MAX 64
 struct conn_names {
     struct str v[CONN_NAMES_MAX];
     size_t n;
 };
-void conn_names_get(const struct http1_header *h, size_t n, struct conn_names *out);
+/* false: more than CONN_NAMES_MAX names. */
+bool conn_names_get(const struct http1_header *h, size_t n, struct conn_names *out);
 bool conn_names_has(const struct conn_names *c, struct str name);
+
+/* An absolute-form request target ("http://user@host:port/p?q", RFC 9112
+ * 3.2.2): its authority without the userinfo ("host:port", maybe empty)
+ * and what follows it ("/p?q", "?q" or ""). false: another form. */
+bool target_absolute(struct str t, struct str *authority, struct str *rest);
+/* GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 9.2.2). */
+bool method_idempotent(struct str m);
 
 /* A client's X-Request-Id worth keeping: 1..200 printable characters. */
 bool request_id_ok(struct str v);
@@ -267,8 +296,11 @@ void c_on_written(struct rstream *s, int status, void *ud);
 void local_response(struct cconn *c, int status, const char *body);
 
 /* upstream.c: the backend side. */
-/* Sends c's request to be (fresh: on a new connection, not the pool). */
-void upstream_dispatch(struct cconn *c, struct rbackend *be, bool fresh);
+/* Sends c's request to be. fresh: on a new connection, not the pool.
+ * parsed: hw->req holds c's head, parsed in this very call (else it is
+ * parsed again from c->hb before it is written: the scratch may hold
+ * another connection's request by now). */
+void upstream_dispatch(struct cconn *c, struct rbackend *be, bool fresh, bool parsed);
 /* c's connect ran out of time (the sweep). */
 void upstream_connect_failed(struct cconn *c, bool timed_out);
 /* Client bytes while c's request is in flight. */

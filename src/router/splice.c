@@ -4,9 +4,10 @@
  * writes side 1-i. Each read buffer is handed to the other stream as it
  * is (rstream_write_buf), so plain tunnels copy nothing. A direction stops
  * reading while its destination has more than RSTREAM_HIGH_WATER queued
- * and starts again from the destination's write callback once the queue
- * is down to half of it (the gap keeps read_stop/read_start, each an
- * epoll_ctl, from flapping on every write).
+ * (the memory held, not the bytes: see stream.h) and starts again from
+ * the destination's write callback once the queue is down to half of it
+ * (the gap keeps read_stop/read_start, each an epoll_ctl, from flapping
+ * on every write).
  *
  * The tunnel ends in one of three ways:
  *   - both directions saw an EOF and every byte was handed to the kernel:

@@ -22,6 +22,14 @@
  * waiting there; a close hands them to the close path (UV_ECANCELED), so
  * no callback runs after close_cb.
  *
+ * Flow control counts memory, not bytes (s->held, rstream_queued): a write
+ * left in libuv's queue holds its whole rbuf however few bytes it carries,
+ * so a peer that sends many small pieces to a reader that does not read
+ * pins at most RSTREAM_HIGH_WATER / RBUF_SIZE rbufs per stream before its
+ * source is paused, not one rbuf per piece up to RSTREAM_HIGH_WATER bytes.
+ * Writes the kernel takes at once are never counted, so the fast path does
+ * no extra work.
+ *
  * Memory: rbufs and write requests come from small per-thread free lists,
  * so a steady stream of requests allocates nothing. The TLS state (the idle
  * handle, the deferred writes) lives in a block hung on tcp.data; a plain
@@ -56,6 +64,7 @@ struct wreq {
     rstream_write_cb cb;
     void *ud;
     char *owned;        /* an rbuf freed when the write is done */
+    size_t held;        /* its share of s->held while in libuv's queue */
     struct wreq *chain; /* TLS: plaintext writes completing with this one */
     struct wreq *next;  /* in a chain, or on the free list */
     void (*close_cb)(struct rstream *s);
@@ -83,11 +92,13 @@ struct doneq {
 static __thread struct doneq doneq;
 static __thread char *rbuf_free;
 static __thread unsigned rbuf_nfree;
+static __thread size_t rbuf_out;
 static __thread struct wreq *wreq_free;
 static __thread unsigned wreq_nfree;
 
 char *rbuf_get(void)
 {
+    rbuf_out++;
     char *b = rbuf_free;
     if (!b)
         return xmalloc(RBUF_SIZE);
@@ -100,6 +111,7 @@ void rbuf_put(char *buf)
 {
     if (!buf)
         return;
+    rbuf_out--;
     if (rbuf_nfree >= RBUF_CACHE) {
         free(buf);
         return;
@@ -107,6 +119,11 @@ void rbuf_put(char *buf)
     memcpy(buf, &rbuf_free, sizeof(char *));
     rbuf_free = buf;
     rbuf_nfree++;
+}
+
+size_t rbuf_outstanding(void)
+{
+    return rbuf_out;
 }
 
 void rbuf_thread_cleanup(void)
@@ -141,6 +158,7 @@ static struct wreq *wreq_get(struct rstream *s)
     r->cb = NULL;
     r->ud = NULL;
     r->owned = NULL;
+    r->held = 0;
     r->chain = NULL;
     r->next = NULL;
     r->close_cb = NULL;
@@ -173,6 +191,7 @@ static void stream_init(struct rstream *s, const struct rstream_cbs *cbs)
     s->cbs = cbs;
     s->tls = NULL;
     s->queued = 0;
+    s->held = 0;
     s->flags = 0;
 }
 
@@ -319,7 +338,9 @@ static void complete_list(struct wreq *r, int status)
 
 static void on_written(uv_write_t *req, int status)
 {
-    complete(wreq_of(req), status);
+    struct wreq *r = wreq_of(req);
+    r->s->held -= r->held; /* before the callback, which looks at it */
+    complete(r, status);
 }
 
 static void on_check(uv_check_t *h)
@@ -408,7 +429,19 @@ static int raw_write(struct rstream *s, const uv_buf_t *bufs, unsigned n, struct
         bufs = rest;
         n = k;
     }
-    return uv_write(&r->u.w, (uv_stream_t *)&s->tcp, bufs, n, on_written);
+    /* What stays in memory until the write is done (rstream_queued). */
+    size_t held = 0;
+    if (r->owned)
+        held = RBUF_SIZE;
+    else
+        for (unsigned i = 0; i < n; i++)
+            held += bufs[i].len;
+    int e = uv_write(&r->u.w, (uv_stream_t *)&s->tcp, bufs, n, on_written);
+    if (e == 0) {
+        r->held = held;
+        s->held += held;
+    }
+    return e;
 }
 
 /* Writes the ciphertext the engine has. user (may be NULL): a plaintext
@@ -522,9 +555,7 @@ int rstream_write_buf(struct rstream *s, char *buf, size_t n, rstream_write_cb c
 
 size_t rstream_queued(const struct rstream *s)
 {
-    /* libuv's count of bytes it holds; for TLS the ciphertext, which is
-     * within a few percent of the plaintext it carries. */
-    return s->tcp.write_queue_size;
+    return s->held;
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)

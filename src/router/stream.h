@@ -9,8 +9,10 @@
  *
  * Flow control is the caller's: rstream_read_stop() the source while
  * rstream_queued() of the destination is above RSTREAM_HIGH_WATER, and
- * start it again from the destination's write callback. A stream belongs
- * to its loop's thread. */
+ * start it again from the destination's write callback. rstream_queued
+ * counts the memory the queued writes hold, not their bytes, so the
+ * high water bounds memory even when the pieces are small. A stream
+ * belongs to its loop's thread. */
 #ifndef PIER_ROUTER_STREAM_H
 #define PIER_ROUTER_STREAM_H
 
@@ -23,7 +25,7 @@
 
 /* Size of every read buffer. */
 #define RBUF_SIZE (64 * 1024)
-/* Bytes queued for writing above which a source should stop reading. */
+/* rstream_queued() above which a source should stop reading. */
 #define RSTREAM_HIGH_WATER (256 * 1024)
 
 /* A read buffer of RBUF_SIZE bytes from the calling thread's free list. */
@@ -32,6 +34,10 @@ char *rbuf_get(void);
 void rbuf_put(char *buf);
 /* Frees the calling thread's free list (at worker exit). */
 void rbuf_thread_cleanup(void);
+/* rbufs the calling thread has taken with rbuf_get and not yet put back:
+ * the memory its streams hold in read and write buffers, RBUF_SIZE each
+ * (for tests and diagnostics). */
+size_t rbuf_outstanding(void);
 
 struct rstream;
 
@@ -59,7 +65,8 @@ struct rstream {
     /* private below */
     const struct rstream_cbs *cbs;
     struct tls_conn *tls;
-    size_t queued;
+    size_t queued; /* completions waiting to run */
+    size_t held;   /* rstream_queued() */
     unsigned flags;
 };
 
@@ -86,7 +93,12 @@ int rstream_write(struct rstream *s, const uv_buf_t *bufs, unsigned n, rstream_w
 /* Writes buf[0..n) and frees buf (an rbuf) once written. */
 int rstream_write_buf(struct rstream *s, char *buf, size_t n, rstream_write_cb cb, void *ud);
 
-/* Plaintext bytes accepted by writes and not yet handed to the kernel. */
+/* The memory held by writes not yet handed to the kernel: RBUF_SIZE for
+ * each rbuf still queued (one from rstream_write_buf, or a TLS stream's
+ * ciphertext buffer), however few bytes it carries, plus the bytes of
+ * rstream_write's borrowed buffers still queued. 0 once everything written
+ * was handed to the kernel; a write's callback sees it without that write.
+ * Writes the kernel took at once never count. */
 size_t rstream_queued(const struct rstream *s);
 
 /* Ends the write side once queued writes are out (FIN; TLS: close_notify

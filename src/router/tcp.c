@@ -9,12 +9,26 @@
  * the backend connects waits in the kernel.
  *
  * The wanted ports are kept sorted, like rtable_tcp_ports gives them, so a
- * sync is one merge of the old list with the table's. A port whose bind
- * failed stays in the list without a listener and is tried again at every
- * sync; its failure is logged once per cause, not at every sync. */
+ * sync is one merge of the old list with the table's, done only when the
+ * ports changed. A port whose bind failed stays in the list without a
+ * listener and is tried again at every sync; its failure is logged once
+ * per cause, not at every sync.
+ *
+ * SO_REUSEPORT lets routers on one host share a tcp route's port (on
+ * purpose), but it would also let a tcp route join the kernel group of
+ * the router's own http/https listeners and take a share of their
+ * connections: a route whose port (and address) overlaps one of those is
+ * never listened on, with one warning.
+ *
+ * Shutdown: connections still connecting to a backend are kept on a list
+ * and ended at once when the listeners close (tcp_stop_listening), so no
+ * retry runs after stop and the worker's loop ends without waiting out
+ * connect timeouts. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -34,20 +48,37 @@ struct tcp_listener {
     int port;
 };
 
+/* tcp_port.err of a port the router's own http/https listeners use. */
+#define TCP_ERR_OWN 1
+
 struct tcp_port {
     int port;
     struct tcp_listener *l; /* NULL while binding fails */
-    int err;                /* the last bind failure (a libuv error), 0 if none */
+    int err;                /* the last bind failure (a libuv error), TCP_ERR_OWN, 0 if none */
 };
+
+/* An address and port, IPv4 ones as such (v4-mapped IPv6 too). */
+struct net_addr {
+    int family;
+    unsigned char a[16];
+    int port;
+};
+
+struct tcp_conn;
 
 struct tcp_state {
     struct tcp_port *v; /* sorted by port */
     size_t n;
+    struct net_addr *own; /* the http and https listeners' addresses */
+    size_t n_own;
+    struct net_addr ip;          /* tcp routes listen on this (port 0) */
+    struct tcp_conn *connecting; /* connections before their tunnel */
 };
 
 /* One client connection, from accept until its tunnel ended. */
 struct tcp_conn {
     struct rworker *w;
+    struct tcp_conn *prev, *next; /* on connecting until the tunnel starts */
     int port;
     int holds; /* the timer's close callback and, once spliced, the tunnel */
     struct rstream *client;
@@ -109,9 +140,22 @@ static void on_timer_closed(uv_handle_t *h)
     conn_release(h->data);
 }
 
+static void conn_unlink(struct tcp_conn *c)
+{
+    struct tcp_state *st = c->w->tcp;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        st->connecting = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
 /* Gives up on the client (no backend took it, or shutdown began). */
 static void conn_fail(struct tcp_conn *c)
 {
+    conn_unlink(c);
     client_gone(c->w, c->client);
     c->client = NULL;
     rtable_unref(c->table);
@@ -147,6 +191,10 @@ static void on_connect_timeout(uv_timer_t *t);
 static void conn_try(struct tcp_conn *c)
 {
     struct rworker *w = c->w;
+    if (w->stopping) {
+        conn_fail(c);
+        return;
+    }
     while (c->ntried < TCP_MAX_TRIES) {
         struct rbackend *be =
             rtable_pick(c->route, c->tried, c->ntried, (int64_t)uv_now(&w->loop), &w->rng);
@@ -228,6 +276,7 @@ static void on_backend_connect(struct rstream *s, int status)
     rtable_unref(c->table);
     c->table = NULL;
     c->route = NULL;
+    conn_unlink(c);
     c->holds++;
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     rsplice_start(w, c->client, s, NULL, 0, NULL, 0, w->router->cfg.idle_timeout_ms, on_tunnel_done,
@@ -274,7 +323,101 @@ static void on_connection(uv_stream_t *server, int status)
     c->start_ms = uv_now(&w->loop);
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
+    struct tcp_state *ts = w->tcp;
+    c->next = ts->connecting;
+    if (c->next)
+        c->next->prev = c;
+    ts->connecting = c;
     conn_try(c);
+}
+
+/* Parses a numeric address ("" and "0.0.0.0" are the IPv4 wildcard,
+ * "localhost" is 127.0.0.1, brackets allowed around IPv6). */
+static int addr_parse(const char *host, size_t len, struct net_addr *out)
+{
+    char h[INET6_ADDRSTRLEN + 2];
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') {
+        host++;
+        len -= 2;
+    }
+    if (len >= sizeof(h))
+        return -1;
+    memcpy(h, host, len);
+    h[len] = '\0';
+    memset(out, 0, sizeof(*out));
+    if (len == 0 || strcmp(h, "localhost") == 0) {
+        out->family = AF_INET;
+        if (len)
+            inet_pton(AF_INET, "127.0.0.1", out->a);
+        return 0;
+    }
+    if (inet_pton(AF_INET, h, out->a) == 1) {
+        out->family = AF_INET;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, h, out->a) != 1)
+        return -1;
+    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+    out->family = AF_INET6;
+    if (memcmp(out->a, mapped, sizeof(mapped)) == 0) {
+        memmove(out->a, out->a + 12, 4);
+        memset(out->a + 4, 0, 12);
+        out->family = AF_INET;
+    }
+    return 0;
+}
+
+static bool addr_any(const struct net_addr *x)
+{
+    static const unsigned char zero[16];
+    return memcmp(x->a, zero, x->family == AF_INET ? 4 : 16) == 0;
+}
+
+/* Whether listeners on x and y would share connections: the same port and
+ * address, or a wildcard covering the other (an IPv6 wildcard covers IPv4
+ * too, dual-stack being Linux's default). */
+static bool addr_overlap(const struct net_addr *x, const struct net_addr *y)
+{
+    if (x->port != y->port)
+        return false;
+    if (x->family != y->family)
+        return (x->family == AF_INET6 && addr_any(x)) || (y->family == AF_INET6 && addr_any(y));
+    return addr_any(x) || addr_any(y) || memcmp(x->a, y->a, 16) == 0;
+}
+
+/* Notes the router's own listen addresses ("host:port", as proxy.c reads
+ * them) and the tcp routes' address, once per worker. */
+static void own_init(struct rworker *w, struct tcp_state *st)
+{
+    const struct rconfig *cfg = &w->router->cfg;
+    const char *ip = cfg->tcp_ip ? cfg->tcp_ip : "0.0.0.0";
+    if (addr_parse(ip, strlen(ip), &st->ip) < 0)
+        st->ip.family = 0; /* tcp_listen fails on it anyway */
+    size_t n = cfg->n_http + cfg->n_https;
+    st->own = calloc(n ? n : 1, sizeof(*st->own));
+    if (!st->own)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        const char *a = i < cfg->n_http ? cfg->http[i] : cfg->https[i - cfg->n_http];
+        const char *colon = strrchr(a, ':');
+        struct net_addr *o = &st->own[st->n_own];
+        if (!colon || addr_parse(a, (size_t)(colon - a), o) < 0)
+            continue;
+        o->port = atoi(colon + 1);
+        st->n_own++;
+    }
+}
+
+static bool port_is_own(const struct tcp_state *st, int port)
+{
+    if (!st->ip.family)
+        return false;
+    struct net_addr at = st->ip;
+    at.port = port;
+    for (size_t i = 0; i < st->n_own; i++)
+        if (addr_overlap(&at, &st->own[i]))
+            return true;
+    return false;
 }
 
 /* A listener on tcp_ip:port, or a libuv error. */
@@ -326,8 +469,16 @@ static int tcp_listen(struct rworker *w, int port, struct tcp_listener **out)
 /* Binds port p if it has no listener yet; logs a failure once per cause. */
 static void port_bind(struct rworker *w, struct tcp_port *p)
 {
-    if (p->l)
+    if (p->l || p->err == TCP_ERR_OWN)
         return;
+    if (port_is_own(w->tcp, p->port)) {
+        p->err = TCP_ERR_OWN;
+        if (w->index == 0)
+            log_warn("router", "tcp route not listened on: the router serves http there",
+                     "port=%d ip=%s", p->port,
+                     w->router->cfg.tcp_ip ? w->router->cfg.tcp_ip : "0.0.0.0");
+        return;
+    }
     int r = tcp_listen(w, p->port, &p->l);
     if (r == 0) {
         if (p->err)
@@ -350,6 +501,20 @@ static void port_close(struct tcp_port *p)
     p->l = NULL;
 }
 
+/* Whether ports (sorted, maybe with repeats) are the ports of st->v. */
+static bool ports_same(const struct tcp_state *st, const int *ports, size_t n)
+{
+    size_t i = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (j > 0 && ports[j] == ports[j - 1])
+            continue;
+        if (i == st->n || st->v[i].port != ports[j])
+            return false;
+        i++;
+    }
+    return i == st->n;
+}
+
 void tcp_sync(struct rworker *w)
 {
     if (w->stopping || !w->table)
@@ -360,11 +525,15 @@ void tcp_sync(struct rworker *w)
         if (!st)
             abort();
         w->tcp = st;
+        own_init(w, st);
     }
     size_t n;
     const int *ports = rtable_tcp_ports(w->table, &n);
-    if (n == 0 && st->n == 0)
+    if (ports_same(st, ports, n)) {
+        for (size_t i = 0; i < st->n; i++)
+            port_bind(w, &st->v[i]); /* no-op unless an earlier bind failed */
         return;
+    }
     struct tcp_port *v = n ? calloc(n, sizeof(*v)) : NULL;
     if (n && !v)
         abort();
@@ -389,6 +558,21 @@ void tcp_sync(struct rworker *w)
     st->n = m;
 }
 
+/* Ends a connection still connecting (shutdown began): the client is
+ * closed, the backend not blamed. */
+static void conn_abort(struct tcp_conn *c)
+{
+    if (c->backend) {
+        atomic_fetch_sub_explicit(&c->be->inflight, 1, memory_order_relaxed);
+        c->backend->data = NULL; /* its connect callback finds nothing */
+        rstream_close(c->backend, free_stream);
+        c->backend = NULL;
+        c->be = NULL;
+    }
+    uv_timer_stop(&c->timer);
+    conn_fail(c);
+}
+
 void tcp_stop_listening(struct rworker *w)
 {
     struct tcp_state *st = w->tcp;
@@ -399,6 +583,8 @@ void tcp_stop_listening(struct rworker *w)
     free(st->v);
     st->v = NULL;
     st->n = 0;
+    while (st->connecting)
+        conn_abort(st->connecting);
 }
 
 void tcp_free(struct rworker *w)
@@ -407,6 +593,7 @@ void tcp_free(struct rworker *w)
     if (!st)
         return;
     free(st->v);
+    free(st->own);
     free(st);
     w->tcp = NULL;
 }

@@ -29,10 +29,10 @@ static const struct rstream_cbs backend_cbs = {
 
 /* Sends the request to be: on an idle pooled connection at once, else on
  * a new one once it connects. fresh: never from the pool. */
-void upstream_dispatch(struct cconn *c, struct rbackend *be, bool fresh)
+void upstream_dispatch(struct cconn *c, struct rbackend *be, bool fresh, bool parsed)
 {
     struct hworker *hw = c->hw;
-    c->be = be;
+    c->be = c->last_be = be;
     atomic_fetch_add_explicit(&be->inflight, 1, memory_order_relaxed);
     struct bconn *b = NULL;
     if (!fresh && !c->route->disable_keep_alives)
@@ -43,7 +43,7 @@ void upstream_dispatch(struct cconn *c, struct rbackend *be, bool fresh)
         b->got_bytes = false;
         c->b = b;
         c->state = C_PROXY;
-        send_request(c, false);
+        send_request(c, !parsed);
         return;
     }
     b = xcalloc(1, sizeof(*b));
@@ -92,7 +92,7 @@ void upstream_connect_failed(struct cconn *c, bool timed_out)
         struct rbackend *next =
             rtable_pick(c->route, c->tried, c->ntried, (int64_t)now_ms(hw), &hw->w->rng);
         if (next) {
-            upstream_dispatch(c, next, false);
+            upstream_dispatch(c, next, false, false);
             return;
         }
     }
@@ -163,22 +163,20 @@ static ssize_t req_body_take(struct cconn *c, const char *p, size_t n)
     }
 }
 
-/* The target in origin form: an absolute-form target ("http://h/p?q")
- * goes as "/p?q", as backends expect from a proxy in front of them. */
-static void write_target(struct ob *o, struct str t)
+/* "Transfer-Encoding: " and the codings of every such field, chunked
+ * last (the parser saw to it), joined as one list. */
+static void write_te(struct ob *o, const struct http1_header *h, size_t n)
 {
-    const char *sep = t.len && t.p[0] != '/' ? memchr(t.p, ':', t.len) : NULL;
-    const char *end = t.p + t.len;
-    if (!sep || end - sep < 3 || sep[1] != '/' || sep[2] != '/') {
-        ob_str(o, t);
-        return;
+    OB_LIT(o, "Transfer-Encoding: ");
+    bool first = true;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name.len != 17 || !NAME_IS(h[i].name, "transfer-encoding") || !h[i].value.len)
+            continue;
+        if (!first)
+            OB_LIT(o, ", ");
+        ob_str(o, h[i].value);
+        first = false;
     }
-    const char *p = sep + 3;
-    while (p < end && *p != '/' && *p != '?')
-        p++;
-    if (p == end || *p == '?')
-        ob_put(o, "/", 1);
-    ob_put(o, p, (size_t)(end - p));
 }
 
 static void build_request_head(struct cconn *c, const struct http1_request *q, struct ob *o)
@@ -186,16 +184,36 @@ static void build_request_head(struct cconn *c, const struct http1_request *q, s
     struct hworker *hw = c->hw;
     ob_str(o, q->method);
     ob_put(o, " ", 1);
-    write_target(o, q->target);
+    /* An absolute-form target ("http://h/p?q") goes in origin form
+     * ("/p?q"), as backends expect from a proxy in front of them, and its
+     * host replaces the Host field (RFC 9112 3.2.2). */
+    struct str auth, rest;
+    bool absolute = target_absolute(q->target, &auth, &rest);
+    if (!absolute) {
+        ob_str(o, q->target);
+    } else {
+        if (!rest.len || rest.p[0] != '/')
+            ob_put(o, "/", 1);
+        ob_str(o, rest);
+    }
     OB_LIT(o, " HTTP/1.1\r\n");
+    if (absolute) {
+        OB_LIT(o, "Host: ");
+        ob_str(o, auth);
+        OB_LIT(o, "\r\n");
+    }
     bool xff = false;
     struct conn_names cn;
-    conn_names_get(q->headers, q->num_headers, &cn);
+    conn_names_get(q->headers, q->num_headers, &cn); /* c_request checked the count */
     for (size_t i = 0; i < q->num_headers; i++) {
         const struct http1_header *h = &q->headers[i];
         switch (field_kind(h->name)) {
         case F_OTHER:
             if (!cn.n || !conn_names_has(&cn, h->name))
+                ob_field(o, h);
+            break;
+        case F_HOST:
+            if (!absolute)
                 ob_field(o, h);
             break;
         case F_XFF: xff = true; break;
@@ -223,7 +241,8 @@ static void build_request_head(struct cconn *c, const struct http1_request *q, s
     else
         ob_str(o, str_from(c->gen_rid));
     if (q->flags & HTTP1_F_CHUNKED) {
-        OB_LIT(o, "\r\nTransfer-Encoding: chunked");
+        OB_LIT(o, "\r\n");
+        write_te(o, q->headers, q->num_headers);
     } else if (c->has_cl) {
         OB_LIT(o, "\r\nContent-Length: ");
         ob_u64(o, q->content_length);
@@ -389,8 +408,11 @@ static void backend_broke(struct cconn *c, const char *why)
 {
     struct hworker *hw = c->hw;
     struct bconn *b = c->b;
+    /* Only a request that can safely go twice: an idempotent method
+     * without a body (RFC 9110 9.2.2, 9112 9.3.1). */
     bool retry = b && b->reused && !b->got_bytes && !c->retried && !c->resp_started &&
-                 c->req_body == HTTP1_BODY_NONE && c->req_done && c->be;
+                 c->req_body == HTTP1_BODY_NONE && !c->has_cl && c->req_done && c->be &&
+                 method_idempotent(span_str(c, c->method));
     if (b) {
         b->c = NULL;
         bconn_close(b);
@@ -403,7 +425,7 @@ static void backend_broke(struct cconn *c, const char *why)
         STAT_ADD(hw, retries, 1);
         struct rbackend *be = c->be;
         atomic_fetch_sub_explicit(&be->inflight, 1, memory_order_relaxed);
-        upstream_dispatch(c, be, true);
+        upstream_dispatch(c, be, true, false);
         return;
     }
     if (c->be)
@@ -417,6 +439,16 @@ static void backend_broke(struct cconn *c, const char *why)
                        "response\n");
     else
         c_abort(c); /* a truncated response: only closing can tell */
+}
+
+/* The backend's part of the request is over (its response was read
+ * whole): its open count drops before the last bytes go to the client,
+ * so a request that client sends next already sees it. */
+static void be_release(struct cconn *c)
+{
+    if (c->be)
+        atomic_fetch_sub_explicit(&c->be->inflight, 1, memory_order_relaxed);
+    c->be = NULL;
 }
 
 /* The response is queued whole: the backend connection goes back to the
@@ -445,15 +477,14 @@ static void resp_done(struct cconn *c, bool extra)
     c_finish(c);
 }
 
-/* Writes the backend's fields minus the hop-by-hop ones. */
-static void copy_response_fields(struct ob *o, const struct http1_response *r, bool keep_cl,
-                                 bool keep_upgrade)
+/* Writes the backend's fields minus the hop-by-hop ones (cn: the names
+ * its Connection fields list). */
+static void copy_response_fields(struct ob *o, const struct http1_response *r,
+                                 const struct conn_names *cn, bool keep_cl, bool keep_upgrade)
 {
-    struct conn_names cn;
-    conn_names_get(r->headers, r->num_headers, &cn);
     for (size_t i = 0; i < r->num_headers; i++) {
         const struct http1_header *h = &r->headers[i];
-        if (cn.n && conn_names_has(&cn, h->name))
+        if (cn->n && conn_names_has(cn, h->name))
             continue;
         switch (field_kind(h->name)) {
         case F_HOP:
@@ -481,8 +512,9 @@ static void status_line(struct ob *o, int minor, const struct http1_response *r)
     OB_LIT(o, "\r\n");
 }
 
-/* A final response head r (head[0..hlen)) with body bytes body[0..bn). */
-static void resp_start(struct cconn *c, const struct http1_response *r, char *body, size_t bn)
+/* A final response head r with body bytes body[0..bn). */
+static void resp_start(struct cconn *c, const struct http1_response *r, const struct conn_names *cn,
+                       char *body, size_t bn)
 {
     struct hworker *hw = c->hw;
     struct bconn *b = c->b;
@@ -503,20 +535,26 @@ static void resp_start(struct cconn *c, const struct http1_response *r, char *bo
     c->status = r->status;
     c->resp_started = true;
     count_response(hw, r->status);
+    /* The client shut its write side and sent nothing after this one. */
+    bool last = c->client_eof && c->hlen == c->hused;
     bool close = c->close_after || !c->keep_alive || f.body == HTTP1_BODY_UNTIL_CLOSE ||
-                 c->resp_decode || !c->req_done || hw->w->stopping;
+                 c->resp_decode || !c->req_done || hw->w->stopping || last;
     c->close_after = close;
 
     struct ob o;
     ob_init(&o);
     status_line(&o, c->minor, r);
-    copy_response_fields(&o, r, f.body == HTTP1_BODY_NONE, false);
+    copy_response_fields(&o, r, cn, f.body == HTTP1_BODY_NONE, false);
     if (f.body == HTTP1_BODY_LENGTH) {
         OB_LIT(&o, "Content-Length: ");
         ob_u64(&o, f.length);
         OB_LIT(&o, "\r\n");
-    } else if (f.body == HTTP1_BODY_CHUNKED && !c->resp_decode) {
-        OB_LIT(&o, "Transfer-Encoding: chunked\r\n");
+    } else if ((f.body == HTTP1_BODY_CHUNKED && !c->resp_decode) ||
+               (f.body == HTTP1_BODY_UNTIL_CLOSE && (r->flags & HTTP1_F_TRANSFER_ENCODING) &&
+                c->minor == 1)) {
+        /* The codings as the backend applied them (gzip, chunked). */
+        write_te(&o, r->headers, r->num_headers);
+        OB_LIT(&o, "\r\n");
     }
     if (c->route->sticky && c->cookie != c->be && c->be) {
         char v[STICKY_VALUE_MAX];
@@ -537,6 +575,8 @@ static void resp_start(struct cconn *c, const struct http1_response *r, char *bo
     if (inline_body)
         ob_put(&o, body, k);
     c->bytes += k;
+    if (end)
+        be_release(c);
     int rc = ob_write(&o, c->s, c_on_written, c);
     if (rc == 0 && !inline_body)
         rc = write_copy(c->s, body, k, c_on_written, c);
@@ -549,14 +589,15 @@ static void resp_start(struct cconn *c, const struct http1_response *r, char *bo
 }
 
 /* Forwards a 1xx interim response (100 Continue) to an HTTP/1.1 client. */
-static int resp_interim(struct cconn *c, const struct http1_response *r)
+static int resp_interim(struct cconn *c, const struct http1_response *r,
+                        const struct conn_names *cn)
 {
     if (c->minor == 0)
         return 0;
     struct ob o;
     ob_init(&o);
     status_line(&o, 1, r);
-    copy_response_fields(&o, r, false, false);
+    copy_response_fields(&o, r, cn, false, false);
     OB_LIT(&o, "\r\n");
     return ob_write(&o, c->s, c_on_written, c);
 }
@@ -577,22 +618,22 @@ static void tunnel_done(void *ud, uint64_t up, uint64_t down)
     free(c->hb);
     free(c);
     STAT_SUB(hw, backend_conns, 1);
-    STAT_SUB(hw, client_conns, 1);
+    atomic_fetch_sub_explicit(&hw->w->router->stats.client_conns, 1, memory_order_relaxed);
     hw->nconns--;
     worker_check_done(hw);
 }
 
 /* A 101 to an upgrade request: the 101 goes to the client and both
  * streams become a tunnel. rest[0..rn): backend bytes after the 101. */
-static void resp_upgrade(struct cconn *c, const struct http1_response *r, const char *rest,
-                         size_t rn)
+static void resp_upgrade(struct cconn *c, const struct http1_response *r,
+                         const struct conn_names *cn, const char *rest, size_t rn)
 {
     struct hworker *hw = c->hw;
     struct bconn *b = c->b;
     struct ob o;
     ob_init(&o);
     status_line(&o, 1, r);
-    copy_response_fields(&o, r, false, true);
+    copy_response_fields(&o, r, cn, false, true);
     OB_LIT(&o, "Connection: upgrade\r\n\r\n");
     if (ob_write(&o, c->s, NULL, NULL) < 0) {
         c_abort(c);
@@ -612,8 +653,14 @@ static void resp_upgrade(struct cconn *c, const struct http1_response *r, const 
     c->s = NULL;
     b->s = NULL;
     b->c = c;
+    bool eof = c->client_eof;
     rsplice_start(hw->w, cs, bs, c->hb + c->hused, c->hlen - c->hused, rest, rn,
                   cfg_of(hw)->idle_timeout_ms, tunnel_done, c);
+    /* The client's EOF came before the 101, and its stream will not tell
+     * again: the tunnel gets it as if it had read it (the backend's write
+     * side is shut down once the bytes before it are out). */
+    if (eof)
+        cs->cbs->on_end(cs, RSTREAM_EOF);
 }
 
 static void b_append(struct bconn *b, const char *p, size_t n)
@@ -661,18 +708,24 @@ static void resp_head_data(struct cconn *c, struct bconn *b, char *buf, size_t n
             return;
         }
         const struct http1_response *resp = &hw->resp;
+        struct conn_names cn;
+        if (!conn_names_get(resp->headers, resp->num_headers, &cn)) {
+            rbuf_put(buf);
+            backend_broke(c, "too many Connection options");
+            return;
+        }
         if (resp->status == 101) {
             if (!c->upgrade) {
                 rbuf_put(buf);
                 backend_broke(c, "101 to a request without Upgrade");
                 return;
             }
-            resp_upgrade(c, resp, p + r, len - (size_t)r);
+            resp_upgrade(c, resp, &cn, p + r, len - (size_t)r);
             rbuf_put(buf);
             return;
         }
         if (resp->status < 200) {
-            if (resp_interim(c, resp) < 0) {
+            if (resp_interim(c, resp, &cn) < 0) {
                 rbuf_put(buf);
                 c_abort(c);
                 return;
@@ -686,7 +739,7 @@ static void resp_head_data(struct cconn *c, struct bconn *b, char *buf, size_t n
             }
             continue;
         }
-        resp_start(c, resp, p + r, len - (size_t)r);
+        resp_start(c, resp, &cn, p + r, len - (size_t)r);
         rbuf_put(buf);
         return;
     }
@@ -702,6 +755,8 @@ static void resp_body_data(struct cconn *c, struct bconn *b, char *buf, size_t n
         backend_broke(c, "malformed chunked response");
         return;
     }
+    if (end)
+        be_release(c);
     if (k == 0) {
         rbuf_put(buf);
     } else {

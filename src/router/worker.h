@@ -14,11 +14,26 @@
 #include "router/router.h"
 #include "router/table.h"
 
-/* Counters shared by all workers (relaxed atomics). */
+/* Counters shared by all workers (relaxed atomics): the connection gauges
+ * (client_conns enforces --max-conns, so it stays exact and global) and
+ * what tcp.c and splice.c count. router_status adds struct rwstats of
+ * every worker to them. */
 struct rstats {
     atomic_ullong requests, responses[5]; /* responses[0] is 1xx .. [4] 5xx */
     atomic_ullong backend_errors, retries, tcp_connections, bad_requests, timeouts;
     atomic_int client_conns, backend_conns, tunnels, idle_backend;
+};
+
+/* One worker's share of the HTTP proxy's counters, counted per request:
+ * written by the worker's thread only (a relaxed load and store, no locked
+ * add), read by router_status from any thread. Cache-line aligned, so no
+ * two workers write the same line. The gauges go up and down in the same
+ * worker; wrapping arithmetic makes their sum right. */
+struct rwstats {
+    _Alignas(64) atomic_ullong requests;
+    atomic_ullong responses[5];
+    atomic_ullong backend_errors, retries, bad_requests, timeouts;
+    atomic_ullong backend_conns, idle_backend; /* gauges */
 };
 
 struct router {
@@ -45,6 +60,7 @@ struct rworker {
     void *http;              /* proxy.c */
     void *tcp;               /* tcp.c */
     struct rsplice *splices; /* splice.c: the open tunnels, a list */
+    struct rwstats stats;    /* this worker's counters (proxy.c allocates workers aligned) */
 };
 
 /* tcp.c: after each table swap, listens on ports new to the table and

@@ -128,8 +128,8 @@ def echo_roundtrip(s, data):
     return got
 
 
-def tcp_router(renv):
-    return renv.router("--tcp-ip", "127.0.0.1")
+def tcp_router(renv, *args):
+    return renv.router("--tcp-ip", "127.0.0.1", *args)
 
 
 def test_tcp_echo(renv, echoes):
@@ -258,3 +258,214 @@ def test_tcp_backend_leaves(renv, echoes):
             break
         assert time.monotonic() < deadline, "still connected with no backend"
         time.sleep(0.02)
+
+
+# ---- memory, the router's own ports, shutdown ----
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def piece(i):
+    return b"%099d\n" % i  # 100 bytes
+
+
+class Flood:
+    """A backend that, on each connection, waits for one byte and then
+    writes `count` pieces of 100 bytes, one send each (Nagle off), paced
+    (a short busy wait between sends) so the router reads them one or two
+    at a time rather than coalesced."""
+
+    def __init__(self, count):
+        self.count = count
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.sent = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not s.recv(1):
+                return
+            clock = time.perf_counter
+            for i in range(self.count):
+                s.sendall(piece(i))
+                self.sent = i + 1
+                t = clock()
+                while clock() - t < 15e-6:
+                    pass
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def stop(self):
+        self.lsock.close()
+
+
+def connect_when_routed(port, timeout=PROPAGATE_S + 3):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=2)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, f"tcp port {port} never listened"
+            time.sleep(0.02)
+
+
+def test_tcp_small_writes_bounded_memory(renv):
+    """A backend writing 100-byte pieces to a client that does not read:
+    the router holds a bounded amount of memory for the connection (not one
+    64 KiB buffer per piece), and the client later gets every byte."""
+    count = 200_000
+    f = Flood(count)
+    try:
+        register(renv.store, "flood", f.addr)
+        port = free_port()
+        route_tcp(renv.store, port, "flood")
+        r = tcp_router(renv)
+        s = connect_when_routed(port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        time.sleep(0.3)
+        base = rss_kib(r.pid)
+        s.sendall(b"g")
+        peak = base
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            peak = max(peak, rss_kib(r.pid))
+            time.sleep(0.05)
+        assert f.sent < count, "the router never pushed back"
+        growth_mib = (peak - base) / 1024
+        assert growth_mib < 8, f"router RSS grew {growth_mib:.1f} MiB for one stalled client"
+        want = b"".join(piece(i) for i in range(count))
+        got = bytearray()
+        s.settimeout(30)
+        while True:
+            part = s.recv(1 << 20)
+            if not part:
+                break
+            got += part
+        assert len(got) == len(want)
+        assert bytes(got) == want
+        s.close()
+    finally:
+        f.stop()
+
+
+def http_reply_start(port):
+    """Sends a request on a new connection to port; returns the first bytes
+    of whatever comes back."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: nothing.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while len(got) < 9:
+            part = c.recv(100)
+            if not part:
+                break
+            got += part
+        return got
+    finally:
+        c.close()
+
+
+def test_tcp_route_on_router_http_port(renv, echoes):
+    """A tcp route on the router's own http port takes none of its HTTP
+    connections (SO_REUSEPORT would have put both in one group); the route
+    is not listened on and a warning names its port, once."""
+    e = echoes("E")
+    register(renv.store, "tsvc", e.addr)
+    http_port, other = free_port(), free_port()
+    route_tcp(renv.store, http_port, "tsvc")
+    route_tcp(renv.store, other, "tsvc")
+    r = renv.router("--tcp-ip", "127.0.0.1", port=http_port)
+    assert wait_tcp(other, timeout=5) == "E"  # the table with both routes is in
+    time.sleep(0.2)
+    bad = []
+    for _ in range(200):
+        got = http_reply_start(http_port)
+        if not got.startswith(b"HTTP/1.1 "):
+            bad.append(got)
+    assert not bad, f"{len(bad)} of 200 HTTP connections were not answered by HTTP: {bad[:3]}"
+    # many at once too, so every member of the port's group gets some
+    socks = [socket.create_connection(("127.0.0.1", http_port), timeout=5) for _ in range(50)]
+    for c in socks:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: nothing.test\r\nConnection: close\r\n\r\n")
+    for c in socks:
+        got = c.recv(9)
+        assert got.startswith(b"HTTP/1.1 "), got
+        c.close()
+    warned = [ln for ln in r.stderr_text().splitlines()
+              if "tcp route not listened on" in ln and f"port={http_port}" in ln]
+    assert len(warned) == 1, warned
+    # the other route works as ever
+    s, name = connect(other)
+    assert name == "E" and echo_roundtrip(s, b"ok") == b"ok"
+    s.close()
+
+
+def blackhole():
+    """A listener whose accept queue is full (backlog 0, never accepted):
+    further SYNs are dropped, so connecting to it hangs. Returns (listener,
+    filler sockets, address)."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    addr = ls.getsockname()
+    fillers = []
+    for _ in range(16):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(0.3)
+        fillers.append(c)
+        try:
+            c.connect(addr)
+        except (socket.timeout, BlockingIOError):
+            return ls, fillers, "%s:%d" % addr
+    raise AssertionError("the backlog never filled")
+
+
+def test_tcp_stop_while_connecting(renv):
+    """SIGTERM while a tcp connection waits for a backend that does not
+    answer: the connection ends at once, the router exits without waiting
+    out the connect timeout (nor retrying)."""
+    ls, fillers, addr = blackhole()
+    try:
+        register(renv.store, "slow", addr)
+        port = free_port()
+        route_tcp(renv.store, port, "slow")
+        r = tcp_router(renv, "--connect-timeout-ms", "10000")
+        s = connect_when_routed(port)
+        time.sleep(0.5)  # the router is connecting to the backend
+        t0 = time.monotonic()
+        rc = r.stop()
+        took = time.monotonic() - t0
+        assert rc == 0, r.stderr_tail()
+        assert took < 3, f"the router took {took:.1f} s to stop"
+        s.settimeout(2)
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    finally:
+        for c in fillers:
+            c.close()
+        ls.close()
