@@ -310,6 +310,13 @@ static void *feed_run(void *ud)
     int rc = httpc_stream_open(f->hc, &req, feed_data, fd, &st, &err);
     if (rc == 0 && httpc_stream_status(st) != 200)
         rc = err_set(&err, PIER_EUNAVAIL, "status %ld", httpc_stream_status(st));
+    if (rc < 0) {
+        /* A job seen before its agent has it (just placed, not started):
+         * the next change of its record tries again. */
+        pthread_mutex_lock(&f->lock);
+        json_object_del(f->seen, fd->job);
+        pthread_mutex_unlock(&f->lock);
+    }
     /* poll: 1 while the stream lasts, 0 once the agent ended it (the job
      * ended and all its log was sent). */
     while (rc == 0 && !atomic_load(&f->stop)) {
