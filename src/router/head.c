@@ -1,11 +1,9 @@
 /* head: writing message heads for the proxy (proxy_int.h): the output
  * buffer, header field kinds, reason phrases, request ids. */
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "router/proxy_int.h"
 
@@ -275,37 +273,6 @@ bool request_id_ok(struct str v)
         if ((unsigned char)v.p[i] < 0x20 || (unsigned char)v.p[i] > 0x7e)
             return false;
     return true;
-}
-
-/* A version 4 UUID like uuid_new's, from randomness read 4 KiB at a
- * time: one getrandom per 256 requests rather than one each. */
-void request_id_new(struct hworker *hw, char out[40])
-{
-    if (hw->rnd_pos == 0 || hw->rnd_pos + 16 > sizeof(hw->rnd)) {
-        size_t got = 0;
-        while (got < sizeof(hw->rnd)) {
-            ssize_t n = getrandom(hw->rnd + got, sizeof(hw->rnd) - got, 0);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                abort();
-            got += (size_t)n;
-        }
-        hw->rnd_pos = 0;
-    }
-    uint8_t *b = hw->rnd + hw->rnd_pos;
-    hw->rnd_pos += 16;
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
-    }
-    *o = '\0';
 }
 
 const char *reason_of(int status)

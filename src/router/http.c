@@ -422,7 +422,7 @@ static void c_request(struct cconn *c, size_t hend)
         c->rid = span_of(c, rid);
     } else {
         c->rid = (struct span){0, 0};
-        request_id_new(hw, c->gen_rid);
+        uuid_new(c->gen_rid);
     }
 
     struct str host, path;

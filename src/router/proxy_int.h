@@ -16,6 +16,7 @@
 
 #include "lib/buf.h"
 #include "lib/http1.h"
+#include "lib/uuid.h"
 #include "router/stream.h"
 #include "router/worker.h"
 
@@ -73,8 +74,6 @@ struct hworker {
     bool torn_down;
     struct http1_request req;   /* scratch: parsed heads are used at once */
     struct http1_response resp; /* scratch */
-    uint8_t rnd[4096];          /* randomness for request ids */
-    size_t rnd_pos;
 };
 
 /* Where a client connection is. */
@@ -125,7 +124,7 @@ struct cconn {
     unsigned ntried;
     struct bconn *b;
     struct span method, host, path, rid;
-    char gen_rid[40];
+    char gen_rid[UUID_LEN];
     int minor;
     bool keep_alive, upgrade, head_req, has_cl, retried, close_after, client_eof;
     uint64_t t0_ns;
@@ -272,8 +271,6 @@ bool method_idempotent(struct str m);
 
 /* A client's X-Request-Id worth keeping: 1..200 printable characters. */
 bool request_id_ok(struct str v);
-/* A new version 4 UUID (36 characters and the NUL). */
-void request_id_new(struct hworker *hw, char out[40]);
 const char *reason_of(int status);
 void count_response(struct hworker *hw, int status);
 
