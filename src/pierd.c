@@ -2,8 +2,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "blobstore/blobstore.h"
 #include "controller/controller.h"
 #include "discoverd/discoverd.h"
+#include "git/gitreceive.h"
 #include "host/host.h"
 #include "router/router_main.h"
 #include "scheduler/scheduler.h"
@@ -26,6 +28,9 @@ static const struct subcommand subcommands[] = {
      "the cluster API (Flynn-compatible): apps, releases, formations, jobs, deploys"},
     {"router", router_main,
      "the HTTP(S) and TCP router: routes from the store, backends from discovery"},
+    {"blobstore", blobstore_main, "slugs, sources and build caches over HTTP, checked by SHA-256"},
+    {"gitreceive", gitreceive_main,
+     "the git receiver: git push over SSH and HTTP builds and deploys the app"},
     {"store-migrate", store_migrate_main,
      "move the cluster's state to another store (pierd store <-> etcd)"},
 };

@@ -13,9 +13,9 @@
  *   -ECONNREFUSED.. no controller answered (httpc's codes)
  * api_fail() prints such an error with the hint that fits it.
  *
- * Three kinds of exchange: JSON calls (api_get, api_send), streams read
+ * Two kinds of exchange: JSON calls (api_get, api_send) and streams read
  * as they come (server-sent events: api_events_*; the log's concatenated
- * JSON: api_lines), and the attach upgrade of `pier run` (api_attach_*). */
+ * JSON: api_lines). The attach upgrade of `pier run` is lib/attachc.h. */
 #ifndef PIER_CLI_API_H
 #define PIER_CLI_API_H
 
@@ -114,26 +114,6 @@ typedef int (*api_line_fn)(json_t *obj, void *ud);
 /* GET path (no Accept header) and hands every object to fn as it arrives,
  * until the server ends the answer. */
 int api_lines(struct api *a, const char *path, api_line_fn fn, void *ud, struct pier_err *err);
-
-/* --- attach (contract 3.7, `pier run`) ---------------------------------- */
-
-struct api_attach;
-/* POSTs body to path on a connection of its own with Upgrade:
- * flynn-attach/0 and waits for 101. Any other status is an error (a JSON
- * body decoded as for api_get). Afterwards the connection carries attach
- * frames (src/host/attach.h) both ways. */
-int api_attach_open(struct api *a, const char *path, const json_t *body, struct api_attach **out,
-                    struct pier_err *err);
-/* The socket to poll() for input. Call api_attach_recv first: bytes may
- * already be waiting in the client's buffers. */
-int api_attach_fd(const struct api_attach *c);
-/* Appends whatever arrived to in without blocking. Returns the number of
- * bytes appended (0: nothing now), or -EPIPE when the server closed the
- * connection, or another negative error. */
-ssize_t api_attach_recv(struct api_attach *c, struct buf *in, struct pier_err *err);
-/* Sends all of p (waits while the socket is full). */
-int api_attach_send(struct api_attach *c, const void *p, size_t n, struct pier_err *err);
-void api_attach_close(struct api_attach *c);
 
 /* --- small things the commands share ----------------------------------- */
 

@@ -5,13 +5,15 @@
 
 #include "cli/api.h"
 #include "cli/cli.h"
+#include "cli/git.h"
 #include "cli/ui.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 
 #define DELETE_WAIT_MS 60000
 
-static int create(struct api *a, const char *name)
+/* remote: the git remote to add (NULL: none). */
+static int create(struct api *a, const struct cli *c, const char *name, const char *remote)
 {
     /* Flynn's body: a name when given, and "meta": null either way. */
     cleanup_json json_t *body = json_pack("{s:n}", "meta");
@@ -30,24 +32,46 @@ static int create(struct api *a, const char *name)
         return ui_fail(NULL, "the controller created an app but sent no name back");
     cleanup_buf struct buf clean = BUF_INIT;
     api_put_clean(&clean, got);
-    printf("%s\n", clean.p);
-    return 0;
+    /* Only the name when piped, so scripts can write APP=$(pier create). */
+    if (isatty(STDOUT_FILENO))
+        printf("Created %s\n", clean.p);
+    else
+        printf("%s\n", clean.p);
+    fflush(stdout);
+    return remote ? git_remote_setup(&a->cfg, c->cluster, remote, clean.p) : 0;
 }
 
 int cli_create(struct cli *c)
 {
-    const char *name = NULL;
+    const char *name = NULL, *remote = "pier";
     for (int i = 0; i < c->argc; i++) {
-        if (c->argv[i][0] == '-' && c->argv[i][1])
-            return ui_usage("create", "unknown option \"%s\" for create", c->argv[i]);
+        const char *s = c->argv[i];
+        bool joined = strncmp(s, "--remote=", 9) == 0;
+        if (joined || strcmp(s, "-r") == 0 || strcmp(s, "--remote") == 0) {
+            if (!joined && i + 1 >= c->argc)
+                return ui_usage("create", "%s needs a remote name", s);
+            remote = joined ? s + 9 : c->argv[++i];
+            if (!git_remote_name_ok(remote))
+                return ui_usage("create",
+                                "remote name \"%s\" may hold only letters, digits, '.', '_' "
+                                "and '-'",
+                                remote);
+            continue;
+        }
+        if (strcmp(s, "--no-remote") == 0) {
+            remote = NULL;
+            continue;
+        }
+        if (s[0] == '-' && s[1])
+            return ui_usage("create", "unknown option \"%s\" for create", s);
         if (name)
             return ui_usage("create", "create takes at most one NAME");
-        name = c->argv[i];
+        name = s;
     }
     struct api a;
     int rc = api_start(&a, c, NULL, false);
     if (rc == 0)
-        rc = create(&a, name);
+        rc = create(&a, c, name, remote);
     api_close(&a);
     return rc;
 }

@@ -48,4 +48,12 @@ int cli_log(struct cli *c);
 /* pier events [-f] [-n N] */
 int cli_events(struct cli *c);
 
+/* git push (git.c, keys.c) */
+/* pier git-remote [-a APP] [-r NAME] */
+int cli_git_remote(struct cli *c);
+/* pier git-credentials get|store|erase: git's credential helper */
+int cli_git_credentials(struct cli *c);
+/* pier keys [--json], pier keys add [FILE], pier keys remove FINGERPRINT */
+int cli_keys(struct cli *c);
+
 #endif

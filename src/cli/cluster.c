@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "cli/config.h"
+#include "cli/git.h"
 #include "cli/ui.h"
 #include "lib/base64.h"
 #include "lib/cleanup.h"
@@ -18,13 +19,28 @@ static int list(struct config *cfg)
         fprintf(stderr, "no clusters yet; add one with 'pier cluster add NAME URL KEY'\n");
         return 0;
     }
-    printf("%-2s%-16s %s\n", "", "NAME", "URL");
+    /* The GIT URL column only once some cluster has one. */
+    bool git = false;
+    json_array_foreach(config_clusters(cfg), i, cl)
+    {
+        if (json_object_get(cl, "git_url"))
+            git = true;
+    }
+    if (git)
+        printf("%-2s%-16s %-32s %s\n", "", "NAME", "URL", "GIT URL");
+    else
+        printf("%-2s%-16s %s\n", "", "NAME", "URL");
     json_array_foreach(config_clusters(cfg), i, cl)
     {
         const char *name = json_string_value(json_object_get(cl, "name"));
         const char *url = json_string_value(json_object_get(cl, "url"));
-        printf("%-2s%-16s %s\n", def && name && strcmp(def, name) == 0 ? "*" : "",
-               name ? name : "?", url ? url : "?");
+        const char *git_url = json_string_value(json_object_get(cl, "git_url"));
+        const char *mark = def && name && strcmp(def, name) == 0 ? "*" : "";
+        if (git)
+            printf("%-2s%-16s %-32s %s\n", mark, name ? name : "?", url ? url : "?",
+                   git_url ? git_url : "-");
+        else
+            printf("%-2s%-16s %s\n", mark, name ? name : "?", url ? url : "?");
     }
     return 0;
 }
@@ -43,14 +59,31 @@ static bool valid_name(const char *n)
 static int add(struct config *cfg, int argc, char **argv)
 {
     bool make_default = false;
-    if (argc > 0 && (strcmp(argv[0], "-d") == 0 || strcmp(argv[0], "--default") == 0)) {
-        make_default = true;
-        argc--;
-        argv++;
+    const char *pos[3], *git_flag = NULL;
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *s = argv[i];
+        if (strcmp(s, "-d") == 0 || strcmp(s, "--default") == 0) {
+            make_default = true;
+        } else if (strcmp(s, "--git-url") == 0) {
+            if (i + 1 >= argc)
+                return ui_usage("cluster", "--git-url needs a URL");
+            git_flag = argv[++i];
+        } else if (strncmp(s, "--git-url=", 10) == 0) {
+            git_flag = s + 10;
+        } else if (npos < 3) {
+            pos[npos++] = s;
+        } else {
+            npos++;
+        }
     }
-    if (argc != 3)
+    if (npos != 3)
         return ui_usage("cluster", "cluster add needs NAME URL KEY");
-    const char *name = argv[0], *url = argv[1], *key = argv[2];
+    cleanup_free char *git_url = NULL;
+    struct pier_err gerr = {0};
+    if (git_flag && git_url_check(git_flag, &git_url, &gerr) < 0)
+        return ui_usage("cluster", "%s", gerr.msg);
+    const char *name = pos[0], *url = pos[1], *key = pos[2];
     if (!valid_name(name))
         return ui_usage("cluster",
                         "cluster name \"%s\" may hold only letters, digits, '-', '_' "
@@ -68,8 +101,10 @@ static int add(struct config *cfg, int argc, char **argv)
     if (config_cluster(cfg, name))
         return ui_fail("remove it first with 'pier cluster remove NAME', or pick another name",
                        "a cluster named \"%s\" already exists", name);
-    json_array_append_new(config_clusters(cfg),
-                          json_pack("{s:s,s:s,s:s}", "name", name, "url", url, "key", key));
+    json_t *cl = json_pack("{s:s,s:s,s:s}", "name", name, "url", url, "key", key);
+    if (git_url)
+        json_object_set_new(cl, "git_url", json_string(git_url));
+    json_array_append_new(config_clusters(cfg), cl);
     if (make_default || !config_default(cfg))
         json_object_set_new(cfg->root, "default", json_string(name));
     struct pier_err err = {0};
@@ -126,6 +161,39 @@ static int set_default(struct config *cfg, int argc, char **argv)
     return 0;
 }
 
+/* pier cluster git-url NAME [URL | --remove] */
+static int set_git_url(struct config *cfg, int argc, char **argv)
+{
+    if (argc < 1 || argc > 2)
+        return ui_usage("cluster", "cluster git-url needs NAME, and URL to set it");
+    json_t *cl = config_cluster(cfg, argv[0]);
+    if (!cl)
+        return ui_fail("'pier cluster' lists the clusters", "no cluster named \"%s\"", argv[0]);
+    if (argc == 1) {
+        const char *u = json_string_value(json_object_get(cl, "git_url"));
+        if (!u)
+            return ui_fail("set one with 'pier cluster git-url NAME URL'",
+                           "cluster \"%s\" has no git URL", argv[0]);
+        printf("%s\n", u);
+        return 0;
+    }
+    cleanup_free char *u = NULL;
+    struct pier_err err = {0};
+    if (strcmp(argv[1], "--remove") == 0)
+        json_object_del(cl, "git_url");
+    else if (git_url_check(argv[1], &u, &err) < 0)
+        return ui_usage("cluster", "%s", err.msg);
+    else
+        json_object_set_new(cl, "git_url", json_string(u));
+    if (config_save(cfg, &err) < 0)
+        return ui_fail(NULL, "%s", err.msg);
+    if (u)
+        printf("cluster \"%s\" git URL is now %s\n", argv[0], u);
+    else
+        printf("cluster \"%s\" has no git URL now\n", argv[0]);
+    return 0;
+}
+
 int cli_cluster(struct cli *c)
 {
     struct config cfg;
@@ -143,6 +211,8 @@ int cli_cluster(struct cli *c)
         rc = remove_cluster(&cfg, c->argc - 1, c->argv + 1);
     else if (strcmp(c->argv[0], "default") == 0)
         rc = set_default(&cfg, c->argc - 1, c->argv + 1);
+    else if (strcmp(c->argv[0], "git-url") == 0)
+        rc = set_git_url(&cfg, c->argc - 1, c->argv + 1);
     else
         rc = ui_usage("cluster", "unknown cluster subcommand \"%s\"", c->argv[0]);
     config_free(&cfg);

@@ -104,16 +104,14 @@ const char *config_default(const struct config *c)
     return json_string_value(json_object_get(c->root, "default"));
 }
 
-int config_pick(const struct config *c, const char *name, const char **url, const char **key,
-                struct pier_err *err)
+/* The cluster name picks from the file (*cl), or *cl = NULL when
+ * $PIER_CONTROLLER_URL stands in for the file. */
+static int pick(const struct config *c, const char *name, json_t **cl, struct pier_err *err)
 {
     const char *env_url = getenv("PIER_CONTROLLER_URL");
-    const char *env_key = getenv("PIER_CONTROLLER_KEY");
-    if (env_url && *env_url && !name) {
-        *url = env_url;
-        *key = env_key ? env_key : "";
+    *cl = NULL;
+    if (env_url && *env_url && !name)
         return 0;
-    }
     if (!name)
         name = getenv("PIER_CLUSTER");
     if (!name || !*name)
@@ -126,17 +124,46 @@ int config_pick(const struct config *c, const char *name, const char **url, cons
         return err_set(err, PIER_ENOTFOUND,
                        "no default cluster; pick one with 'pier cluster default NAME' or -c NAME");
     }
-    json_t *cl = config_cluster(c, name);
-    if (!cl)
+    *cl = config_cluster(c, name);
+    if (!*cl)
         return err_set(err, PIER_ENOTFOUND,
                        "no cluster named \"%s\" in %s; 'pier cluster' lists them", name, c->path);
+    return 0;
+}
+
+int config_pick(const struct config *c, const char *name, const char **url, const char **key,
+                struct pier_err *err)
+{
+    json_t *cl;
+    int rc = pick(c, name, &cl, err);
+    if (rc < 0)
+        return rc;
+    if (!cl) {
+        const char *env_key = getenv("PIER_CONTROLLER_KEY");
+        *url = getenv("PIER_CONTROLLER_URL");
+        *key = env_key ? env_key : "";
+        return 0;
+    }
     *url = json_string_value(json_object_get(cl, "url"));
     *key = json_string_value(json_object_get(cl, "key"));
     if (!*url)
-        return err_set(err, PIER_EINVAL, "cluster \"%s\" in %s has no url", name, c->path);
+        return err_set(err, PIER_EINVAL, "cluster \"%s\" in %s has no url",
+                       json_string_value(json_object_get(cl, "name")), c->path);
     if (!*key)
         *key = "";
     /* PIER_CONTROLLER_KEY belongs to PIER_CONTROLLER_URL only: applied to
      * a cluster from the file, it could send one cluster's key to another. */
     return 0;
+}
+
+const char *config_git_url(const struct config *c, const char *name)
+{
+    const char *env = getenv("PIER_GIT_URL");
+    if (env && *env)
+        return env;
+    json_t *cl;
+    if (pick(c, name, &cl, NULL) < 0 || !cl)
+        return NULL;
+    const char *u = json_string_value(json_object_get(cl, "git_url"));
+    return u && *u ? u : NULL;
 }

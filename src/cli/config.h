@@ -1,7 +1,9 @@
 /* config: the CLI's list of clusters (name, controller URL, key), kept in
  * $PIER_CONFIG, else $XDG_CONFIG_HOME/pier/config.json, else
  * ~/.config/pier/config.json, as
- *   {"default":"prod","clusters":[{"name":"prod","url":"https://...","key":"..."}]}
+ *   {"default":"prod","clusters":[{"name":"prod","url":"https://...","key":"...",
+ *                                  "git_url":"https://git.prod..."}]}
+ * ("git_url", where `git push` goes, is optional)
  * Written whole to a temporary file and renamed over the old one, mode 0600
  * (it holds keys), so a crash never leaves half a file. */
 #ifndef PIER_CLI_CONFIG_H
@@ -37,5 +39,11 @@ const char *config_default(const struct config *c);
  * environment. A helpful PIER_ENOTFOUND when no cluster is configured. */
 int config_pick(const struct config *c, const char *name, const char **url, const char **key,
                 struct pier_err *err);
+
+/* The git URL of the cluster config_pick picks for name: $PIER_GIT_URL when
+ * set, else the cluster's "git_url"; NULL when there is none (also when
+ * the cluster comes from $PIER_CONTROLLER_URL and $PIER_GIT_URL is unset,
+ * or no cluster can be picked). Borrowed from c or the environment. */
+const char *config_git_url(const struct config *c, const char *name);
 
 #endif

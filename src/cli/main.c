@@ -22,9 +22,16 @@ static int cmd_help(struct cli *c);
 static const struct command commands[] = {
     {"cluster", cli_cluster, "list, add and remove clusters this CLI talks to",
      "usage: pier cluster                       list clusters (* marks the default)\n"
-     "       pier cluster add [-d] NAME URL KEY  add a cluster (-d: make it the default)\n"
+     "       pier cluster add [-d] NAME URL KEY [--git-url GIT_URL]\n"
+     "                                           add a cluster (-d: make it the default)\n"
      "       pier cluster remove NAME            forget a cluster\n"
-     "       pier cluster default [NAME]         show or set the default cluster\n"},
+     "       pier cluster default [NAME]         show or set the default cluster\n"
+     "       pier cluster git-url NAME [GIT_URL | --remove]\n"
+     "                                           show, set or remove where git push goes\n"
+     "\n"
+     "GIT_URL is the cluster's git receiver, http(s)://HOST:PORT or\n"
+     "ssh://git@HOST:PORT; PIER_GIT_URL overrides it. Apps are pushed to\n"
+     "GIT_URL/APP.git.\n"},
     {"status", cli_status, "check that the cluster's controller answers",
      "usage: pier [-c CLUSTER] status\n"},
     {"host", cli_host, "list the cluster's hosts and the jobs on one of them",
@@ -41,10 +48,12 @@ static const struct command commands[] = {
      "packages in it, and marks it finished in DIR/etc/pier-stack. Needs root and\n"
      "the debootstrap package. Use the result with 'pierd host --stack DIR ...'.\n"},
     {"create", cli_create, "create an app",
-     "usage: pier create [NAME]\n"
+     "usage: pier create [NAME] [-r REMOTE | --remote REMOTE | --no-remote]\n"
      "\n"
      "Creates an app (the controller picks a name when none is given) and\n"
-     "prints its name.\n"},
+     "prints its name. Inside a git repository it adds the git remote REMOTE\n"
+     "(default pier) for 'git push pier main', pointing at the cluster's git\n"
+     "URL ('pier help cluster'); --no-remote leaves the repository alone.\n"},
     {"apps", cli_apps, "list the apps", "usage: pier apps [--json]\n"},
     {"info", cli_info, "show an app: release, processes, routes",
      "usage: pier info [-a APP]\n" APP_HELP},
@@ -130,6 +139,29 @@ static const struct command commands[] = {
      "\n"
      "  -f        follow: keep printing events as they happen\n"
      "  -n N      the last N events (default 30)\n" APP_HELP},
+    {"keys", cli_keys, "list, add and remove the SSH keys that may git push",
+     "usage: pier keys [--json]                  list the keys\n"
+     "       pier keys add [FILE]                add a public key (default\n"
+     "                                           ~/.ssh/id_ed25519.pub, id_rsa.pub\n"
+     "                                           or id_ecdsa.pub)\n"
+     "       pier keys remove FINGERPRINT        remove a key (SHA256:... as listed)\n"
+     "\n"
+     "Keys belong to the cluster, not to an app; they are for git push over\n"
+     "SSH (over HTTP, git uses the cluster key: 'pier help git-remote').\n"},
+    {"git-remote", cli_git_remote, "add the app's git remote to the current repository",
+     "usage: pier git-remote [-a APP] [-r REMOTE | --remote REMOTE]\n"
+     "\n"
+     "Does what 'pier create' does in a git repository: adds the remote REMOTE\n"
+     "(default pier) pointing at GIT_URL/APP.git, and for an http(s) git URL\n"
+     "makes 'pier git-credentials' git's credential helper for it there, so\n"
+     "git push authenticates with the cluster key. A remote of that name\n"
+     "pointing elsewhere is left alone.\n" APP_HELP},
+    {"git-credentials", cli_git_credentials, "git's credential helper for the cluster's git URL",
+     "usage: pier git-credentials get|store|erase\n"
+     "\n"
+     "git runs this (see 'pier help git-remote'): for 'get' it reads git's\n"
+     "key=value lines on stdin and, when they name a cluster's git URL,\n"
+     "answers username=pier and password=<the cluster key>.\n"},
     {"version", cmd_version, "print the version", "usage: pier version\n"},
     {"help", cmd_help, "show help for a command", "usage: pier help [COMMAND]\n"},
 };
@@ -140,7 +172,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: pier [-c CLUSTER] COMMAND [ARGS]\n\n"
                  "pier deploys apps with git push to a cluster you own.\n\ncommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
-        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        fprintf(out, "  %-15s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\noptions:\n"
                  "  -a, --app APP        the app a command works on (also after the\n"
                  "                       command; env PIER_APP)\n"

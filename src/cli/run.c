@@ -1,13 +1,14 @@
 /* pier run: a one-off job of the app's current release, attached.
  *
  * The job is asked for with POST /apps/:a/jobs on a connection upgraded to
- * flynn-attach/0 (contract 3.7); then frames go both ways: stdin, signals
- * and window sizes out, output and the exit status back. When stdin and
- * stdout are both terminals the job gets a TTY and the local terminal is
- * put in raw mode (restored on every way out), so keys reach the remote
- * shell one by one; otherwise stdin is plain bytes ending in an EOF frame.
- * pier exits with the job's exit status. Signals arrive through a pipe
- * written by the handlers, so the poll loop sees them like any input. */
+ * flynn-attach/0 (contract 3.7, lib/attachc.h); then frames go both ways:
+ * stdin, signals and window sizes out, output and the exit status back.
+ * When stdin and stdout are both terminals the job gets a TTY and the
+ * local terminal is put in raw mode (restored on every way out), so keys
+ * reach the remote shell one by one; otherwise stdin is plain bytes ending
+ * in an EOF frame. pier exits with the job's exit status. Signals arrive
+ * through a pipe written by the handlers, so the poll loop sees them like
+ * any input. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -23,8 +24,10 @@
 #include "cli/cli.h"
 #include "cli/ui.h"
 #include "host/attach.h"
+#include "lib/attachc.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
+#include "lib/jsonx.h"
 
 /* After a forwarded SIGINT/SIGTERM, how long the job gets before SIGKILL. */
 #define KILL_AFTER_MS 10000
@@ -111,7 +114,7 @@ static int write_all(int fd, const char *p, size_t n)
 
 struct session {
     struct api *a;
-    struct api_attach *conn;
+    struct attachc *conn;
     struct attach_decoder dec;
     bool tty;
     bool stdin_open;
@@ -124,7 +127,7 @@ struct session {
 static int send_frame(struct session *s, struct buf *frame)
 {
     struct pier_err err = {0};
-    int rc = api_attach_send(s->conn, frame->p, frame->len, &err);
+    int rc = attachc_send(s->conn, frame->p, frame->len, &err);
     buf_reset(frame);
     if (rc < 0) {
         tty_restore();
@@ -235,7 +238,7 @@ static void loop(struct session *s)
     while (!s->done) {
         /* everything the connection already holds first (curl may buffer) */
         ssize_t got;
-        while ((got = api_attach_recv(s->conn, &s->dec.in, &err)) > 0)
+        while ((got = attachc_recv(s->conn, &s->dec.in, &err)) > 0)
             ;
         frames(s);
         if (s->done)
@@ -254,7 +257,7 @@ static void loop(struct session *s)
             if (send_frame(s, &out) < 0)
                 break;
         }
-        struct pollfd pf[3] = {{.fd = api_attach_fd(s->conn), .events = POLLIN},
+        struct pollfd pf[3] = {{.fd = attachc_fd(s->conn), .events = POLLIN},
                                {.fd = sig_pipe[0], .events = POLLIN},
                                {.fd = s->stdin_open ? STDIN_FILENO : -1, .events = POLLIN}};
         int r = poll(pf, 3, s->kill_at ? 200 : 1000);
@@ -301,6 +304,25 @@ static json_t *job_body(const char *rel_id, int argc, char **argv, json_t *env, 
     return body;
 }
 
+/* The attach session (lib/attachc.h) with the headers every request of
+ * the CLI carries (contract 3.2). */
+static int attach_open(struct api *a, const char *path, const json_t *body, struct attachc **out,
+                       struct pier_err *err)
+{
+    cleanup_buf struct buf text = BUF_INIT;
+    jsonx_dump(&text, body);
+    const char *headers[] = {a->auth.p, "User-Agent: pier/" PIER_VERSION, NULL};
+    struct attachc_req req = {
+        .base = a->base,
+        .path = path,
+        .headers = headers,
+        .body = text.p,
+        .body_len = text.len,
+        .eauth = API_EAUTH,
+    };
+    return attachc_open(&req, out, err);
+}
+
 static int run(struct api *a, int argc, char **argv, json_t *env, bool detach)
 {
     struct pier_err err = {0};
@@ -336,15 +358,15 @@ static int run(struct api *a, int argc, char **argv, json_t *env, bool detach)
         return 0;
     }
     struct session s = {.a = a, .tty = tty, .stdin_open = true};
-    if (api_attach_open(a, path.p, body, &s.conn, &err) < 0)
+    if (attach_open(a, path.p, body, &s.conn, &err) < 0)
         return api_fail(a, &err);
     if (install_signals() < 0 || (tty && tty_make_raw() < 0)) {
-        api_attach_close(s.conn);
+        attachc_close(s.conn);
         return ui_fail(NULL, "cannot set up the terminal: %s", strerror(errno));
     }
     loop(&s);
     tty_restore();
-    api_attach_close(s.conn);
+    attachc_close(s.conn);
     attach_decoder_free(&s.dec);
     close(sig_pipe[0]);
     close(sig_pipe[1]);

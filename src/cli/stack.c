@@ -34,6 +34,9 @@
 #define DEFAULT_SUITE "bookworm"
 #define DEFAULT_MIRROR "http://deb.debian.org/debian"
 #define MAX_PACKAGES 256
+/* What the shipped buildpacks and the slug builder need (docs/buildpacks.md):
+ * installed when --packages is not given. */
+#define DEFAULT_PACKAGES "ca-certificates,curl,git,gcc,make,libc6-dev,nodejs,npm,nginx-light"
 
 struct stack_args {
     const char *dir;
@@ -580,8 +583,9 @@ static int build(const char *dir, const char *suite, const char *mirror, json_t 
 
     /* Every mount point a job's container needs, made now, so that crun
      * never has to create one inside the shared stack (DESIGN.md §4). */
-    static const char *const dirs[] = {"app", "tmp", "dev", "proc", "sys", NULL};
-    static const char *const files[] = {"etc/hosts", "etc/resolv.conf", NULL};
+    static const char *const dirs[] = {
+        "app", "tmp", "dev", "proc", "sys", ".pier", ".pier/buildpacks", NULL};
+    static const char *const files[] = {"etc/hosts", "etc/resolv.conf", ".pier/pierslug", NULL};
     cleanup_buf struct buf p = BUF_INIT;
     for (int i = 0; dirs[i]; i++) {
         buf_reset(&p);
@@ -622,7 +626,7 @@ static int stack_build(int argc, char **argv)
         return ui_usage("stack", "mirror \"%s\" must be an http://, https:// or file:/// URL",
                         a.mirror);
     cleanup_json json_t *packages = json_array();
-    if (split_packages(a.packages, packages) < 0)
+    if (split_packages(a.packages ? a.packages : DEFAULT_PACKAGES, packages) < 0)
         return 2;
     cleanup_free char *dir = absolute(a.dir);
 

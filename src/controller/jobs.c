@@ -9,11 +9,13 @@
  * POST builds a one-off job from Flynn's NewJob (jobbuild.h), marks it
  * "oneoff" (the service scheduler never restarts it) and places it once
  * (cluster.h). The release may be another app's (FLYNN-CLIENT-CONTRACT.md
- * pitfall 5). Without an Upgrade header the answer is the Job at once;
- * with "Upgrade: flynn-attach/0" the connection becomes the job's attach
- * session (jobattach.c). An attached job always keeps its log on the agent
- * (the session answers from it when the job ended before the attach
- * reached it); when the client asked for "disable_log" the record says
+ * pitfall 5), or none (pier's extension, for the git receiver's builds):
+ * the job then runs on the host's default stack with only its own env.
+ * Without an Upgrade header the answer is the Job at once; with "Upgrade:
+ * flynn-attach/0" the connection becomes the job's attach session
+ * (jobattach.c). An attached job always keeps its log on the agent (the
+ * session answers from it when the job ended before the attach reached
+ * it); when the client asked for "disable_log" the record says
  * "log_hidden" and the app log (applog.c) leaves the job out. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -358,25 +360,62 @@ static int newjob_artifacts(struct ctl *c, const json_t *body, json_t *rel, json
     return 0;
 }
 
+/* Whether a NewJob body names no release (absent, null or ""): pier's
+ * extension, a job on the host's default stack (the git receiver's build
+ * of an app that has no release yet). */
+static bool newjob_releaseless(const json_t *body)
+{
+    const json_t *v = opt(body, "release");
+    return !v || (json_is_string(v) && !*json_string_value(v));
+}
+
+/* The release a job runs: the stored one, or for a release-less job an
+ * empty stand-in (no env, no processes, no artifacts) that jobbuild_spec
+ * reads like any other; its id is dropped from the job afterwards. */
+static int newjob_release(struct ctl *c, const struct check_newjob *nj, bool releaseless,
+                          json_t **out, struct pier_err *err)
+{
+    if (releaseless) {
+        if (nj->release_env)
+            return err_set(err, PIER_EINVAL,
+                           "release_env: a job without a release has no release env to add");
+        *out = json_pack("{s:s,s:{},s:{},s:[]}", "id", "", "env", "processes", "artifacts");
+        return 0;
+    }
+    /* The release may be another app's (`pg psql` runs the postgres app's
+     * release in the user's app). */
+    cleanup_buf struct buf key = BUF_INIT;
+    buf_printf(&key, "%s%s", KEYS_RELEASES, nj->release);
+    int rc = ctl_get(c, key.p, out, NULL, err);
+    if (rc == PIER_ENOTFOUND)
+        rc = err_set(err, PIER_EINVAL, "release %s not found", nj->release);
+    return rc;
+}
+
 /* Builds the record of a one-off job of app from the NewJob body (not yet
  * placed: no id, no host). PIER_EINVAL naming the field for bad input. */
 static int newjob_spec(struct ctl *c, const json_t *app, const json_t *body, bool attach,
                        json_t **out, struct pier_err *err)
 {
+    /* check_newjob wants a release id: a release-less body is read with a
+     * stand-in one (nj borrows from the copy, which outlives it). */
+    bool releaseless = newjob_releaseless(body);
+    cleanup_json json_t *copy = NULL;
+    if (releaseless) {
+        char standin[UUID_LEN];
+        uuid_new(standin);
+        copy = json_deep_copy(body);
+        json_object_set_new(copy, "release", json_string(standin));
+        body = copy;
+    }
     struct check_newjob nj;
     int rc = check_newjob(body, attach, &nj, err);
     if (rc < 0)
         return rc;
-    /* The release may be another app's (`pg psql` runs the postgres app's
-     * release in the user's app). */
-    cleanup_buf struct buf key = BUF_INIT;
-    buf_printf(&key, "%s%s", KEYS_RELEASES, nj.release);
     cleanup_json json_t *rel = NULL;
     cleanup_json json_t *arts = NULL;
     json_t *spec = NULL;
-    rc = ctl_get(c, key.p, &rel, NULL, err);
-    if (rc == PIER_ENOTFOUND)
-        rc = err_set(err, PIER_EINVAL, "release %s not found", nj.release);
+    rc = newjob_release(c, &nj, releaseless, &rel, err);
     if (rc == 0)
         rc = newjob_artifacts(c, body, rel, &arts, err);
     /* Flynn gives a one-off the release's env only when asked. */
@@ -384,6 +423,10 @@ static int newjob_spec(struct ctl *c, const json_t *app, const json_t *body, boo
         json_object_del(rel, "env");
     if (rc == 0)
         rc = jobbuild_spec(app, rel, arts, NULL, &nj.oneoff, &spec, err);
+    if (rc == 0 && releaseless) {
+        json_object_del(spec, "release");
+        json_object_del(json_object_get(spec, "env"), "FLYNN_RELEASE_ID");
+    }
     if (rc == 0 && (rc = check_job_runnable(spec, err)) < 0)
         json_decref(spec);
     if (rc == 0) {

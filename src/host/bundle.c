@@ -273,6 +273,13 @@ static json_t *build_mounts(const struct jobspec *spec, const struct bundle_opts
     if (spec->init)
         add_mount(m, "/dev/init", "bind", opts->init_path,
                   str_array("bind", "ro", "nosuid", "nodev", NULL));
+    /* The slug builder and runner (docs/build.md), for any stack. */
+    if (opts->pierslug)
+        add_mount(m, "/.pier/pierslug", "bind", opts->pierslug,
+                  str_array("bind", "ro", "nosuid", "nodev", NULL));
+    if (opts->buildpacks)
+        add_mount(m, "/.pier/buildpacks", "bind", opts->buildpacks,
+                  str_array("rbind", "ro", "rro", "nosuid", "nodev", NULL));
     return m;
 }
 

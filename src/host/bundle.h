@@ -8,7 +8,8 @@
  *
  * The container gets its own pid, mount, ipc and uts namespaces (the host's
  * network, in this first version), hostname = job id, a read-only root, a
- * tmpfs /tmp, /app bound read-write, cgroup limits under
+ * tmpfs /tmp, /app bound read-write, pierslug and the shipped buildpacks
+ * bound read-only at /.pier/pierslug and /.pier/buildpacks, cgroup limits under
  * cgroupsPath "/pier/<job id>" (memory with swap at the same value, so a job
  * cannot swap past its limit; cpu shares from milli-CPUs; pids), an
  * RLIMIT_NOFILE of max_fd, no new privileges, a reduced capability set, a
@@ -38,8 +39,10 @@ struct bundle_opts {
     const int *ports;      /* the allocated ports, one per spec port */
     uid_t uid;             /* the job's user (default 65534) */
     gid_t gid;
-    const char *init_path; /* host path of tini-static, bound at /dev/init when spec->init */
-    const char *host_id;   /* for PIER_HOST_ID */
+    const char *init_path;  /* host path of tini-static, bound at /dev/init when spec->init */
+    const char *host_id;    /* for PIER_HOST_ID */
+    const char *pierslug;   /* host path bound read-only at /.pier/pierslug; NULL: left out */
+    const char *buildpacks; /* host dir bound read-only at /.pier/buildpacks; NULL: left out */
 };
 
 /* Writes bundle/, hosts, resolv.conf and app/ for spec into opts->job_dir.

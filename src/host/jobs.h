@@ -41,8 +41,10 @@ struct jobs_config {
     const char *shim;     /* path of the pierd-shim binary */
     const char *crun;     /* crun binary ("crun") */
     const char *crun_root;
-    const char *stack;     /* default stack directory; NULL: the host binds */
-    const char *init_path; /* tini-static on the host, or NULL */
+    const char *stack;      /* default stack directory; NULL: the host binds */
+    const char *init_path;  /* tini-static on the host, or NULL */
+    const char *pierslug;   /* bound at /.pier/pierslug in every job, or NULL */
+    const char *buildpacks; /* bound at /.pier/buildpacks in every job, or NULL */
     uid_t uid;
     gid_t gid;
     int64_t memory_total; /* bytes jobs may use in all */

@@ -186,6 +186,8 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         .gid = t->cfg.gid,
         .init_path = t->cfg.init_path,
         .host_id = t->cfg.host_id,
+        .pierslug = t->cfg.pierslug,
+        .buildpacks = t->cfg.buildpacks,
     };
     if ((rc = bundle_write(spec, &bo, err)) < 0)
         return err_wrap(err, rc, "preparing the container");

@@ -23,8 +23,36 @@
 
 struct host_flags {
     const char *id, *ports, *tags, *ttl, *stack, *memory, *cpu, *ip, *crun, *crun_root, *uid,
-        *keep_ended, *log_max_bytes, *log_max_files, *max_starting;
+        *keep_ended, *log_max_bytes, *log_max_files, *max_starting, *buildpacks;
 };
+
+/* What every job gets at /.pier (docs/build.md): pierslug from next to
+ * this binary, and the shipped buildpacks. One that is missing is left out
+ * of the jobs, with a warning. */
+static void find_pier_binds(const char *self, const char *buildpacks, char *slug, size_t size,
+                            const char **slug_out, const char **bp_out)
+{
+    struct stat st;
+    snprintf(slug, size, "%s", self);
+    char *slash = strrchr(slug, '/');
+    *slug_out = NULL;
+    if (slash && (size_t)(slash - slug) + sizeof("/pierslug") <= size) {
+        strcpy(slash + 1, "pierslug");
+        if (stat(slug, &st) == 0 && S_ISREG(st.st_mode))
+            *slug_out = slug;
+        else
+            log_warn("host",
+                     "pierslug not found: jobs get no /.pier/pierslug (slugs cannot build "
+                     "or run)",
+                     "path=%s", slug);
+    }
+    *bp_out = NULL;
+    if (stat(buildpacks, &st) == 0 && S_ISDIR(st.st_mode))
+        *bp_out = buildpacks;
+    else
+        log_warn("host", "buildpacks directory not found: jobs get no /.pier/buildpacks", "path=%s",
+                 buildpacks);
+}
 
 /* "k=v,k2=v2" into an object of strings. */
 static int parse_tags(const char *s, json_t **out, struct pier_err *err)
@@ -138,7 +166,7 @@ static const char *job_ip(const char *ip, const char *listen, char *buf, size_t 
 
 static int run(const struct daemon_flags *f, const struct host_flags *hf, struct pier_err *err)
 {
-    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096];
+    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096], pierslug[4096];
     long long memory = 0;
     long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0, max_starting = -1;
     long long log_bytes = 0;
@@ -197,6 +225,9 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         goto out;
     }
     shim[n] = 0;
+    const char *slug_bind, *bp_bind;
+    find_pier_binds(shim, hf->buildpacks ? hf->buildpacks : PIER_BUILDPACKS_DIR, pierslug,
+                    sizeof(pierslug), &slug_bind, &bp_bind);
     strcpy(strrchr(shim, '/') + 1, "pierd-shim");
     if (access(shim, X_OK) < 0) {
         rc = err_set(err, PIER_EUNAVAIL,
@@ -231,6 +262,8 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         .crun_root = crun_root,
         .stack = hf->stack,
         .init_path = access("/usr/bin/tini-static", X_OK) == 0 ? "/usr/bin/tini-static" : NULL,
+        .pierslug = slug_bind,
+        .buildpacks = bp_bind,
         .uid = (uid_t)uid,
         .gid = (gid_t)uid,
         .memory_total = memory,
@@ -304,6 +337,10 @@ int host_main(int argc, char **argv)
          "job starts in progress at once; the rest wait in order (default 2 per CPU, "
          "at least 2; 0: no bound)",
          &hf.max_starting},
+        {"buildpacks", "DIR",
+         "the buildpacks bound at /.pier/buildpacks in every job (default: the ones built "
+         "with pier)",
+         &hf.buildpacks},
         {NULL, NULL, NULL, NULL},
     };
     const struct daemon_spec spec = {

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "lib/base64.h"
 #include "lib/cleanup.h"
@@ -40,6 +42,7 @@ struct route {
     httpd_handler fn;
     void *ud;
     bool public;
+    bool upload; /* httpd_route_upload: the handler runs before the body is read */
 };
 
 struct upgrade;
@@ -60,6 +63,11 @@ struct httpd {
     pthread_cond_t cond;
     struct upgrade *running;
     int upgraded;
+    /* Also under lock: the requests between their first callback and
+     * on_completed, which httpd_drain waits for. */
+    int inflight;
+    atomic_bool draining;
+    int quiesced_fd; /* the listening socket once httpd_drain took it from libmicrohttpd */
     void *data;
     void (*data_free)(void *data);
 };
@@ -77,6 +85,16 @@ struct httpd_req {
     size_t nparams;
     const char *pnames[MAX_PARAMS];
     char *pvalues[MAX_PARAMS];
+    char **hdrs; /* httpd_add_header: name, value, name, value... */
+    size_t nhdrs;
+    /* Upload routes (httpd_route_upload). While the handler runs before the
+     * body, replies are kept in deferred and queued later (see queue()). */
+    bool upload;
+    bool in_headers;
+    struct MHD_Response *deferred;
+    int deferred_status;
+    const struct httpd_body_ops *body_ops;
+    void *body_ctx;
 };
 
 struct upgrade {
@@ -101,6 +119,8 @@ struct stream {
     void *ud;
     struct buf pending;
     bool ended;
+    bool sized; /* httpd_reply_stream_sized: exactly size bytes */
+    uint64_t size;
 };
 
 /* ---- routing ---- */
@@ -140,6 +160,7 @@ struct httpd *httpd_new(const struct httpd_options *opt)
     h->key = opt->key && *opt->key ? xstrdup(opt->key) : NULL;
     if (!h->opt.max_body)
         h->opt.max_body = DEFAULT_MAX_BODY;
+    h->quiesced_fd = -1;
     pthread_mutex_init(&h->lock, NULL);
     clock_cond_init(&h->cond);
     return h;
@@ -158,6 +179,13 @@ void httpd_route(struct httpd *h, const char *method, const char *pattern, httpd
     rt->fn = fn;
     rt->ud = ud;
     rt->public = public;
+}
+
+void httpd_route_upload(struct httpd *h, const char *method, const char *pattern, httpd_handler fn,
+                        void *ud, bool public)
+{
+    httpd_route(h, method, pattern, fn, ud, public);
+    h->routes[h->nroutes - 1].upload = true;
 }
 
 static void clear_params(struct httpd_req *r)
@@ -261,6 +289,13 @@ int httpd_body_json(struct httpd_req *r, json_t **out)
 
 /* ---- replies ---- */
 
+void httpd_add_header(struct httpd_req *r, const char *name, const char *value)
+{
+    r->hdrs = xrealloc(r->hdrs, (r->nhdrs + 2) * sizeof(*r->hdrs));
+    r->hdrs[r->nhdrs++] = xstrdup(name);
+    r->hdrs[r->nhdrs++] = xstrdup(value);
+}
+
 static void queue(struct httpd_req *r, int status, struct MHD_Response *resp)
 {
     if (r->replied) {
@@ -269,6 +304,17 @@ static void queue(struct httpd_req *r, int status, struct MHD_Response *resp)
         return;
     }
     r->replied = true;
+    for (size_t i = 0; i + 1 < r->nhdrs; i += 2)
+        MHD_add_response_header(resp, r->hdrs[i], r->hdrs[i + 1]);
+    if (atomic_load(&r->h->draining))
+        MHD_add_response_header(resp, "Connection", "close");
+    if (r->in_headers) {
+        /* An upload route's handler answered before the body: the reply
+         * waits until the body has been read (on_request). */
+        r->deferred = resp;
+        r->deferred_status = status;
+        return;
+    }
     if (MHD_queue_response(r->c, (unsigned)status, resp) != MHD_YES)
         log_warn(r->h->comp, "cannot queue a response", "status=%d path=%s", status, r->path);
     MHD_destroy_response(resp);
@@ -352,9 +398,10 @@ static bool peer_gone(struct MHD_Connection *c)
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
 {
-    (void)pos;
     struct stream *s = cls;
     while (s->pending.len == 0) {
+        if (s->ended && s->sized && pos < s->size)
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* short: the client must see it cut */
         if (s->ended)
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (atomic_load(&s->h->stopping) || peer_gone(s->c))
@@ -366,6 +413,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
             s->ended = true;
     }
     size_t n = s->pending.len < max ? s->pending.len : max;
+    if (s->sized && n > s->size - pos)
+        n = (size_t)(s->size - pos); /* next() gave more than it promised */
     memcpy(out, s->pending.p, n);
     buf_consume(&s->pending, n);
     return (ssize_t)n;
@@ -380,8 +429,8 @@ static void stream_free(void *cls)
     free(s);
 }
 
-void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
-                        httpd_stream_next next, httpd_stream_done done, void *ud)
+static void reply_stream(struct httpd_req *r, int status, const char *content_type, bool sized,
+                         uint64_t size, httpd_stream_next next, httpd_stream_done done, void *ud)
 {
     struct stream *s = xcalloc(1, sizeof(*s));
     s->h = r->h;
@@ -389,8 +438,11 @@ void httpd_reply_stream(struct httpd_req *r, int status, const char *content_typ
     s->next = next;
     s->done = done;
     s->ud = ud;
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s, stream_free);
+    s->sized = sized;
+    s->size = size;
+    struct MHD_Response *resp = MHD_create_response_from_callback(sized ? size : MHD_SIZE_UNKNOWN,
+                                                                  sized ? 64 * 1024 : 16 * 1024,
+                                                                  stream_read, s, stream_free);
     if (!resp) {
         stream_free(s);
         httpd_reply_error(r, 500, "unknown_error", 13, "cannot create a stream");
@@ -398,8 +450,22 @@ void httpd_reply_stream(struct httpd_req *r, int status, const char *content_typ
     }
     if (content_type)
         MHD_add_response_header(resp, "Content-Type", content_type);
-    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    if (!sized)
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
     queue(r, status, resp);
+}
+
+void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
+                        httpd_stream_next next, httpd_stream_done done, void *ud)
+{
+    reply_stream(r, status, content_type, false, 0, next, done, ud);
+}
+
+void httpd_reply_stream_sized(struct httpd_req *r, int status, const char *content_type,
+                              uint64_t size, httpd_stream_next next, httpd_stream_done done,
+                              void *ud)
+{
+    reply_stream(r, status, content_type, true, size, next, done, ud);
 }
 
 /* ---- upgrades ----
@@ -577,10 +643,13 @@ static void status_handler(struct httpd_req *r, void *ud)
     httpd_reply_json(r, 200, j);
 }
 
-static void dispatch(struct httpd_req *r)
+/* Runs the request's route: with headers true when the headers are in,
+ * which only an upload route acts on (any other request waits for its
+ * body), and with headers false once the body has been read. */
+static void dispatch(struct httpd_req *r, bool headers)
 {
     struct httpd *h = r->h;
-    if (r->too_big) {
+    if (!headers && r->too_big) {
         httpd_reply_error(r, 400, "request_body_too_big", 3,
                           "request body is larger than the limit of %zu bytes", h->opt.max_body);
         return;
@@ -596,6 +665,12 @@ static void dispatch(struct httpd_req *r)
         path_matched = true;
         if (strcmp(rt->method, "*") != 0 && strcmp(rt->method, r->method) != 0)
             continue;
+        if (headers && !rt->upload) {
+            clear_params(r);
+            break;
+        }
+        r->upload = rt->upload;
+        r->in_headers = headers;
         /* Public routes answer without credentials, but credentials that
          * are presented must be right: a client with a wrong key then
          * learns it from its first request, health checks included. */
@@ -605,13 +680,14 @@ static void dispatch(struct httpd_req *r)
             break;
         }
         rt->fn(r, rt->ud);
-        if (!r->replied) {
+        if (!r->replied && !r->body_ops) {
             log_error(h->comp, "handler did not reply", "method=%s path=%s", r->method, r->path);
             httpd_reply_error(r, 500, "unknown_error", 13, "internal error");
         }
+        r->in_headers = false;
     }
     free_segs(segs, nsegs);
-    if (done)
+    if (done || headers)
         return;
     if (path_matched) {
         httpd_reply_error(r, 405, "method_not_allowed", 12, "method %s is not allowed on %s",
@@ -621,6 +697,53 @@ static void dispatch(struct httpd_req *r)
     } else {
         httpd_reply_error(r, 404, "not_found", 5, "no such path: %s %s", r->method, r->path);
     }
+}
+
+void httpd_body_stream(struct httpd_req *r, const struct httpd_body_ops *ops, void *ctx)
+{
+    if (!r->upload || r->replied || r->body_ops) {
+        log_error(r->h->comp, "httpd_body_stream outside an upload handler", "path=%s", r->path);
+        if (ops->done)
+            ops->done(ctx);
+        return;
+    }
+    r->body_ops = ops;
+    r->body_ctx = ctx;
+}
+
+static void flush_deferred(struct httpd_req *r)
+{
+    struct MHD_Response *resp = r->deferred;
+    if (!resp)
+        return;
+    r->deferred = NULL;
+    if (MHD_queue_response(r->c, (unsigned)r->deferred_status, resp) != MHD_YES)
+        log_warn(r->h->comp, "cannot queue a response", "status=%d path=%s", r->deferred_status,
+                 r->path);
+    MHD_destroy_response(resp);
+}
+
+/* The body of an upload route's request: to the handler's ops, or dropped
+ * when it refused the request. */
+static enum MHD_Result upload_data(struct httpd_req *r, const char *p, size_t n)
+{
+    if (r->body_ops && !r->replied)
+        return r->body_ops->data(r->body_ctx, p, n) < 0 ? MHD_NO : MHD_YES;
+    r->received += n;
+    return r->received > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+}
+
+static void upload_end(struct httpd_req *r)
+{
+    if (r->body_ops && !r->replied) {
+        r->body_ops->end(r, r->body_ctx);
+        if (!r->replied) {
+            log_error(r->h->comp, "upload handler did not reply", "method=%s path=%s", r->method,
+                      r->path);
+            httpd_reply_error(r, 500, "unknown_error", 13, "internal error");
+        }
+    }
+    flush_deferred(r);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -637,6 +760,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->method = xstrdup(method);
         r->path = xstrdup(url);
         *con_cls = r;
+        pthread_mutex_lock(&h->lock);
+        h->inflight++;
+        pthread_mutex_unlock(&h->lock);
+        dispatch(r, true);
+        /* A client waiting for "100 Continue" gets the refusal instead and
+         * never sends the body. */
+        if (r->deferred && httpd_header_has(r, "Expect", "100-continue"))
+            flush_deferred(r);
+        return MHD_YES;
+    }
+    if (r->upload) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (n)
+            return upload_data(r, upload, n);
+        upload_end(r);
         return MHD_YES;
     }
     if (*upload_size) {
@@ -655,19 +794,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return r->received > DISCARD_LIMIT ? MHD_NO : MHD_YES;
     }
     if (!r->replied)
-        dispatch(r);
+        dispatch(r, false);
     return MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     (void)c;
     (void)toe;
+    struct httpd *h = cls;
     struct httpd_req *r = *con_cls;
     if (!r)
         return;
+    if (r->deferred)
+        MHD_destroy_response(r->deferred);
+    if (r->body_ops && r->body_ops->done)
+        r->body_ops->done(r->body_ctx);
+    for (size_t i = 0; i < r->nhdrs; i++)
+        free(r->hdrs[i]);
+    free(r->hdrs);
     clear_params(r);
     upgrade_free(r->upgrade);
     free(r->method);
@@ -675,6 +821,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     buf_free(&r->body);
     free(r);
     *con_cls = NULL;
+    pthread_mutex_lock(&h->lock);
+    h->inflight--;
+    pthread_cond_broadcast(&h->cond);
+    pthread_mutex_unlock(&h->lock);
 }
 
 /* Decodes %XX in paths and query strings, except %00: a NUL would cut the
@@ -709,10 +859,12 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     for (char *p = msg; *p; p++)
         if (*p == '"')
             *p = '\'';
-    /* It says this each time a stream ends because its client left or
-     * the server stops (stream_read ends it "with error" to close the
-     * connection): an everyday event, not a warning. */
-    if (strstr(msg, "application error generating response"))
+    /* It says this (in one of two wordings) each time a stream ends
+     * because its client left or the server stops (stream_read ends it
+     * "with error" to close the connection): an everyday event, not a
+     * warning. */
+    if (strstr(msg, "application error generating response") ||
+        strstr(msg, "application reported error generating data"))
         log_debug(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
     else
         log_warn(h->comp, "libmicrohttpd", "detail=\"%s\"", msg);
@@ -815,6 +967,31 @@ void *httpd_data(const struct httpd *h)
     return h->data;
 }
 
+bool httpd_drain(struct httpd *h, int timeout_ms)
+{
+    if (!h->d)
+        return true;
+    atomic_store(&h->draining, true);
+    if (h->quiesced_fd < 0) {
+        /* libmicrohttpd stops polling the listening socket; shutting it
+         * down also refuses the clients the kernel would still queue. It is
+         * closed only after MHD_stop_daemon, as libmicrohttpd asks. */
+        MHD_socket fd = MHD_quiesce_daemon(h->d);
+        if (fd != MHD_INVALID_SOCKET) {
+            shutdown(fd, SHUT_RDWR);
+            h->quiesced_fd = fd;
+        }
+    }
+    pthread_mutex_lock(&h->lock);
+    struct timespec deadline = clock_deadline_in(timeout_ms);
+    int rc = 0;
+    while (h->inflight > 0 && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&h->cond, &h->lock, &deadline);
+    bool ok = h->inflight == 0;
+    pthread_mutex_unlock(&h->lock);
+    return ok;
+}
+
 void httpd_free(struct httpd *h)
 {
     if (!h)
@@ -831,6 +1008,8 @@ void httpd_free(struct httpd *h)
     }
     if (h->d)
         MHD_stop_daemon(h->d);
+    if (h->quiesced_fd >= 0)
+        close(h->quiesced_fd);
     for (size_t i = 0; i < h->nroutes; i++) {
         free(h->routes[i].method);
         free_segs(h->routes[i].segs, h->routes[i].nsegs);
@@ -844,4 +1023,18 @@ void httpd_free(struct httpd *h)
     pthread_cond_destroy(&h->cond);
     pthread_mutex_destroy(&h->lock);
     free(h);
+}
+
+void httpd_remote_addr(const struct httpd_req *r, char *out, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (len)
+        out[0] = '\0';
+    if (!ci || !ci->client_addr || !len)
+        return;
+    socklen_t alen = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                            : sizeof(struct sockaddr_in);
+    if (getnameinfo(ci->client_addr, alen, out, len, NULL, 0, NI_NUMERICHOST) != 0)
+        out[0] = '\0';
 }

@@ -20,6 +20,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lib/buf.h"
 #include "lib/err.h"
@@ -62,6 +63,12 @@ char *httpd_reach_addr(const struct httpd *h);
  * once no handler runs any more. */
 void httpd_set_data(struct httpd *h, void *data, void (*free_fn)(void *data));
 void *httpd_data(const struct httpd *h);
+/* Stops taking new connections and waits up to timeout_ms for the
+ * requests in progress to end (streams and bodies still being read
+ * included; idle keep-alive connections do not count). Replies sent from
+ * then on close their connection. Returns true when none is left; either
+ * way, call httpd_free next. For a graceful stop on SIGTERM. */
+bool httpd_drain(struct httpd *h, int timeout_ms);
 /* Stops serving: waits for running handlers; open streams end within
  * about 250 ms; upgraded connections get their sockets shut down and are
  * waited for up to 5 s (an upgrade fn that ignores its socket past that
@@ -81,11 +88,18 @@ const char *httpd_header(const struct httpd_req *r, const char *name);
 /* Whether header name lists token (case-insensitive, comma-separated, as
  * "Upgrade: foo, flynn-attach/0" or "Connection: keep-alive, Upgrade"). */
 bool httpd_header_has(const struct httpd_req *r, const char *name, const char *token);
+/* Writes the client's address as text ("127.0.0.1", "::1") into out, or ""
+ * when it is not known. */
+void httpd_remote_addr(const struct httpd_req *r, char *out, size_t len);
 /* The whole request body (possibly empty), NUL-terminated. */
 struct str httpd_body(const struct httpd_req *r);
 /* Parses the body as a JSON object; on failure replies 400 itself and
  * returns a negative error, so the handler just returns. */
 int httpd_body_json(struct httpd_req *r, json_t **out);
+
+/* Adds a header to the reply this request is about to get (from any
+ * httpd_reply_* call after it). name and value are copied. */
+void httpd_add_header(struct httpd_req *r, const char *name, const char *value);
 
 /* Replies with bytes (copied). */
 void httpd_reply(struct httpd_req *r, int status, const char *content_type, const void *body,
@@ -115,6 +129,41 @@ typedef int (*httpd_stream_next)(void *ud, struct buf *out, int timeout_ms);
 typedef void (*httpd_stream_done)(void *ud);
 void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
                         httpd_stream_next next, httpd_stream_done done, void *ud);
+
+/* Like httpd_reply_stream, for a body of a known size: the reply carries
+ * "Content-Length: size" rather than chunked encoding and no Cache-Control,
+ * and next() must produce exactly size bytes in all (what it adds past that
+ * is dropped). A stream cut before its end (next() returning a negative
+ * value, or 0 too early) closes the connection before the last byte, which
+ * the client sees as a short body. For a HEAD request only the headers go
+ * out and next() is never called. */
+void httpd_reply_stream_sized(struct httpd_req *r, int status, const char *content_type,
+                              uint64_t size, httpd_stream_next next, httpd_stream_done done,
+                              void *ud);
+
+/* Streamed request bodies. A route added with httpd_route_upload runs its
+ * handler as soon as the request's headers are in (after the auth check),
+ * before any of the body is read; its body is neither kept nor held to
+ * max_body. The handler either
+ *  - calls httpd_body_stream: ops->data(ctx, ...) then gets each piece of
+ *    the body as it arrives, on the connection's thread (a negative return
+ *    closes the connection); ops->end(r, ctx) runs once the whole body is
+ *    in and replies; ops->done(ctx) runs once, last, in every case (also
+ *    when the client left mid-body or data() cut it), to free ctx;
+ *  - or replies at once (a refusal; not with httpd_reply_upgrade): that
+ *    reply goes out after the body has been read and dropped (past 64 MiB
+ *    the connection is closed instead), or at once, with the body never
+ *    read, when the client sent "Expect: 100-continue". */
+struct httpd_body_ops {
+    int (*data)(void *ctx, const char *p, size_t len);
+    void (*end)(struct httpd_req *r, void *ctx);
+    void (*done)(void *ctx);
+};
+void httpd_route_upload(struct httpd *h, const char *method, const char *pattern, httpd_handler fn,
+                        void *ud, bool public);
+/* Takes the body of an upload route's request as described above; ops is
+ * borrowed and must outlive the request (a static table). */
+void httpd_body_stream(struct httpd_req *r, const struct httpd_body_ops *ops, void *ctx);
 
 /* Switches the connection to another protocol (an HTTP upgrade, such as
  * Flynn's attach): answers "101 Switching Protocols" with "Upgrade:

@@ -134,8 +134,14 @@ static const json_t *find_artifact(const json_t *artifacts, const char *id)
     return NULL;
 }
 
-/* One artifact into the job's "artifact" object: a flynn stack or a slug. */
-static int add_artifact(json_t *out, const json_t *a, const char *id, struct pier_err *err)
+/* The slug runner every job of a slug built by pier starts with
+ * (docs/build.md); the agent binds it into every container. */
+#define SLUGRUNNER "/.pier/pierslug"
+
+/* One artifact into the job's "artifact" object: a flynn stack or a slug.
+ * *slugrunner is set for a slug whose meta says it runs under pierslug. */
+static int add_artifact(json_t *out, const json_t *a, const char *id, bool *slugrunner,
+                        struct pier_err *err)
 {
     const char *kind = json_string_value(json_object_get(a, "type"));
     const char *uri = json_string_value(json_object_get(a, "uri"));
@@ -152,6 +158,10 @@ static int add_artifact(json_t *out, const json_t *a, const char *id, struct pie
     }
     if (strcmp(kind, "file") == 0) {
         json_object_set_new(out, "slug", json_string(uri));
+        const json_t *meta = json_object_get(a, "meta");
+        const char *sr = json_string_value(json_object_get(meta, "slugrunner"));
+        if (sr && strcmp(sr, "true") == 0)
+            *slugrunner = true;
         return 0;
     }
     /* Flynn's releases name the image their slug runs on (its slugrunner)
@@ -164,7 +174,7 @@ static int add_artifact(json_t *out, const json_t *a, const char *id, struct pie
 }
 
 static int build_artifact(const json_t *release, const json_t *artifacts, json_t *job,
-                          struct pier_err *err)
+                          bool *slugrunner, struct pier_err *err)
 {
     const char *release_id = json_string_value(json_object_get(release, "id"));
     json_t *ids = json_object_get(release, "artifacts"); /* borrowed */
@@ -191,13 +201,26 @@ static int build_artifact(const json_t *release, const json_t *artifacts, json_t
         const json_t *a = artifacts ? find_artifact(artifacts, id) : NULL;
         if (!a)
             return err_set(err, PIER_EINVAL, "artifact %s of release %s not found", id, release_id);
-        int rc = add_artifact(out, a, id, err);
+        int rc = add_artifact(out, a, id, slugrunner, err);
         if (rc < 0)
             return rc;
     }
     if (json_object_size(out) > 0)
         json_object_set(job, "artifact", out);
     return 0;
+}
+
+/* A slug's process starts as `/.pier/pierslug run ARGS...`, which sets up
+ * the slug's environment first. Args that already start with pierslug
+ * (the build job the git receiver runs) are left as they are. */
+static void prefix_slugrunner(json_t *job)
+{
+    json_t *args = json_object_get(job, "args"); /* borrowed */
+    const char *first = json_string_value(json_array_get(args, 0));
+    if (first && strcmp(first, SLUGRUNNER) == 0)
+        return;
+    json_array_insert_new(args, 0, json_string("run"));
+    json_array_insert_new(args, 0, json_string(SLUGRUNNER));
 }
 
 /* Flynn's defaults, then the type's resources, then the one-off's, each
@@ -367,8 +390,11 @@ int jobbuild_spec(const json_t *app, const json_t *release, const json_t *artifa
     int rc = build_args(ptype, type, release_id, oneoff, job, err);
     if (rc == 0)
         rc = build_env(app, release, ptype, type, oneoff, job, err);
+    bool slugrunner = false;
     if (rc == 0)
-        rc = build_artifact(release, artifacts, job, err);
+        rc = build_artifact(release, artifacts, job, &slugrunner, err);
+    if (rc == 0 && slugrunner)
+        prefix_slugrunner(job);
     if (rc == 0)
         rc = build_resources(ptype, oneoff, job, err);
     if (rc == 0)

@@ -325,7 +325,8 @@ def test_bad_input_changes_nothing(cluster):
     before = cluster.store_jobs()
     bad = [
         ({"release": str(uuid.uuid4()), "args": ["true"]}, "release"),
-        ({"args": ["true"]}, "release"),
+        # Without a release (pier's extension) there is no release env to add.
+        ({"args": ["true"], "release_env": True}, "release_env"),
         ({"release": "not-an-id", "args": ["true"]}, "release"),
         ({"release": cluster.rel}, "args"),
         ({"release": cluster.rel, "args": "true"}, "args"),
@@ -355,6 +356,47 @@ def test_bad_input_changes_nothing(cluster):
     status, err = cluster.ctl.get("/apps/demo/log?lines=many")
     assert status == 400 and "lines" in err["message"]
     assert cluster.store_jobs() == before
+
+
+# ---- one-off jobs without a release (pier's extension) ----
+
+def test_releaseless_job_runs_detached(cluster):
+    """A NewJob without "release" runs on the host's default stack with only
+    its own env and the platform's (the git receiver builds an app that has
+    no release yet this way)."""
+    for body in ({}, {"release": None}, {"release": ""}):
+        status, job = cluster.ctl.post("/apps/demo/jobs", {
+            **body, "args": ["sh", "-c", "echo own=$OWN rel=${REL_VAR:-none} "
+                                         "app=$APP_NAME id=$FLYNN_APP_ID "
+                                         "relid=${FLYNN_RELEASE_ID:-none} dyno=${DYNO%%.*}"],
+            "env": {"OWN": "mine"}, "meta": {"pier.build": "b1"}})
+        assert status == 200, (body, status, job)
+        validate_as("job", job)
+        assert job["app"] == cluster.app and "release" not in job, job
+        assert job["meta"] == {"pier.build": "b1"}
+        rec = cluster.wait_job(job["id"], ENDED)
+        assert rec["state"] == "down" and rec["exit_status"] == 0, rec
+        assert rec["oneoff"] is True and "release" not in rec and "artifact" not in rec, rec
+        assert [m["msg"] for m in cluster.log_lines(f"?job_id={job['id']}")] == [
+            f"own=mine rel=none app=demo id={cluster.app} relid=none dyno=run"]
+    status, jobs = cluster.ctl.get("/apps/demo/jobs")
+    assert status == 200 and len(jobs) == 3 and all("release" not in j for j in jobs), jobs
+
+
+def test_releaseless_job_attached(cluster):
+    a = Attached(cluster.ctl, "demo", {"args": ["sh", "-c", "cat; echo err >&2; exit 6"],
+                                       "resources": {"memory": {"limit": 268435456}}})
+    a.check_upgraded()
+    a.stdin(b"piped in\n")
+    a.stdin(b"")
+    assert a.wait_exit() == 6
+    assert a.out[1] == b"piped in\n" and a.out[2] == b"err\n", a.out
+    rec = next(cluster.job(k[len(JOBS):]) for k in cluster.store_jobs())
+    assert "release" not in rec and rec["stdin"] is True, rec
+    assert rec["resources"]["memory"]["limit"] == 268435456, rec
+    # A release-less job of an unknown app is still a bare 404.
+    status, body = cluster.ctl.post("/apps/nope/jobs", {"args": ["true"]})
+    assert status == 404 and body is None
 
 
 # ---- kill and update ----

@@ -152,6 +152,43 @@ static void test_artifacts(void **state)
     assert_non_null(strstr(err.msg, "file:///DIR"));
 }
 
+/* A slug pier built (meta.slugrunner "true") runs under pierslug: service
+ * and one-off jobs alike; other slugs and pierslug's own commands as they
+ * are. */
+static void test_slugrunner(void **state)
+{
+    (void)state;
+    const char *arts = "[{\"id\":\"g1\",\"type\":\"file\",\"uri\":\"http://blob/s.tgz\","
+                       "\"meta\":{\"slugrunner\":\"true\",\"blobstore\":\"true\"}},"
+                       "{\"id\":\"g2\",\"type\":\"file\",\"uri\":\"http://blob/t.tgz\","
+                       "\"meta\":{\"slugrunner\":\"false\"}}]";
+    const char *rel = "{\"id\":\"r1\",\"artifacts\":[\"g1\"],"
+                      "\"processes\":{\"web\":{\"args\":[\"node server.js\"]}}}";
+    cleanup_json json_t *job = build_ok(rel, arts, "web", NULL);
+    cleanup_json json_t *want = parse("[\"/.pier/pierslug\",\"run\",\"node server.js\"]");
+    assert_true(json_equal(json_object_get(job, "args"), want));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(job, "artifact"), "slug")),
+        "http://blob/s.tgz");
+
+    cleanup_json json_t *args = parse("[\"bash\"]");
+    struct jobbuild_oneoff o = {.args = args};
+    cleanup_json json_t *run = build_ok(rel, arts, NULL, &o);
+    cleanup_json json_t *want_run = parse("[\"/.pier/pierslug\",\"run\",\"bash\"]");
+    assert_true(json_equal(json_object_get(run, "args"), want_run));
+
+    cleanup_json json_t *bargs = parse("[\"/.pier/pierslug\",\"build\"]");
+    struct jobbuild_oneoff b = {.args = bargs};
+    cleanup_json json_t *build = build_ok(rel, arts, NULL, &b);
+    assert_true(json_equal(json_object_get(build, "args"), bargs));
+
+    cleanup_json json_t *plain = build_ok("{\"id\":\"r1\",\"artifacts\":[\"g2\"],"
+                                          "\"processes\":{\"web\":{\"args\":[\"x\"]}}}",
+                                          arts, "web", NULL);
+    cleanup_json json_t *want_plain = parse("[\"x\"]");
+    assert_true(json_equal(json_object_get(plain, "args"), want_plain));
+}
+
 static void test_resources(void **state)
 {
     (void)state;
@@ -287,9 +324,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_service_job), cmocka_unit_test(test_entrypoint_and_cmd),
-        cmocka_unit_test(test_artifacts),   cmocka_unit_test(test_resources),
-        cmocka_unit_test(test_ports),       cmocka_unit_test(test_oneoff),
-        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_artifacts),   cmocka_unit_test(test_slugrunner),
+        cmocka_unit_test(test_resources),   cmocka_unit_test(test_ports),
+        cmocka_unit_test(test_oneoff),      cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
