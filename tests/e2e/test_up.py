@@ -1,10 +1,12 @@
 """`make up`'s script end to end: `scripts/up BUILD_DIR` makes the cluster
 key once ($PIER_HOME/key, 0600), starts the store, discoverd, the host
-agent, the scheduler and the controller in the background with their PIDs
-and logs under $PIER_HOME, says where they are and how to use them (a CLI
-workflow that really deploys and runs an app), leaves running daemons
-alone when run again, restarts what died, and `scripts/up --stop` stops
-them (controller first, store last), saying so when jobs keep running.
+agent, the scheduler, the controller, the router, the blobstore and the git
+receiver in the background with their PIDs and logs under $PIER_HOME, says
+where they are and how to use them (a `git push` workflow that really
+builds, deploys and runs an app, over HTTP and over SSH), leaves running
+daemons alone when run again, restarts what died, and `scripts/up --stop`
+stops them (the git receiver first, the store last), saying so when jobs
+keep running.
 
 The daemons and jobs outlive the script, so nothing else stops them for us:
 every test stops whatever the PID files (and what the script printed) name,
@@ -36,8 +38,10 @@ from conftest import CRUN, free_port, free_port_range, http_status, sanitizer_re
 REPO = Path(__file__).resolve().parents[2]
 UP = REPO / "scripts" / "up"
 PR_SET_CHILD_SUBREAPER = 36
-NAMES = ("store", "discoverd", "host", "scheduler", "controller", "router")
-STOP_ORDER = ("router", "controller", "scheduler", "host", "discoverd", "store")
+NAMES = ("store", "discoverd", "host", "scheduler", "controller", "router", "blobstore",
+         "gitreceive")
+STOP_ORDER = ("gitreceive", "blobstore", "router", "controller", "scheduler", "host", "discoverd",
+              "store")
 # Under load (other tests, benchmarks with many containers) a sanitizer
 # build is slow: waits are generous, what they wait for is exact.
 WAIT = 60
@@ -76,10 +80,11 @@ class Up:
         self.controller_url = self.urls["controller"]
         self.ports = free_port_range()  # the jobs' ports, apart from other tests'
         self.http_port = free_port()  # the router's HTTP listener
+        self.ssh_addr = f"127.0.0.1:{free_port()}"  # the git receiver's SSH listener
         self.domain = "up-test.localhost"
         self.env = dict(os.environ, PIER_HOME=str(home), PIER_HOST_PORTS="%d-%d" % self.ports,
                         PIER_ROUTER_HTTP=f"127.0.0.1:{self.http_port}", PIER_DOMAIN=self.domain,
-                        UBSAN_OPTIONS="print_stacktrace=1")
+                        PIER_GITRECEIVE_SSH=self.ssh_addr, UBSAN_OPTIONS="print_stacktrace=1")
         for name, addr in self.addrs.items():
             self.env[f"PIER_{name.upper()}_LISTEN"] = addr
         # A key in the caller's environment must not reach the daemons.
@@ -137,18 +142,24 @@ class Up:
 
     def api(self, url, key=None, timeout=10):
         """(status, parsed JSON or None) of GET url, with key as Basic auth."""
+        status, _, body = self.request(url, key, timeout=timeout)
+        return status, json.loads(body) if status == 200 and body.strip() else None
+
+    @staticmethod
+    def request(url, key=None, method="GET", data=None, timeout=10):
+        """(status, headers, body) of a request, with key as Basic auth;
+        (None, None, None) when nothing answers."""
         h = {}
         if key is not None:
             h["Authorization"] = "Basic " + base64.b64encode(f":{key}".encode()).decode()
+        req = urllib.request.Request(url, headers=h, method=method, data=data)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=h),
-                                        timeout=timeout) as r:
-                body = r.read()
-                return r.status, json.loads(body) if body.strip() else None
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
-            return e.code, None
+            return e.code, e.headers, e.read()
         except OSError:
-            return None, None
+            return None, None, None
 
     def host_id(self):
         """The id the host agent made at its first start, or None."""
@@ -248,11 +259,14 @@ def up(pier_build, tmp_path):
         u.cleanup()
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         logs = [(name, u.log(name)) for name in NAMES]
+        # The shims, and the jobs (the build job runs pierslug, which is
+        # sanitized too, and the web jobs run it as their entry).
         for d in u.job_dirs():
-            try:
-                logs.append((f"the shim of {d.name}", (d / "shim.log").read_text(errors="replace")))
-            except FileNotFoundError:
-                pass
+            for f, who in (("shim.log", "the shim of"), ("log", "the job")):
+                try:
+                    logs.append((f"{who} {d.name}", (d / f).read_text(errors="replace")))
+                except FileNotFoundError:
+                    pass
         for who, text in logs:
             if sanitizer_reports(text):
                 pytest.fail(f"{who} reported a sanitizer error:\n{text[-8000:]}", pytrace=False)
@@ -287,21 +301,38 @@ def stopped_all(pids):
 
 
 class Steps:
-    """The commands `scripts/up` prints under "Point the CLI" and "Run an
-    app", run as a user pastes them into bash: each in a shell whose PATH
-    comes from the printed `export PATH=...` line, with a HOME of its own
-    (the CLI keeps its config there) and none of the CLI's variables from
-    this process's environment."""
+    """The commands `scripts/up` prints under "Point the CLI" and after it,
+    run as a user pastes them into bash: each in a shell whose PATH comes
+    from the printed `export PATH=...` line, with a HOME of its own (the CLI
+    keeps its config there) and none of the CLI's, git's or ssh's variables
+    from this process's environment. The user has what any git user has: a
+    name and email in ~/.gitconfig, and an SSH key; their ssh accepts a new
+    host's key (as answering "yes" at the first connection) and reads only
+    the files under HOME."""
 
     def __init__(self, text, tmp_path):
         lines = text.splitlines()
         at = next(i for i, ln in enumerate(lines) if ln.startswith("Point the CLI"))
         self.lines = [ln[2:] for ln in lines[at:] if ln.startswith("  ")]
         self.home = tmp_path / "user-home"
-        self.home.mkdir(exist_ok=True)
+        self.app_dir = self.home / "hello"  # where the printed `cd hello` leads
+        ssh = self.home / ".ssh"
+        if not ssh.exists():
+            ssh.mkdir(mode=0o700, parents=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "up-test",
+                            "-f", str(ssh / "id_ed25519")], check=True, capture_output=True)
+            (ssh / "config").write_text(
+                f"IdentityFile {ssh}/id_ed25519\nIdentitiesOnly yes\n"
+                f"UserKnownHostsFile {ssh}/known_hosts\nStrictHostKeyChecking accept-new\n"
+                "BatchMode yes\n")
+            (self.home / ".gitconfig").write_text(
+                "[user]\n\tname = Up Test\n\temail = up-test@example.test\n")
         self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("PIER_") and k != "XDG_CONFIG_HOME"}
-        self.env.update(HOME=str(self.home), UBSAN_OPTIONS="print_stacktrace=1")
+                    if not k.startswith(("PIER_", "GIT_", "SSH_")) and k != "XDG_CONFIG_HOME"}
+        # ssh finds ~ in the password database, not in HOME: this user's
+        # ssh is pointed at their files under HOME.
+        self.env.update(HOME=str(self.home), UBSAN_OPTIONS="print_stacktrace=1",
+                        GIT_SSH_COMMAND=f"ssh -F {ssh}/config")
 
     def line(self, prefix):
         """The one printed command that starts with prefix."""
@@ -309,57 +340,95 @@ class Steps:
         assert len(found) == 1, (prefix, self.lines)
         return found[0]
 
-    def sh(self, *cmds, home=None, timeout=120):
+    def sh(self, *cmds, home=None, cwd=None, timeout=300):
+        """Runs cmds in one bash, in HOME (or cwd)."""
         env = dict(self.env, HOME=str(home or self.home))
         script = "\n".join([self.line("export PATH="), "set -e", *cmds])
         p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(self.home))
-        reports = sanitizer_reports(p.stderr)
-        assert not reports, f"{cmds} reported a sanitizer error:\n{p.stderr}"
+                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=str(cwd or self.home))
+        reports = sanitizer_reports(p.stdout + p.stderr)
+        assert not reports, f"{cmds} reported a sanitizer error:\n{p.stdout}\n{p.stderr}"
         return p
+
+    def app(self, *cmds, **kw):
+        """Runs cmds in the app's repository, where the workflow left the user."""
+        return self.sh(*cmds, cwd=self.app_dir, **kw)
+
+
+def pushed(r, up, version):
+    """Checks what `git push` printed (on stderr, as git does): the Node.js
+    buildpack built the app, and release vVERSION of hello was deployed at
+    its default route; returns the release's id."""
+    out = r.stderr
+    assert r.returncode == 0, f"git push failed ({r.returncode}):\n{r.stdout}\n{out}"
+    assert re.search(r"^remote: -----> Node\.js app detected\s*$", out, re.M), out
+    assert re.search(r"^remote: \s+npm ci ", out, re.M), out
+    m = re.search(rf"^remote: =====> hello deployed \(release v{version} / ([0-9a-f-]{{36}})\)\s*$",
+                  out, re.M)
+    assert m, out
+    assert re.search(rf"^remote:        http://hello\.{re.escape(up.domain)}\s*$", out, re.M), out
+    assert re.search(r"^ [*+ ] .*main -> main$", out, re.M), out
+    return m.group(1)
+
+
+def web_jobs(steps, rel=None):
+    """The ids of the app's web jobs that `pier ps` lists as up (of release
+    rel when given), and every row it lists."""
+    rows = [ln.split() for ln in ok(steps.sh("pier -a hello ps")).stdout.splitlines()[1:]]
+    jobs = [row[0] for row in rows
+            if row[1:3] == ["web", "up"] and (rel is None or row[5] == rel[:8])]
+    return jobs, rows
+
+
+def answers(steps, fetch):
+    """Whether the printed curl through the router gets the sample's page."""
+    r = steps.sh(fetch)
+    return r.returncode == 0 and "<p>hello from nodejs</p>" in r.stdout and \
+        "escape-html says &lt;b&gt;pier &amp; npm&lt;/b&gt;" in r.stdout
 
 
 def workflow_until_up(up, p, tmp_path):
-    """Runs the printed workflow up to `scale web=1` and checks each step;
-    returns (Steps, key, release id, the web job's id, its port)."""
+    """Runs the printed workflow up to `git push` and the curl through the
+    router and checks each step; returns (Steps, key, release id, the web
+    job's id, its port)."""
     key = up.key().strip()
     ctl = up.controller_url
+    git = up.urls["gitreceive"]
     steps = Steps(p.stdout, tmp_path)
     assert steps.lines[:3] == [
         f'export PATH="{up.build}:$PATH"',
-        f"pier cluster add -d local {ctl} {key}",
-        f"export PIER_CONTROLLER_URL={ctl} PIER_CONTROLLER_KEY={key}",
+        f"pier cluster add -d local {ctl} {key} --git-url {git}",
+        f"export PIER_CONTROLLER_URL={ctl} PIER_CONTROLLER_KEY={key} PIER_GIT_URL={git}",
     ], steps.lines
 
-    # The CLI, pointed at the controller, keeps the cluster in its config.
+    # The CLI, pointed at the controller and the git receiver, keeps the
+    # cluster in its config.
     r = ok(steps.sh(steps.line("pier cluster add")))
     assert r.stdout == 'cluster "local" added (default)\n', r.stdout
     r = ok(steps.sh("pier cluster"))
-    assert r.stdout.split() == ["NAME", "URL", "*", "local", ctl], r.stdout
+    assert r.stdout.split() == ["NAME", "URL", "GIT", "URL", "*", "local", ctl, git], r.stdout
 
-    assert ok(steps.sh(steps.line("pier create hello"))).stdout == "hello\n"
+    # A copy of the sample in a new repository, and the app with its remote.
+    copy = steps.line("cp -r ")
+    assert copy.startswith(f"cp -r {REPO}/tests/apps/nodejs hello && cd hello && "), copy
+    ok(steps.sh(copy))
+    assert (steps.app_dir / "package.json").is_file()
+    assert ok(steps.app("git log --format=%s")).stdout == "init\n"
+    r = ok(steps.app(steps.line("pier create hello")))
+    assert r.stdout == "hello\n", r.stdout
+    assert f"Added git remote pier: {git}/hello.git" in r.stderr, r.stderr
+    assert ok(steps.app("git remote get-url pier")).stdout == f"{git}/hello.git\n"
 
-    # The release (made with the API) and its deploy, pasted together as
-    # the second needs the first's $release.
-    release, deploy = steps.line("release=$(curl "), steps.line("curl -s -u ")
-    assert f"-u :{key} {ctl}/releases " in release and f"{ctl}/apps/hello/deploy " in deploy
-    r = ok(steps.sh(release, deploy, 'echo "release=$release"'))
-    out, _, rel = r.stdout.rpartition("release=")
-    rel = rel.strip()
-    assert re.fullmatch(r"[0-9a-f-]{36}", rel), r.stdout
-    dep = json.loads(out)
-    assert (dep["new_release"], dep["status"]) == (rel, "complete"), dep
+    # The push builds it (over HTTP: the credential helper `pier create` set
+    # gives git the key) and deploys it, with web scaled to 1.
+    r = steps.app(steps.line("git push pier main"))
+    rel = pushed(r, up, 1)
     status, app = up.api(f"{ctl}/apps/hello", key)
     assert status == 200 and app["release"] == rel, (status, app)
     status, body = up.api(f"{ctl}/releases/{rel}", key)
-    assert status == 200 and list(body["processes"]) == ["web"], body
-
-    # scale web=1 waits until the scheduler placed it and the agent ran it.
-    r = ok(steps.sh(steps.line("pier -a hello scale web=1")))
-    assert "scaling web: 0=>1\n" in r.stdout, r.stdout
-    [job] = re.findall(r"^web (\S+) up$", r.stdout, re.M)
+    assert status == 200 and body["processes"]["web"]["args"] == ["npm start"], body
+    [job], _ = web_jobs(steps, rel)
     assert job.startswith(up.host_id() + "-"), job
-    assert re.search(r"^scale completed in \d+\.\ds$", r.stdout, re.M), r.stdout
 
     # Discovery has its address, and it answers HTTP there.
     status, insts = until(lambda: (lambda r: r if r[0] == 200 and r[1] else None)(
@@ -374,8 +443,7 @@ def workflow_until_up(up, p, tmp_path):
     # command (curl resolves *.localhost to the loopback address itself).
     fetch = steps.line(f"curl -s http://hello.{up.domain}:{up.http_port}/")
     assert fetch.endswith("   # through the router"), fetch
-    until(lambda: (lambda r: r.returncode == 0 and "Directory listing" in r.stdout)(
-        steps.sh(fetch)), "the web job's HTTP server through the router")
+    until(lambda: answers(steps, fetch), "the app's page through the router")
     return steps, key, rel, job, port
 
 
@@ -417,8 +485,34 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
         up.api(f"{up.scheduler_url}/status", key)), "the scheduler to lead")
     assert [h["id"] for h in sched["hosts"]] == [host_id], sched
     assert up.api(f"{up.discoverd_url}/services/hello-web/instances")[0] == 200
+    # The blobstore: anyone reads, only the key writes.
+    blob = f"{up.urls['blobstore']}/up-test/x.txt"
+    for k in (None, "not-the-cluster-key"):
+        assert up.request(blob, k, "PUT", b"x")[0] == 401, k
+    assert up.request(blob)[0] == 404
+    assert up.request(blob, key, "PUT", b"hi\n")[0] == 200
+    assert up.request(blob)[::2] == (200, b"hi\n")
+    assert up.request(blob, key, "DELETE")[0] == 200
+    # The git receiver: git over HTTP with the key (no app yet: 404), and
+    # its SSH port speaks SSH.
+    refs = f"{up.urls['gitreceive']}/hello.git/info/refs?service=git-receive-pack"
+    for k in (None, "not-the-cluster-key"):
+        status, headers, _ = up.request(refs, k)
+        assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="pier"', (k, status)
+    assert up.request(refs, key)[0] == 404
+    host, port = up.ssh_addr.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.settimeout(10)
+        assert s.recv(256).startswith(b"SSH-2.0-")
+    # Both register in discovery.
+    for svc in ("blobstore", "gitreceive"):
+        status, insts = until(lambda: (lambda r: r if r[0] == 200 and r[1] else None)(
+            up.api(f"{up.discoverd_url}/services/{svc}/instances")), f"{svc} in discovery")
+        assert [i["addr"] for i in insts] == [up.addrs[svc]], insts
 
     # It says where everything is, and how to use it.
+    fp = subprocess.run(["ssh-keygen", "-lf", str(up.home / "git" / "ssh_host_ed25519_key")],
+                        capture_output=True, text=True, check=True).stdout.split()[1]
     assert f"store       {up.store_url}   " in p.stdout
     assert f"export PIER_STORE={up.store_url})" in p.stdout
     assert f"discoverd   {up.discoverd_url}   " in p.stdout
@@ -428,21 +522,29 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     assert (f"router      http://127.0.0.1:{up.http_port}   (every app at "
             f"http://APP.{up.domain}:{up.http_port}; status at {up.urls['router']}/status; "
             "docs/router.md)") in p.stdout
+    assert (f"\n  blobstore   {up.urls['blobstore']}   (sources, slugs, build caches; "
+            "docs/blobstore.md)\n") in p.stdout
+    assert (f"\n  gitreceive  {up.urls['gitreceive']}   (git push over HTTP; docs/gitreceive.md)\n"
+            f"              ssh://git@{up.ssh_addr}   (git push over SSH; host key {fp})\n"
+            ) in p.stdout
     assert f"cluster key {key}   (in {up.home}/key)" in p.stdout
     assert f"logs and PIDs in {up.home}; stop with 'make down'" in p.stdout
-    assert "'git push' comes later" in p.stdout
+    assert "comes later" not in p.stdout
     assert p.stderr == ""
 
     steps, key, rel, job, port = workflow_until_up(up, p, tmp_path)
     assert steps.lines[3:] == [
-        "pier create hello",
-        steps.line("release=$(curl "),
-        steps.line("curl -s -u "),
-        "pier -a hello scale web=1",
+        steps.line("cp -r "),
+        "pier create hello   # adds the git remote pier",
+        "git push pier main   # builds, deploys, scales web to 1",
         f"curl -s http://hello.{up.domain}:{up.http_port}/   # through the router",
         "pier -a hello ps",
         "pier -a hello log",
+        "pier -a hello scale web=2",
         "pier -a hello run -- sh -c 'echo hi from $DYNO'",
+        "pier keys add",
+        f"git remote set-url pier ssh://git@{up.ssh_addr}/hello.git",
+        "git commit -q --allow-empty -m again && git push pier main",
     ], steps.lines
 
     # ps, here through the printed environment variables and no config.
@@ -455,22 +557,57 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     assert rows[0][5] == rel[:8], r.stdout
     assert not (bare / ".config").exists()
 
-    # The log: what the server printed at its start and the request above.
+    # The log: the build's output (its one-off job is the app's) and the
+    # web process's start, on the port the agent gave it.
     def log():
-        out = ok(steps.sh(steps.line("pier -a hello log"))).stdout
-        return out if ("Serving HTTP on" in out and '"GET / HTTP/1.1" 200' in out) else None
+        out = ok(steps.app(steps.line("pier -a hello log"))).stdout
+        return out if f"listening on 0.0.0.0:{port}" in out else None
 
-    logged = until(log, "the web job's start and request in the app log")
-    assert re.search(rf"^\d{{4}}-\d\d-\d\dT[\d:.]+Z app\[web\.{job}\]: Serving HTTP on ", logged,
-                     re.M), logged
+    logged = until(log, "the web job's start in the app log")
+    assert re.search(rf"^\d{{4}}-\d\d-\d\dT[\d:.]+Z app\[web\.{job}\]: listening on 0\.0\.0\.0:"
+                     rf"{port}$", logged, re.M), logged
+    assert re.search(r"app\[run\.\S+\]: -----> Node\.js app detected$", logged, re.M), logged
+
+    # Scaled to two, both up, and the page still answers.
+    r = ok(steps.app(steps.line("pier -a hello scale web=2")))
+    assert "scaling web: 1=>2\n" in r.stdout, r.stdout
+    [job2] = re.findall(r"^web (\S+) up$", r.stdout, re.M)
+    assert job2 != job
+    assert sorted(web_jobs(steps, rel)[0]) == sorted([job, job2])
+    assert answers(steps, steps.line("curl -s "))
 
     # A one-off command: its output, its exit status, gone afterwards.
-    r = ok(steps.sh(steps.line("pier -a hello run -- ")))
+    r = ok(steps.app(steps.line("pier -a hello run -- ")))
     assert re.fullmatch(r"hi from run\.\d+\n", r.stdout), r.stdout
-    rows = [ln.split() for ln in ok(steps.sh("pier -a hello ps")).stdout.splitlines()[1:]]
-    assert [row[:3] for row in rows] == [[job, "web", "up"]], rows
+    jobs, rows = web_jobs(steps)
+    assert sorted(jobs) == sorted([job, job2]) and len(rows) == 2, rows
 
-    # Running it again leaves all six alone, starts nothing, keeps the key
+    # Over SSH: the user's key registered, the remote switched, a new
+    # commit pushed; it is built and deployed as release v2 on both jobs.
+    r = ok(steps.app(steps.line("pier keys add")))
+    ours = subprocess.run(["ssh-keygen", "-lf", str(steps.home / ".ssh" / "id_ed25519.pub")],
+                          capture_output=True, text=True, check=True).stdout.split()[1]
+    assert ours in r.stdout + r.stderr, r
+    ok(steps.app(steps.line("git remote set-url pier ssh://")))
+    r = steps.app(steps.line("git commit -q --allow-empty -m again && git push pier main"))
+    rel2 = pushed(r, up, 2)
+    assert rel2 != rel
+    assert f"\nTo ssh://{up.ssh_addr}/hello.git\n" in r.stderr, r.stderr  # (git hides the user)
+    assert re.search(r"^remote:        npm cache: restored from the previous build", r.stderr,
+                     re.M), r.stderr
+    assert re.search(rf'msg="ssh git started" .*fingerprint={re.escape(ours)} app=hello '
+                     "service=receive-pack", up.log("gitreceive")), up.log("gitreceive")[-3000:]
+    # ssh took the host key printed above.
+    known = subprocess.run(["ssh-keygen", "-lf", str(steps.home / ".ssh" / "known_hosts")],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert known[1] == fp, known
+    assert up.api(f"{up.controller_url}/apps/hello", key)[1]["release"] == rel2
+    new = until(lambda: (lambda j: j if len(j) == 2 else None)(web_jobs(steps, rel2)[0]),
+                "two web jobs of the second release")
+    assert not set(new) & {job, job2}, new
+    assert answers(steps, steps.line("curl -s "))
+
+    # Running it again leaves all eight alone, starts nothing, keeps the key
     # and says the same.
     p2 = ok(up.run(up.build))
     for name in NAMES:
@@ -482,18 +619,21 @@ def test_up_runs_the_cluster_and_the_printed_workflow_works(up, tmp_path):
     assert stat.S_IMODE((up.home / "key").stat().st_mode) == 0o600
     assert p2.stdout.split("\n\n", 1)[1] == p.stdout.split("\n\n", 1)[1]
 
-    # Scaled to zero, the job stops: down, out of discovery, shim and
-    # container gone.
-    shims = up.job_pids()
-    assert sorted(shims.values()) == [f"container of {job}", f"shim of {job}"], shims
+    # Scaled to zero, the jobs stop: down, out of discovery, shims and
+    # containers gone (the build and run jobs' went when they ended).
+    shims = until(lambda: (lambda s: s if len(s) == 4 else None)(up.job_pids()),
+                  "only the two web jobs' shims and containers")
+    assert sorted(shims.values()) == sorted(f"{what} of {j}" for j in new
+                                            for what in ("container", "shim")), shims
     r = ok(steps.sh("pier -a hello scale web=0"))
-    assert re.search(rf"^web {job} down$", r.stdout, re.M), r.stdout
+    for j in new:
+        assert re.search(rf"^web {j} down$", r.stdout, re.M), r.stdout
     assert all(wait_gone(pid, WAIT) for pid in shims), shims
     until(lambda: up.api(f"{up.discoverd_url}/services/hello-web/instances")[1] == [],
-          "the job out of discovery")
+          "the jobs out of discovery")
 
-    # --stop stops all six, by PID, router first, store last, and
-    # forgets them; no job runs, so it says nothing about jobs.
+    # --stop stops all eight, by PID, the git receiver first, the store
+    # last, and forgets them; no job runs, so it says nothing about jobs.
     p3 = ok(up.run("--stop"))
     assert p3.stdout.splitlines() == stopped_all(pids)
     assert all(wait_gone(pid, 1) for pid in pids.values())
@@ -517,15 +657,18 @@ def test_stop_leaves_jobs_running_and_says_how_to_stop_them(up, tmp_path):
     pids = {name: started(p, name)[0] for name in NAMES}
     key = up.key()
     steps, _, _, job, port = workflow_until_up(up, p, tmp_path)
-    jobs = up.job_pids()
-    assert len(jobs) == 2, jobs
+    # The web job's shim and container (the build job's went when it ended).
+    jobs = until(lambda: (lambda s: s if len(s) == 2 else None)(up.job_pids()),
+                 "only the web job's shim and container")
+    assert sorted(jobs.values()) == [f"container of {job}", f"shim of {job}"], jobs
 
     # The agent stops, the job does not; the script says so and how to stop it.
     p2 = ok(up.run("--stop"))
     lines = p2.stdout.splitlines()
-    assert lines[:4] == stopped_all(pids)[:4], p2.stdout
-    assert lines[-2:] == stopped_all(pids)[4:], p2.stdout
-    note = "\n".join(lines[4:-2])
+    at = STOP_ORDER.index("host") + 1
+    assert lines[:at] == stopped_all(pids)[:at], p2.stdout
+    assert lines[at - len(STOP_ORDER):] == stopped_all(pids)[at:], p2.stdout
+    note = "\n".join(lines[at:at - len(STOP_ORDER)])
     assert note.startswith("  1 job it runs keeps running: jobs belong to their shims"), note
     assert "docs/host.md" in note and "'make up'" in note
     m = re.search(r"\((pier -a APP scale web=0)\)", note)
