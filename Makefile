@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 30
 export ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=0:halt_on_error=1
 export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build up down test unit e2e fuzz format bench bench-store bench-host bench-scheduler bench-router clean
+.PHONY: all deps build up down test unit e2e fuzz format bench bench-store bench-host bench-scheduler bench-router bench-deploy clean
 
 all: build
 
@@ -50,7 +50,7 @@ fuzz: deps
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
-bench: bench-store bench-host bench-scheduler bench-router
+bench: bench-store bench-host bench-scheduler bench-router bench-deploy
 
 bench-store: build
 	bench/store/run $(BUILD)
@@ -63,6 +63,9 @@ bench-scheduler: build
 
 bench-router: build
 	bench/router/run $(BUILD)
+
+bench-deploy: build
+	bench/deploy/run $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD) build-fuzz
