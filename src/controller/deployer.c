@@ -3,8 +3,8 @@
  *
  * A deployment moves an app from old_release to new_release by changing
  * formations, and nothing else: the service scheduler starts and stops the
- * jobs. Each step waits until the jobs it asked for are up (and healthy,
- * where the process type has a check) for SETTLE_MS, or gone:
+ * jobs. Each step waits until the jobs it asked for are healthy (where the
+ * process type has a check) or up for SETTLE_MS (where not), or gone:
  *   all-at-once: the new formation gets every count; once all its jobs are
  *                up, the old formation goes to zero;
  *   one-by-one:  per type, one new job up, then one old job down, repeated.
@@ -36,9 +36,10 @@
 #include "lib/log.h"
 
 #define MAX_ACTIVE 64
-/* A new job counts as up once it has stayed up (and healthy) this long,
+/* A new job without a check counts as up once it has stayed up this long,
  * so that a process that starts and then exits at once is a crash, not a
- * success. */
+ * success. A job with a check counts once it is healthy: its check passed
+ * `threshold` times in a row, which says more than any wait. */
 #define SETTLE_MS 2000
 
 struct ctl_deployer {
@@ -60,7 +61,7 @@ struct run {
 
 struct job {
     char *id, *release, *type;
-    bool up, ended, active, crashed;
+    bool up, checked, ended, active, crashed;
     int64_t up_since_ms; /* when it was first seen up (and healthy), 0 if not up */
 };
 
@@ -132,8 +133,9 @@ static void jobs_set(struct jobs *js, const char *key, const char *value, size_t
         strcmp(state, "down") == 0 || strcmp(state, "crashed") == 0 || strcmp(state, "failed") == 0;
     j->crashed = strcmp(state, "crashed") == 0 || strcmp(state, "failed") == 0;
     j->active = !j->ended && !(desired && strcmp(desired, "down") == 0);
+    j->checked = job_has_check(rec);
     j->up = strcmp(state, "up") == 0 && j->active &&
-            (!job_has_check(rec) || json_is_true(json_object_get(rec, "healthy")));
+            (!j->checked || json_is_true(json_object_get(rec, "healthy")));
     if (!j->up)
         j->up_since_ms = 0;
     else if (!j->up_since_ms)
@@ -218,7 +220,7 @@ static struct count jobs_count(const struct jobs *js, const char *release, const
         const struct job *j = &js->v[i];
         if (strcmp(j->release, release) != 0 || (type && strcmp(j->type, type) != 0))
             continue;
-        n.up += j->up && clock_now_ms() - j->up_since_ms >= SETTLE_MS;
+        n.up += j->up && (j->checked || clock_now_ms() - j->up_since_ms >= SETTLE_MS);
         n.active += j->active;
         if (j->crashed && !n.crashed++)
             n.crashed_id = j->id;

@@ -556,6 +556,14 @@ static json_t *release_processes(struct pipe_run *r)
             continue;
         const json_t *old = json_object_get(prev, type);
         json_t *p = json_is_object(old) ? json_deep_copy(old) : json_object();
+        /* A new web type gets a TCP check, as Flynn's receiver gave it:
+         * discovery (and so the router) then sees a job only once it
+         * listens, and the deployer moves on as soon as it does. */
+        if (!old && strcmp(type, "web") == 0)
+            json_object_set_new(p, "ports",
+                                json_pack("[{s:i,s:s,s:{s:{s:s,s:s,s:i}}}]", "port", 0, "proto",
+                                          "tcp", "service", "check", "type", "tcp", "interval",
+                                          "500ms", "threshold", 2));
         json_object_del(p, "cmd");
         json_object_del(p, "entrypoint");
         json_object_set_new(p, "args", json_pack("[O]", cmd));
