@@ -409,21 +409,74 @@ static int chroot_setup(const void *ud, const char **what)
     return 0;
 }
 
-/* Copies the host's resolv.conf in, so apt can resolve the mirror. */
-static int copy_resolv_conf(const char *dir)
+/* Copies the file src to dst (at most 1 MiB), mode 0644. A missing src
+ * copies nothing. */
+static int copy_small_file(const char *src, const char *dst)
 {
-    FILE *f = fopen("/etc/resolv.conf", "r");
+    FILE *f = fopen(src, "r");
     if (!f)
-        return 0; /* nothing to copy: apt will say what it cannot resolve */
+        return errno == ENOENT ? 0 : -errno;
     cleanup_buf struct buf text = BUF_INIT;
     char chunk[4096];
     size_t n;
     while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0 && text.len < (1 << 20))
         buf_append(&text, chunk, n);
     fclose(f);
+    return write_file(dst, text.p ? text.p : "", text.len, 0644);
+}
+
+/* Copies the host's resolv.conf in, so apt can resolve the mirror. */
+static int copy_resolv_conf(const char *dir)
+{
     cleanup_buf struct buf path = BUF_INIT;
     buf_printf(&path, "%s/etc/resolv.conf", dir);
-    return write_file(path.p, text.p ? text.p : "", text.len, 0644);
+    return copy_small_file("/etc/resolv.conf", path.p);
+}
+
+/* The certificate authorities the host's administrator added
+ * (the .crt files of /usr/local/share/ca-certificates, e.g. a company's proxy CA) go
+ * into the stack too, so that builds reach what the host reaches (npm's
+ * registry through such a proxy). Needs the ca-certificates package in the
+ * stack; without it nothing is copied. */
+static int add_local_cas(const char *dir)
+{
+    static const char local[] = "/usr/local/share/ca-certificates";
+    cleanup_buf struct buf p = BUF_INIT;
+    buf_printf(&p, "%s/usr/sbin/update-ca-certificates", dir);
+    DIR *d = opendir(local);
+    if (!d || access(p.p, X_OK) < 0) {
+        if (d)
+            closedir(d);
+        return 0;
+    }
+    buf_reset(&p);
+    buf_printf(&p, "%s%s", dir, local);
+    int copied = 0, r = mkdirs(p.p, 0755);
+    struct dirent *e;
+    while (r == 0 && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (e->d_name[0] == '.' || len < 5 || strcmp(e->d_name + len - 4, ".crt") != 0)
+            continue;
+        cleanup_buf struct buf src = BUF_INIT, dst = BUF_INIT;
+        buf_printf(&src, "%s/%s", local, e->d_name);
+        buf_printf(&dst, "%s/%s", p.p, e->d_name);
+        r = copy_small_file(src.p, dst.p);
+        copied += r == 0;
+    }
+    closedir(d);
+    if (r < 0)
+        return ui_fail(NULL, "cannot copy the host's CA certificates into %s: %s", dir,
+                       strerror(-r));
+    if (copied == 0)
+        return 0;
+    fprintf(stderr, "==> adding the host's %d local CA certificate%s to the stack\n", copied,
+            copied == 1 ? "" : "s");
+    char *argv[] = {"/usr/sbin/update-ca-certificates", NULL};
+    int status = run_streamed(argv, "    ", chroot_setup, dir);
+    if (status != 0)
+        return ui_fail("see its output above", "update-ca-certificates failed in %s (%d)", dir,
+                       status);
+    return 0;
 }
 
 static int install_packages(const char *dir, json_t *packages)
@@ -579,6 +632,8 @@ static int build(const char *dir, const char *suite, const char *mirror, json_t 
         return ui_fail(hint.p, "debootstrap failed (exit %d)", status);
     }
     if (json_array_size(packages) > 0 && (r = install_packages(dir, packages)) != 0)
+        return r;
+    if ((r = add_local_cas(dir)) != 0)
         return r;
 
     /* Every mount point a job's container needs, made now, so that crun
