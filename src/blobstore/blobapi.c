@@ -1,13 +1,10 @@
 #include "blobstore/blobapi.h"
 
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
-#include "lib/base64.h"
 #include "lib/blobsig.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
@@ -22,7 +19,8 @@
 
 struct blobapi {
     struct blobfs *fs;
-    char *key; /* NULL: no auth */
+    char *key;         /* NULL: no auth */
+    uint64_t max_size; /* the largest blob a PUT may store */
 };
 
 static void api_free(void *p)
@@ -65,22 +63,19 @@ static void reply_fs_err(struct httpd_req *r, const struct pier_err *err)
 
 /* ---- auth ---- */
 
-static bool key_matches(const char *key, const char *auth)
+/* Whether r's signed URL (?expires=&sig=, with max= and once= when it has
+ * them) is good for r's method and path at now; a HEAD may use a GET
+ * signature. grant (NULL allowed) gets what the URL allows. */
+static bool signature_ok(const char *key, const struct httpd_req *r, int64_t now,
+                         struct blobsig_grant *grant)
 {
-    size_t klen = strlen(key);
-    if (strncasecmp(auth, "Bearer ", 7) == 0)
-        return strlen(auth + 7) == klen && CRYPTO_memcmp(auth + 7, key, klen) == 0;
-    if (strncasecmp(auth, "Basic ", 6) != 0)
-        return false;
-    cleanup_buf struct buf dec = BUF_INIT;
-    if (base64_decode(&dec, auth + 6, strlen(auth + 6)) < 0 || !dec.p)
-        return false;
-    const char *colon = memchr(dec.p, ':', dec.len);
-    if (!colon)
-        return false;
-    size_t plen = dec.len - (size_t)(colon + 1 - dec.p);
-    /* Constant time, so the answer's timing says nothing about the key. */
-    return plen == klen && CRYPTO_memcmp(colon + 1, key, klen) == 0;
+    const struct blobsig_query q = {.expires = httpd_query(r, "expires"),
+                                    .sig = httpd_query(r, "sig"),
+                                    .max = httpd_query(r, "max"),
+                                    .once = httpd_query(r, "once")};
+    const char *method = httpd_method(r), *path = httpd_path(r);
+    return blobsig_verify_query(key, method, path, &q, now, grant) ||
+           (strcmp(method, "HEAD") == 0 && blobsig_verify_query(key, "GET", path, &q, now, grant));
 }
 
 static void reply_unauthorized(struct httpd_req *r, const char *msg)
@@ -89,15 +84,28 @@ static void reply_unauthorized(struct httpd_req *r, const char *msg)
     httpd_reply_error(r, 401, "unauthorized", 16, "%s", msg);
 }
 
+/* Blobs under these prefixes are an app's code (the pushed sources, the
+ * build caches, the git repositories): reading them needs credentials
+ * too. Slugs stay open: host agents fetch them without the key. */
+static bool private_blob(const char *path)
+{
+    static const char *const prefixes[] = {"/caches/", "/sources/", "/repos/", NULL};
+    for (const char *const *p = prefixes; *p; p++)
+        if (strncmp(path, *p, strlen(*p)) == 0)
+            return true;
+    return false;
+}
+
 /* Whether the request may go on; if not, it has been answered (401 or
- * 403). writing: PUT or DELETE, which need credentials. */
+ * 403). writing: PUT or DELETE, which need credentials, as do reads of
+ * private blobs (private_blob). */
 static bool authorized(struct httpd_req *r, struct blobapi *api, bool writing)
 {
     if (!api->key)
         return true;
     const char *auth = httpd_header(r, "Authorization");
     if (auth) {
-        if (key_matches(api->key, auth))
+        if (httpd_key_ok(r, api->key))
             return true;
         reply_unauthorized(r, "wrong cluster key in the Authorization header");
         return false;
@@ -106,8 +114,7 @@ static bool authorized(struct httpd_req *r, struct blobapi *api, bool writing)
     if (sig || exp) {
         const char *method = httpd_method(r), *path = httpd_path(r);
         int64_t now = (int64_t)time(NULL);
-        if (blobsig_verify(api->key, method, path, exp, sig, now) ||
-            (strcmp(method, "HEAD") == 0 && blobsig_verify(api->key, "GET", path, exp, sig, now)))
+        if (signature_ok(api->key, r, now, NULL))
             return true;
         char *end = NULL;
         long long e = exp ? strtoll(exp, &end, 10) : 0;
@@ -119,13 +126,13 @@ static bool authorized(struct httpd_req *r, struct blobapi *api, bool writing)
                               method, path);
         return false;
     }
-    if (!writing)
+    if (!writing && !private_blob(httpd_path(r)))
         return true;
     cleanup_buf struct buf msg = BUF_INIT;
     buf_printf(&msg,
-               "%s needs the cluster key (Authorization: Basic or Bearer) or a signed URL "
+               "%s %s needs the cluster key (Authorization: Basic or Bearer) or a signed URL "
                "(?expires=...&sig=...)",
-               httpd_method(r));
+               httpd_method(r), httpd_path(r));
     reply_unauthorized(r, msg.p);
     return false;
 }
@@ -133,20 +140,44 @@ static bool authorized(struct httpd_req *r, struct blobapi *api, bool writing)
 /* ---- PUT: streamed to a temporary file ---- */
 
 struct put {
-    struct blobfs_writer *w;
+    struct blobfs_writer *w; /* NULL once an upload over the limit dropped it */
     char *path;
     char expect[BLOBFS_SHA_HEX + 1]; /* X-Content-SHA256, "" when none */
     struct pier_err err;
-    bool failed; /* a write failed: err says why, the rest is dropped */
-    bool ended;  /* the whole body came */
+    bool failed;  /* a write failed: err says why, the rest is dropped */
+    bool too_big; /* the body passed limit: nothing is kept, the rest is dropped */
+    bool ended;   /* the whole body came */
+    bool by_url;  /* the limit is the signed URL's, not the blobstore's */
+    uint64_t limit;
+    uint64_t received; /* bytes of the body taken in (written) */
     uint64_t dropped;
     int64_t start_ms;
 };
 
+/* 413, and the connection closed after it: a client that sends a body too
+ * large for its limit does not get to send the next request on it. */
+static void reply_too_big(struct httpd_req *r, uint64_t limit, bool by_url)
+{
+    httpd_add_header(r, "Connection", "close");
+    httpd_reply_error(r, 413, "request_body_too_big", 8,
+                      "the blob is larger than the limit of %llu bytes (%s): nothing stored",
+                      (unsigned long long)limit,
+                      by_url ? "the signed URL's max" : "the blobstore's --max-size");
+}
+
 static int put_data(void *ctx, const char *p, size_t n)
 {
     struct put *u = ctx;
-    if (u->failed) {
+    if (!u->failed && !u->too_big && n > u->limit - u->received) {
+        /* Nothing more goes to disk, and what went already is removed at
+         * once rather than when the client is done. */
+        u->too_big = true;
+        log_warn("blobstore", "upload over its limit, nothing stored", "path=%s limit=%llu",
+                 u->path, (unsigned long long)u->limit);
+        blobfs_write_abort(u->w);
+        u->w = NULL;
+    }
+    if (u->failed || u->too_big) {
         u->dropped += n;
         return u->dropped > DROP_LIMIT ? -1 : 0;
     }
@@ -154,6 +185,7 @@ static int put_data(void *ctx, const char *p, size_t n)
         log_error("blobstore", "upload failed", "path=%s reason=\"%s\"", u->path, u->err.msg);
         u->failed = true;
     }
+    u->received += n;
     return 0;
 }
 
@@ -161,6 +193,10 @@ static void put_end(struct httpd_req *r, void *ctx)
 {
     struct put *u = ctx;
     u->ended = true;
+    if (u->too_big) {
+        reply_too_big(r, u->limit, u->by_url);
+        return;
+    }
     if (u->failed) {
         reply_fs_err(r, &u->err);
         return;
@@ -185,13 +221,35 @@ static void put_done(void *ctx)
     struct put *u = ctx;
     if (!u->ended)
         log_warn("blobstore", "upload cut short, nothing stored", "path=%s received=%llu", u->path,
-                 (unsigned long long)blobfs_written(u->w));
+                 (unsigned long long)(u->received + u->dropped));
     blobfs_write_abort(u->w);
     free(u->path);
     free(u);
 }
 
 static const struct httpd_body_ops put_ops = {put_data, put_end, put_done};
+
+/* What a PUT's signed URL allows beyond its path: a byte limit and "no
+ * replacing". Nothing for one with the key in its Authorization header. */
+static struct blobsig_grant put_grant(const struct httpd_req *r, const struct blobapi *api)
+{
+    struct blobsig_grant g = {0};
+    /* authorized() has checked the URL, expiry included: checking again
+     * "as of time 0" reads its options without racing that expiry. */
+    if (api->key && !httpd_header(r, "Authorization") && httpd_query(r, "sig"))
+        signature_ok(api->key, r, 0, &g);
+    return g;
+}
+
+/* The request's Content-Length, or false when it has none (chunked). */
+static bool content_length(const struct httpd_req *r, uint64_t *out)
+{
+    const char *cl = httpd_header(r, "Content-Length");
+    if (!cl || !*cl || strspn(cl, "0123456789") != strlen(cl) || strlen(cl) > 19)
+        return false;
+    *out = strtoull(cl, NULL, 10);
+    return true;
+}
 
 static void put_blob(struct httpd_req *r, void *ud)
 {
@@ -205,9 +263,18 @@ static void put_blob(struct httpd_req *r, void *ud)
                           "X-Content-SHA256 must be 64 hex digits, not \"%.80s\"", expect);
         return;
     }
+    struct blobsig_grant g = put_grant(r, api);
+    bool by_url = g.max_bytes > 0 && (uint64_t)g.max_bytes < api->max_size;
+    uint64_t limit = by_url ? (uint64_t)g.max_bytes : api->max_size, declared;
+    if (content_length(r, &declared) && declared > limit) {
+        /* Refused before the body: at once for a client that waits for
+         * "100 Continue" (curl -T does). */
+        reply_too_big(r, limit, by_url);
+        return;
+    }
     struct pier_err err = {0};
     struct blobfs_writer *w = NULL;
-    if (blobfs_write_begin(api->fs, path, &w, &err) < 0) {
+    if (blobfs_write_begin(api->fs, path, g.once ? BLOBFS_NO_REPLACE : 0, &w, &err) < 0) {
         reply_fs_err(r, &err);
         return;
     }
@@ -216,6 +283,8 @@ static void put_blob(struct httpd_req *r, void *ud)
     u->path = xstrdup(path);
     if (expect)
         snprintf(u->expect, sizeof(u->expect), "%s", expect);
+    u->limit = limit;
+    u->by_url = by_url;
     u->start_ms = clock_now_ms();
     httpd_body_stream(r, &put_ops, u);
 }
@@ -336,11 +405,12 @@ static void status(struct httpd_req *r, void *ud)
     httpd_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-void blobapi_routes(struct httpd *h, struct blobfs *fs, const char *key)
+void blobapi_routes(struct httpd *h, struct blobfs *fs, const char *key, uint64_t max_size)
 {
     struct blobapi *api = xcalloc(1, sizeof(*api));
     api->fs = fs;
     api->key = key && *key ? xstrdup(key) : NULL;
+    api->max_size = max_size;
     httpd_set_data(h, api, api_free);
     httpd_route(h, "GET", "/status", status, api, true);
     httpd_route(h, "GET", "/*", get_blob, api, true);

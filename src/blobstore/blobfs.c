@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <linux/openat2.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -10,11 +11,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lib/cleanup.h"
+#include "lib/hex.h"
 #include "lib/log.h"
 #include "lib/uuid.h"
 
@@ -44,8 +47,9 @@ struct blobfs_writer {
     char tmp[sizeof(TMP_PREFIX) + UUID_LEN];
     EVP_MD_CTX *md;
     uint64_t n;
-    bool spent;     /* committed or failed: no more writes */
-    bool committed; /* renamed into place: nothing to remove */
+    bool no_replace; /* BLOBFS_NO_REPLACE */
+    bool spent;      /* committed or failed: no more writes */
+    bool committed;  /* renamed into place: nothing to remove */
 };
 
 struct blobfs_reader {
@@ -61,15 +65,10 @@ struct blobfs_reader {
 
 static void hex_digest(EVP_MD_CTX *md, char out[BLOBFS_SHA_HEX + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     EVP_DigestFinal_ex(md, d, &n);
-    for (unsigned int i = 0; i < n && i < BLOBFS_SHA_HEX / 2; i++) {
-        out[2 * i] = hex[d[i] >> 4];
-        out[2 * i + 1] = hex[d[i] & 15];
-    }
-    out[BLOBFS_SHA_HEX] = '\0';
+    hex_encode(d, BLOBFS_SHA_HEX / 2, out);
 }
 
 static EVP_MD_CTX *sha_new(void)
@@ -82,12 +81,7 @@ static EVP_MD_CTX *sha_new(void)
 
 bool blobfs_sha_ok(const char *s)
 {
-    if (!s || strlen(s) != BLOBFS_SHA_HEX)
-        return false;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F')))
-            return false;
-    return true;
+    return hex_ok(s, BLOBFS_SHA_HEX);
 }
 
 int blobfs_check_path(const char *path, struct pier_err *err)
@@ -228,6 +222,69 @@ void blobfs_close(struct blobfs *fs)
     free(fs);
 }
 
+/* ---- resolving paths ---- */
+
+/* The fallback of open_beneath for kernels before 5.6: one component at a
+ * time, none of them followed when it is a symlink. */
+static int open_walk(struct blobfs *fs, const char *path, int flags)
+{
+    int dfd = fcntl(fs->blobs_fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0)
+        return -errno;
+    cleanup_free char *p = xstrdup(path);
+    char *seg = p, *slash;
+    while ((slash = strchr(seg, '/'))) {
+        *slash = '\0';
+        int nfd = openat(dfd, seg, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        close(dfd);
+        if (nfd < 0)
+            return -e;
+        dfd = nfd;
+        seg = slash + 1;
+    }
+    int fd = openat(dfd, seg, flags | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    close(dfd);
+    return fd < 0 ? -e : fd;
+}
+
+/* Opens path (relative to blobs/) with flags, following no symlink in any
+ * of its components and never leaving blobs/: a symlink planted in the
+ * tree (by hand: the API makes none) is ELOOP, not a way out. Returns an fd
+ * or -errno (ENOENT, ENOTDIR, ELOOP, ...). */
+static int open_beneath(struct blobfs *fs, const char *path, int flags)
+{
+    struct open_how how = {
+        .flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    int fd = (int)syscall(SYS_openat2, fs->blobs_fd, path, &how, sizeof(how));
+    if (fd >= 0)
+        return fd;
+    /* ENOSYS: Linux before 5.6; EPERM: a seccomp filter that does not
+     * know openat2 (older container runtimes). */
+    if (errno != ENOSYS && errno != EPERM)
+        return -errno;
+    return open_walk(fs, path, flags);
+}
+
+/* Opens the directory holding path's last segment (blobs/ itself for a
+ * path of one segment) as open_beneath does, and points *name at that
+ * segment (inside path). Returns an fd or -errno. */
+static int open_parent(struct blobfs *fs, const char *path, const char **name)
+{
+    const char *slash = strrchr(path, '/');
+    *name = slash ? slash + 1 : path;
+    if (!slash) {
+        int fd = fcntl(fs->blobs_fd, F_DUPFD_CLOEXEC, 0);
+        return fd < 0 ? -errno : fd;
+    }
+    cleanup_free char *dir = xstrdup(path);
+    dir[slash - path] = '\0';
+    return open_beneath(fs, dir, O_RDONLY | O_DIRECTORY);
+}
+
 /* After path (relative to blobs/) was removed: removes the directories
  * above it that are now empty, deepest first, and fsyncs the directory the
  * last removal happened in. Call with names held. */
@@ -237,8 +294,12 @@ static void prune_parents(struct blobfs *fs, const char *path)
     char *slash;
     while ((slash = strrchr(p, '/'))) {
         *slash = '\0'; /* p: the directory that held what was removed */
-        if (unlinkat(fs->blobs_fd, p, AT_REMOVEDIR) < 0) {
-            int fd = openat(fs->blobs_fd, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        const char *name;
+        cleanup_close int pfd = open_parent(fs, p, &name);
+        if (pfd < 0)
+            return;
+        if (unlinkat(pfd, name, AT_REMOVEDIR) < 0) {
+            int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd >= 0) {
                 fsync(fd);
                 close(fd);
@@ -279,8 +340,13 @@ static int begin_locked(struct blobfs *fs, struct blobfs_writer *w, struct pier_
     }
     w->dir_fd = dfd;
     struct stat st;
-    if (fstatat(dfd, w->name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
-        return err_set(err, PIER_ECONFLICT, "\"%s\" holds other blobs below it", w->path);
+    if (fstatat(dfd, w->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return err_set(err, PIER_ECONFLICT, "\"%s\" holds other blobs below it", w->path);
+        if (w->no_replace)
+            return err_set(err, PIER_ECONFLICT,
+                           "blob \"%s\" exists and this upload may not replace it", w->path);
+    }
     char id[UUID_LEN];
     uuid_new(id);
     snprintf(w->tmp, sizeof(w->tmp), TMP_PREFIX "%s", id);
@@ -291,14 +357,15 @@ static int begin_locked(struct blobfs *fs, struct blobfs_writer *w, struct pier_
     return 0;
 }
 
-int blobfs_write_begin(struct blobfs *fs, const char *path, struct blobfs_writer **out,
-                       struct pier_err *err)
+int blobfs_write_begin(struct blobfs *fs, const char *path, unsigned flags,
+                       struct blobfs_writer **out, struct pier_err *err)
 {
     int rc = blobfs_check_path(path, err);
     if (rc < 0)
         return rc;
     struct blobfs_writer *w = xcalloc(1, sizeof(*w));
     w->fs = fs;
+    w->no_replace = flags & BLOBFS_NO_REPLACE;
     w->path = xstrdup(path);
     const char *slash = strrchr(w->path, '/');
     w->name = slash ? (char *)slash + 1 : w->path;
@@ -361,11 +428,19 @@ int blobfs_write_commit(struct blobfs_writer *w, const char *expect, char sha[BL
     close(w->fd);
     w->fd = -1;
     pthread_mutex_lock(&w->fs->names);
-    int rc = renameat(w->dir_fd, w->tmp, w->dir_fd, w->name);
+    /* No replacing: the check in begin raced with other writers, this one
+     * does not. */
+    int rc = renameat2(w->dir_fd, w->tmp, w->dir_fd, w->name, w->no_replace ? RENAME_NOREPLACE : 0);
     int e = errno;
     if (rc == 0)
         w->committed = true;
+    struct stat st;
+    bool is_dir =
+        rc < 0 && fstatat(w->dir_fd, w->name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
     pthread_mutex_unlock(&w->fs->names);
+    if (rc < 0 && e == EEXIST && w->no_replace && !is_dir)
+        return err_set(err, PIER_ECONFLICT, "blob \"%s\" exists and this upload may not replace it",
+                       w->path);
     if (rc < 0 && (e == EISDIR || e == ENOTEMPTY || e == EEXIST))
         return err_set(err, PIER_ECONFLICT, "\"%s\" holds other blobs below it", w->path);
     if (rc < 0)
@@ -402,11 +477,11 @@ int blobfs_read_open(struct blobfs *fs, const char *path, struct blobfs_reader *
     int rc = blobfs_check_path(path, err);
     if (rc < 0)
         return rc;
-    int fd = openat(fs->blobs_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 && (errno == ENOENT || errno == ENOTDIR || errno == ELOOP))
+    int fd = open_beneath(fs, path, O_RDONLY);
+    if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP || fd == -EXDEV)
         return err_set(err, PIER_ENOTFOUND, "no blob at \"%s\"", path);
     if (fd < 0)
-        return err_set(err, -errno, "cannot open blob %s: %s", path, strerror(errno));
+        return err_set(err, fd, "cannot open blob %s: %s", path, strerror(-fd));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -502,7 +577,9 @@ int blobfs_quarantine(struct blobfs *fs, struct blobfs_reader *rd, char **moved_
     int rc = 0;
     pthread_mutex_lock(&fs->names);
     struct stat st;
-    if (fstatat(fs->blobs_fd, rd->path, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != rd->dev ||
+    const char *base;
+    cleanup_close int pfd = open_parent(fs, rd->path, &base);
+    if (pfd < 0 || fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != rd->dev ||
         st.st_ino != rd->ino) {
         pthread_mutex_unlock(&fs->names);
         return 0; /* replaced or deleted since: the new one is not ours to move */
@@ -517,7 +594,7 @@ int blobfs_quarantine(struct blobfs *fs, struct blobfs_reader *rd, char **moved_
         buf_printf(&name, "corrupt/%s.%lld", flat, (long long)time(NULL));
         if (i > 0)
             buf_printf(&name, ".%d", i);
-        rc = renameat2(fs->blobs_fd, rd->path, fs->dir_fd, name.p, RENAME_NOREPLACE);
+        rc = renameat2(pfd, base, fs->dir_fd, name.p, RENAME_NOREPLACE);
         if (rc == 0 || errno != EEXIST)
             break;
     }
@@ -556,13 +633,19 @@ int blobfs_delete(struct blobfs *fs, const char *path, struct pier_err *err)
         return rc;
     pthread_mutex_lock(&fs->names);
     struct stat st;
-    if (fstatat(fs->blobs_fd, path, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    const char *name;
+    cleanup_close int pfd = open_parent(fs, path, &name);
+    if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP || pfd == -EXDEV) {
+        rc = err_set(err, PIER_ENOTFOUND, "no blob at \"%s\"", path);
+    } else if (pfd < 0) {
+        rc = err_set(err, pfd, "cannot look at blob %s: %s", path, strerror(-pfd));
+    } else if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         rc = errno == ENOENT || errno == ENOTDIR
                  ? err_set(err, PIER_ENOTFOUND, "no blob at \"%s\"", path)
                  : err_set(err, -errno, "cannot look at blob %s: %s", path, strerror(errno));
     } else if (!S_ISREG(st.st_mode)) {
         rc = err_set(err, PIER_ENOTFOUND, "no blob at \"%s\"", path);
-    } else if (unlinkat(fs->blobs_fd, path, 0) < 0) {
+    } else if (unlinkat(pfd, name, 0) < 0) {
         rc = err_set(err, -errno, "cannot remove blob %s: %s", path, strerror(errno));
     } else {
         prune_parents(fs, path);

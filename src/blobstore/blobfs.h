@@ -10,6 +10,10 @@
  * start). A blob whose bytes no longer match its hash is moved to
  * DIR/corrupt/.
  *
+ * Paths are resolved under DIR/blobs without following any symlink, in
+ * any component: one planted there by hand is "not found", never a way
+ * out of the tree.
+ *
  * Directories are made for a blob's parents on the way in and removed when
  * their last blob goes, so a path is either a blob or a prefix of blobs,
  * never both: writing "a" while "a/b" exists (or the reverse) is
@@ -56,10 +60,15 @@ bool blobfs_sha_ok(const char *s);
 
 struct blobfs_writer;
 
+/* Flags of blobfs_write_begin. */
+#define BLOBFS_NO_REPLACE 1u /* never replace a blob that exists (PIER_ECONFLICT) */
+
 /* Starts writing path: makes its parent directories and the temporary
- * file. PIER_ECONFLICT when a parent is a blob or path has blobs below it. */
-int blobfs_write_begin(struct blobfs *fs, const char *path, struct blobfs_writer **out,
-                       struct pier_err *err);
+ * file. PIER_ECONFLICT when a parent is a blob or path has blobs below it,
+ * or with BLOBFS_NO_REPLACE when a blob is at path (checked here and again,
+ * atomically, by the commit). */
+int blobfs_write_begin(struct blobfs *fs, const char *path, unsigned flags,
+                       struct blobfs_writer **out, struct pier_err *err);
 /* Appends n bytes. */
 int blobfs_write(struct blobfs_writer *w, const void *p, size_t n, struct pier_err *err);
 /* Bytes written so far. */

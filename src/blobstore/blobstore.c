@@ -1,5 +1,6 @@
 #include "blobstore/blobstore.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,33 @@
 /* How long a stopping blobstore lets running uploads and downloads finish
  * (Heroku's shutdown grace). */
 #define DRAIN_MS 30000
+/* The largest blob by default: slugs are at most 500 MB compressed, build
+ * caches a bit more; a full disk is what the limit is against. */
+#define DEFAULT_MAX_SIZE (2ULL << 30)
+
+/* "2G", "512M", "64K", "1000" (bytes; K, M, G, T are powers of 1024, an
+ * optional B after them). 0 on success, else -1. */
+static int parse_size(const char *s, uint64_t *out)
+{
+    size_t digits = strspn(s, "0123456789");
+    if (digits == 0 || digits > 15)
+        return -1;
+    uint64_t v = strtoull(s, NULL, 10);
+    const char *unit = s + digits;
+    int shift = 0;
+    const char *units = "KMGT";
+    const char *u = *unit ? strchr(units, *unit & ~0x20) : NULL;
+    if (u) {
+        shift = 10 * (int)(u - units + 1);
+        unit++;
+    }
+    if ((*unit == 'B' || *unit == 'b') && shift)
+        unit++;
+    if (*unit || v == 0 || v > (UINT64_MAX >> 1 >> shift))
+        return -1;
+    *out = v << shift;
+    return 0;
+}
 
 /* Registers addr as the discovery service "blobstore" with its URL in
  * meta.url. */
@@ -46,12 +74,17 @@ int blobstore_main(int argc, char **argv)
 {
     const char *dir = getenv("PIER_BLOBSTORE_DIR");
     const char *advertise = getenv("PIER_BLOBSTORE_ADVERTISE");
+    const char *max_size_flag = getenv("PIER_BLOBSTORE_MAX_SIZE");
     const struct daemon_opt opts[] = {
         {"dir", "DIR", "where blobs are kept (env PIER_BLOBSTORE_DIR); required", &dir},
         {"advertise", "HOST:PORT",
          "the address registered in discovery (env PIER_BLOBSTORE_ADVERTISE; default the "
          "listen address)",
          &advertise},
+        {"max-size", "SIZE",
+         "the largest blob a PUT may store, as 2G or 512M (env PIER_BLOBSTORE_MAX_SIZE; "
+         "default 2G)",
+         &max_size_flag},
         {NULL, NULL, NULL, NULL},
     };
     const struct daemon_spec spec = {
@@ -74,6 +107,12 @@ int blobstore_main(int argc, char **argv)
         fprintf(stderr, "pierd blobstore: needs a directory: --dir DIR (or PIER_BLOBSTORE_DIR)\n");
         return 2;
     }
+    uint64_t max_size = DEFAULT_MAX_SIZE;
+    if (max_size_flag && *max_size_flag && parse_size(max_size_flag, &max_size) < 0) {
+        fprintf(stderr, "pierd blobstore: --max-size: \"%s\" is not a size (such as 2G or 512M)\n",
+                max_size_flag);
+        return 2;
+    }
     struct blobfs *fs = NULL;
     if (blobfs_open(dir, &fs, &err) < 0) {
         fprintf(stderr, "pierd blobstore: %s\n", err.msg);
@@ -88,7 +127,7 @@ int blobstore_main(int argc, char **argv)
     const struct httpd_options ho = {
         .listen = f.listen, .comp = "blobstore", .key = NULL, .errors = HTTPD_ERRORS_FLYNN};
     struct httpd *h = httpd_new(&ho);
-    blobapi_routes(h, fs, f.key);
+    blobapi_routes(h, fs, f.key, max_size);
     struct discover_reg *reg = NULL;
     char *addr = NULL;
     rc = httpd_start(h, &err);
@@ -100,8 +139,8 @@ int blobstore_main(int argc, char **argv)
     if (rc < 0) {
         fprintf(stderr, "pierd blobstore: %s\n", err.msg);
     } else {
-        log_info("blobstore", "listening", "addr=%s dir=%s store=%s", addr, dir,
-                 s ? f.store : "none");
+        log_info("blobstore", "listening", "addr=%s dir=%s store=%s max_size=%llu", addr, dir,
+                 s ? f.store : "none", (unsigned long long)max_size);
         if (!f.key || !*f.key)
             log_warn("blobstore", "no --key: anyone who reaches it may write and delete", "addr=%s",
                      addr);

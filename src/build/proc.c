@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,11 +27,58 @@
  * along (proc_stop_running). */
 static volatile sig_atomic_t running_group;
 
+/* pierslug's helpers' private HOME (proc_set_tool_home); NULL: not set. */
+static char *tool_home;
+static char *tool_gitconfig;
+
+/* As PID 1 of its pid namespace (the build job's container), pierslug can
+ * end every other process of the job at once: kill(-1) reaches all of
+ * them, those that left the group with setsid included, but not PID 1. */
+static bool is_init(void)
+{
+    return getpid() == 1;
+}
+
+/* Kills group g (as PID 1: every process of the job but pierslug). */
+static void kill_all(pid_t g)
+{
+    if (is_init())
+        kill(-1, SIGKILL);
+    else if (g > 0)
+        kill(-g, SIGKILL);
+}
+
 void proc_stop_running(void)
 {
-    pid_t g = (pid_t)running_group;
-    if (g > 0)
-        kill(-g, SIGKILL);
+    kill_all((pid_t)running_group);
+}
+
+int proc_set_tool_home(const char *dir, struct pier_err *err)
+{
+    struct stat st;
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return err_set(err, -errno, "%s: %s", dir, strerror(errno));
+    if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+        return err_set(err, PIER_EINVAL, "%s: not a directory of this user's", dir);
+    if (chmod(dir, 0700) < 0)
+        return err_set(err, -errno, "%s: %s", dir, strerror(errno));
+    free(tool_home);
+    free(tool_gitconfig);
+    tool_home = xstrdup(dir);
+    tool_gitconfig = slug_path(dir, "gitconfig");
+    /* git refuses a local repository another user owns ("dubious
+     * ownership"), and the build job's user owns none. "-c" on the
+     * command line would not reach the upload-pack of a local clone (git
+     * clears GIT_CONFIG_PARAMETERS for it); the global file does. */
+    static const char conf[] = "[safe]\n\tdirectory = *\n[advice]\n\tdetachedHead = false\n";
+    int fd = open(tool_gitconfig, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return err_set(err, -errno, "%s: %s", tool_gitconfig, strerror(errno));
+    int rc = slug_write_all(fd, conf, sizeof(conf) - 1);
+    close(fd);
+    if (rc < 0)
+        return err_set(err, rc, "%s: %s", tool_gitconfig, strerror(-rc));
+    return 0;
 }
 
 static int64_t now_ms(void)
@@ -54,6 +102,14 @@ static void __attribute__((noreturn)) child(const struct proc_opts *o)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL); /* pierslug ignores it; tar and curl need it */
+    if (o->tool && tool_home) {
+        setenv("HOME", tool_home, 1);
+        setenv("GIT_CONFIG_GLOBAL", tool_gitconfig, 1);
+        setenv("GIT_CONFIG_NOSYSTEM", "1", 1);
+        static const char *const drop[] = {"CURL_HOME", "XDG_CONFIG_HOME", "TAR_OPTIONS", "GZIP"};
+        for (size_t i = 0; i < sizeof(drop) / sizeof(*drop); i++)
+            unsetenv(drop[i]);
+    }
     if (o->cwd && chdir(o->cwd) < 0) {
         dprintf(2, "cannot enter %s: %s\n", o->cwd, strerror(errno));
         _exit(127);
@@ -198,10 +254,45 @@ static void close_stream(struct stream *s)
     s->fd = -1;
 }
 
+/* Reaps every child that has ended (orphans of the job that the kernel
+ * gave to pierslug as PID 1 included); notes pid's status. */
+static void reap(pid_t pid, int *status, bool *reaped)
+{
+    int st;
+    pid_t w;
+    while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+        if (w == pid) {
+            *status = st;
+            *reaped = true;
+        }
+}
+
+/* After kill_all as PID 1: waits (a while at most) until no child is left,
+ * so that nothing the job left stays as a zombie. */
+static void reap_all(pid_t pid, int *status, bool *reaped)
+{
+    int64_t until = now_ms() + 5000;
+    for (;;) {
+        int st;
+        pid_t w = waitpid(-1, &st, WNOHANG);
+        if (w == pid) {
+            *status = st;
+            *reaped = true;
+        }
+        if (w > 0)
+            continue;
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 || now_ms() >= until)
+            return;
+        poll(NULL, 0, 5);
+    }
+}
+
 /* Reads both streams until they end, the child has ended and DRAIN_MS
  * passed, or the time limit. */
-static void pump(struct stream *ss, size_t n, pid_t pid, int64_t deadline, int *status,
-                 bool *reaped, bool *timed_out)
+static void pump(struct stream *ss, size_t n, pid_t pid, struct proc_run *r, int64_t deadline,
+                 bool *reaped)
 {
     int64_t drain_until = -1;
     for (;;) {
@@ -213,17 +304,17 @@ static void pump(struct stream *ss, size_t n, pid_t pid, int64_t deadline, int *
                 idx[np++] = i;
             }
         int64_t t = now_ms();
-        if (!*reaped && waitpid(pid, status, WNOHANG) == pid) {
-            *reaped = true;
+        bool was_reaped = *reaped;
+        reap(pid, &r->status, reaped);
+        if (*reaped && !was_reaped)
             drain_until = t + DRAIN_MS;
-        }
         if (np == 0 && *reaped)
             return;
         if (drain_until >= 0 && t >= drain_until)
             return;
-        if (deadline > 0 && t >= deadline && !*timed_out) {
-            *timed_out = true;
-            kill(-pid, SIGKILL);
+        if (deadline > 0 && t >= deadline && !r->timed_out) {
+            r->timed_out = true;
+            kill_all(pid);
             drain_until = t + DRAIN_MS;
         }
         for (size_t i = 0; i < n; i++)
@@ -236,19 +327,19 @@ static void pump(struct stream *ss, size_t n, pid_t pid, int64_t deadline, int *
             if ((pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) && read_stream(s) == 0)
                 close_stream(s);
             if (s->too_big && drain_until < 0) {
-                kill(-pid, SIGKILL);
+                kill_all(pid);
                 drain_until = now_ms() + DRAIN_MS;
             }
         }
     }
 }
 
-int proc_run(const char *const *argv, const char *cwd, int timeout_s, struct buf *capture,
-             size_t capture_max, int *status, bool *timed_out, struct pier_err *err)
+int proc_run(struct proc_run *r, struct pier_err *err)
 {
     int outp[2] = {-1, -1}, errp[2] = {-1, -1};
-    *timed_out = false;
-    if (pipe2(outp, O_CLOEXEC) < 0 || (capture && pipe2(errp, O_CLOEXEC) < 0)) {
+    r->timed_out = false;
+    r->status = 0;
+    if (pipe2(outp, O_CLOEXEC) < 0 || (r->capture && pipe2(errp, O_CLOEXEC) < 0)) {
         int e = errno;
         for (int i = 0; i < 2; i++) {
             if (outp[i] >= 0)
@@ -256,39 +347,41 @@ int proc_run(const char *const *argv, const char *cwd, int timeout_s, struct buf
         }
         return err_set(err, -e, "pipe: %s", strerror(e));
     }
-    struct proc_opts o = {.argv = argv,
-                          .cwd = cwd,
+    struct proc_opts o = {.argv = r->argv,
+                          .cwd = r->cwd,
                           .in = -1,
                           .out = outp[1],
-                          .err = capture ? errp[1] : outp[1],
-                          .new_group = true};
+                          .err = r->capture ? errp[1] : outp[1],
+                          .new_group = true,
+                          .tool = r->tool};
     pid_t pid = -1;
     int rc = proc_spawn(&o, &pid, err);
     close(outp[1]);
-    if (capture)
+    if (r->capture)
         close(errp[1]);
     if (rc < 0) {
         close(outp[0]);
-        if (capture)
+        if (r->capture)
             close(errp[0]);
         return rc;
     }
     struct stream ss[2] = {
-        {.fd = outp[0], .capture = capture, .max = capture_max},
-        {.fd = capture ? errp[0] : -1},
+        {.fd = outp[0], .capture = r->capture, .max = r->capture_max},
+        {.fd = r->capture ? errp[0] : -1},
     };
-    size_t n = capture ? 2 : 1;
+    size_t n = r->capture ? 2 : 1;
     for (size_t i = 0; i < n; i++)
         fcntl(ss[i].fd, F_SETFL, O_NONBLOCK);
-    int64_t deadline = timeout_s > 0 ? now_ms() + (int64_t)timeout_s * 1000 : 0;
+    int64_t deadline = r->timeout_s > 0 ? now_ms() + (int64_t)r->timeout_s * 1000 : 0;
     bool reaped = false;
-    *status = 0;
     running_group = pid;
-    pump(ss, n, pid, deadline, status, &reaped, timed_out);
-    kill(-pid, SIGKILL); /* whatever it left running */
+    pump(ss, n, pid, r, deadline, &reaped);
+    kill_all(pid); /* whatever it left running */
+    if (is_init())
+        reap_all(pid, &r->status, &reaped);
     running_group = 0;
     if (!reaped)
-        *status = proc_wait(pid);
+        r->status = proc_wait(pid);
     bool too_big = ss[0].too_big;
     for (size_t i = 0; i < n; i++) {
         if (ss[i].line.len)
@@ -297,6 +390,6 @@ int proc_run(const char *const *argv, const char *cwd, int timeout_s, struct buf
         close_stream(&ss[i]);
     }
     if (too_big)
-        return err_set(err, -EFBIG, "%s wrote more than %zu bytes", argv[0], capture_max);
+        return err_set(err, -EFBIG, "%s wrote more than %zu bytes", r->argv[0], r->capture_max);
     return 0;
 }

@@ -24,6 +24,16 @@ static bool is_type_char(char c)
            c == '-';
 }
 
+bool procfile_valid_type(const char *s, size_t len)
+{
+    if (len == 0 || len > PROCFILE_MAX_TYPE)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!is_type_char(s[i]))
+            return false;
+    return true;
+}
+
 /* Whether s[0..n) is printable ASCII, so it may be quoted in a message. */
 static bool printable(const char *s, size_t n)
 {

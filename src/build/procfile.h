@@ -16,12 +16,17 @@
 #define PIER_BUILD_PROCFILE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "lib/err.h"
 
 #define PROCFILE_MAX_BYTES (64 * 1024)
 #define PROCFILE_MAX_TYPE 63
+
+/* Whether s[0..len) is a valid process type: 1 to PROCFILE_MAX_TYPE of
+ * [A-Za-z0-9_-]. */
+bool procfile_valid_type(const char *s, size_t len);
 
 /* Parses len bytes of data. On success returns 0 and sets *out to a new
  * object of type -> command (strings), in file order. On failure returns

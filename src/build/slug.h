@@ -32,13 +32,26 @@ void out_head(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void out_detail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* " !     " + message, an error or a warning. */
 void out_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* A line as it is. */
-void out_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Bytes of a child's output as they are; a line starting with
- * SLUG_RESULT_MARKER gets a space first, so only pierslug can say it. */
+ * SLUG_RESULT_MARKER gets a space first, so only pierslug can say it. The
+ * start of a line that may still become the marker is held back until the
+ * line shows which it is. */
 void out_child(const char *data, size_t len);
-/* Ends a line left unfinished by out_child. */
-void out_end_line(void);
+/* The result line: SLUG_RESULT_MARKER, json (any length) and a newline. */
+void out_result(const char *json);
+
+/* ---- small helpers (util.c) ---- */
+
+/* "dir/name", a new string. */
+char *slug_path(const char *dir, const char *name);
+/* Writes all of p to fd (EINTR retried): 0, or a negative errno. */
+int slug_write_all(int fd, const void *p, size_t len);
+/* Appends s in single quotes for bash. */
+void slug_shell_quote(struct buf *b, const char *s);
+/* Whether s[0..len) is an environment variable name: [A-Za-z_][A-Za-z0-9_]*. */
+bool slug_valid_env_name(const char *s, size_t len);
+/* Deletes everything in dir, leaving dir. */
+int slug_empty_dir(const char *dir, struct pier_err *err);
 
 /* ---- child processes (proc.c) ---- */
 
@@ -47,7 +60,17 @@ struct proc_opts {
     const char *cwd;         /* NULL: pierslug's own */
     int in, out, err;        /* its fds 0, 1, 2; -1: /dev/null */
     bool new_group;          /* its own process group (to kill all it starts) */
+    bool tool; /* pierslug's own helper (curl, tar, git, cp): see proc_set_tool_home */
 };
+
+/* The private HOME of pierslug's own helpers (curl, tar, git, cp, rm):
+ * they run with HOME=dir and GIT_CONFIG_GLOBAL=dir/gitconfig (which this
+ * writes: safe.directory=*, so a local git repository owned by another
+ * user can be cloned), GIT_CONFIG_NOSYSTEM=1, and without the variables
+ * that would configure them from the job's environment (CURL_HOME,
+ * XDG_CONFIG_HOME, TAR_OPTIONS, GZIP), so that an app's .curlrc or
+ * .gitconfig in /app does not apply to them. dir is made 0700. */
+int proc_set_tool_home(const char *dir, struct pier_err *err);
 
 /* Forks and execs; *pid is the child. A child that cannot exec exits 127
  * after saying why on its fd 2. */
@@ -69,17 +92,31 @@ void proc_last_line(int fd, char *out, size_t size);
 /* Reads all of a memfd into b, at most max bytes; -EFBIG past that. */
 int proc_read_all(int fd, struct buf *b, size_t max);
 
-/* Runs argv (in its own process group) with cwd, streaming its stdout and
- * stderr to out_child line by line, or, with capture, its stdout into
- * capture (at most capture_max bytes; more: -EFBIG) and only its stderr
- * streamed. After timeout_s seconds (0: none) the whole group is killed
- * and *timed_out set. When the child has ended, whatever it left running
- * is killed too. Returns 0 and its wait status in *status, or a negative
- * errno when it could not be started or read. */
-int proc_run(const char *const *argv, const char *cwd, int timeout_s, struct buf *capture,
-             size_t capture_max, int *status, bool *timed_out, struct pier_err *err);
+/* One program run by proc_run: what to run, and (filled in) how it ended. */
+struct proc_run {
+    const char *const *argv;
+    const char *cwd;     /* NULL: pierslug's own */
+    int timeout_s;       /* 0: none */
+    struct buf *capture; /* NULL: stdout streamed too */
+    size_t capture_max;
+    bool tool;      /* as in struct proc_opts */
+    int status;     /* out: its wait status */
+    bool timed_out; /* out: it was killed at the time limit */
+};
 
-/* Kills the process group proc_run is running, if any. Async-signal-safe. */
+/* Runs r->argv (in its own process group) streaming its stdout and stderr
+ * to out_child line by line, or, with capture, its stdout into capture (at
+ * most capture_max bytes; more: -EFBIG) and only its stderr streamed.
+ * After timeout_s seconds the whole group is killed. When the child has
+ * ended, whatever it left running is killed too: as the container's PID 1
+ * (the build job), every other process of the job, so that one that left
+ * the group (setsid) goes as well; children orphaned while it runs are
+ * reaped. Returns 0, or a negative errno when it could not be started or
+ * read. */
+int proc_run(struct proc_run *r, struct pier_err *err);
+
+/* Kills what proc_run is running (as PID 1: every other process of the
+ * job). Async-signal-safe. */
 void proc_stop_running(void);
 
 /* ---- the network, through curl and tar ---- */
@@ -121,9 +158,14 @@ struct build_ctx {
     int compile_timeout;     /* seconds */
 };
 
-/* Fetches the buildpack at url (a local directory, a .tgz URL, or a git
- * URL with an optional #ref) into ctx->work_dir/<n> (or uses a writable
- * local directory in place). Prints what it does. */
+/* Fetches the buildpack at url into ctx->work_dir/<n> (or uses a writable
+ * local directory in place). url is an absolute path (a buildpack
+ * directory, or a git repository, with an optional #ref), an
+ * http/https/file URL ending in .tgz or .tar.gz, an http/https/git/ssh/
+ * file git URL with an optional #ref, or the name of a shipped buildpack
+ * (ctx->shipped_dir/NAME); anything else is refused (PIER_EINVAL) with a
+ * message listing those forms and the shipped names. Prints what it
+ * does. */
 int buildpack_fetch(const struct build_ctx *ctx, const char *url, int n, struct buildpack *bp,
                     struct pier_err *err);
 
@@ -143,5 +185,12 @@ int buildpack_release(const struct build_ctx *ctx, const struct buildpack *bp, j
                       struct pier_err *err);
 
 void buildpack_clear(struct buildpack *bp);
+
+/* The shipped buildpacks' names, in the order ctx->shipped_dir/order lists
+ * them (one a line, '#' comments; names with '/' skipped). Sets names[]
+ * (at most max) to strings in text, which the caller frees; returns how
+ * many. */
+size_t buildpack_shipped_names(const struct build_ctx *ctx, struct buf *text, char **names,
+                               size_t max);
 
 #endif

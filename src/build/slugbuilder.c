@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,24 +29,28 @@
 #include "build/slugignore.h"
 #include "lib/cleanup.h"
 
-/* Where things are in the build container. PIER_SLUG_ROOT, when set, is
- * put before each (for tests that run pierslug outside a container). */
+/* Where things are in the build container. PIER_SLUG_ROOT, when set and
+ * pierslug is not the container's PID 1, is put before each (for tests
+ * that run pierslug outside a container). */
 #define APP_DIR "/app"
 #define ENV_DIR "/tmp/env"
 #define CACHE_DIR "/tmp/cache"
 #define WORK_DIR "/tmp/buildpacks"
 #define SHIPPED_DIR "/.pier/buildpacks"
+#define TOOL_HOME "/tmp/.pierslug"
 #define DEFAULT_STACK "pier-bookworm"
 #define COMPILE_TIMEOUT_S (15 * 60)
 #define SLUG_MAX_BYTES (500LL * 1000 * 1000)
 #define MAX_BUILDPACKS 16
 #define SMALL_FILE_MAX (64 * 1024)
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define N_PATHS 6
 
 /* What the job's environment asks for; the variables are taken out of the
  * environment the buildpacks see. */
 struct build_env {
     char *source_url, *slug_url, *cache_url, *cache_put_url, *buildpack_url;
+    char *config_names; /* PIER_CONFIG_VARS */
     int compile_timeout;
     long long slug_max;
 };
@@ -58,51 +63,125 @@ struct build {
     json_t *release;       /* the last bin/release's output */
     json_t *process_types; /* release defaults + Procfile */
     struct slug_upload slug;
-    char *paths[5]; /* owns the ctx's directories */
+    char *paths[N_PATHS]; /* owns the ctx's directories and the tools' home */
 };
 
-/* dir/name, a new string. */
-static char *in_dir(const char *dir, const char *name)
+/* ---- the environment ----
+ *
+ * The secrets the build job gets (the signed upload URLs, the config vars)
+ * must not reach the buildpacks, which run as the same user as pierslug.
+ * They leave environ before any buildpack runs; but /proc/PID/environ
+ * shows the block the kernel set up at exec, whatever environ says later,
+ * so their text there is overwritten too (and pierslug makes itself
+ * non-dumpable, which closes its /proc files to that user: see
+ * slugbuilder_main). */
+
+/* The block of the environment strings as the kernel gave them. */
+static uintptr_t env_lo, env_hi;
+
+static void note_env_block(void)
 {
-    struct buf p = BUF_INIT;
-    buf_printf(&p, "%s/%s", dir, name);
-    return buf_detach(&p);
+    for (char **e = environ; *e; e++) {
+        uintptr_t start = (uintptr_t)*e, end = start + strlen(*e) + 1;
+        if (!env_lo || start < env_lo)
+            env_lo = start;
+        if (end > env_hi)
+            env_hi = end;
+    }
+}
+
+/* Removes name from the environment and overwrites its text in the
+ * original block. */
+static void wipe_env(const char *name)
+{
+    size_t nlen = strlen(name);
+    char *found[8];
+    size_t n = 0;
+    for (char **e = environ; *e && n < 8; e++)
+        if (strncmp(*e, name, nlen) == 0 && (*e)[nlen] == '=' && (uintptr_t)*e >= env_lo &&
+            (uintptr_t)*e < env_hi)
+            found[n++] = *e;
+    unsetenv(name);
+    for (size_t i = 0; i < n; i++)
+        explicit_bzero(found[i], strlen(found[i]));
+}
+
+/* name's value (a new string; NULL when unset or empty), out of the
+ * environment. */
+static char *take_env(const char *name)
+{
+    const char *v = getenv(name);
+    char *copy = v && *v ? xstrdup(v) : NULL;
+    wipe_env(name);
+    return copy;
+}
+
+/* Whether name is in PIER_CONFIG_VARS: then it is the app's config var,
+ * never a setting of pierslug's. */
+static bool is_config_var(const struct build_env *e, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = e->config_names; p && *p;) {
+        p += strspn(p, ", \n");
+        size_t len = strcspn(p, ", \n");
+        if (len == nlen && strncmp(p, name, len) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
+/* A setting (PIER_...) that is not a config var: taken out, new string. */
+static char *take_setting(const struct build_env *e, const char *name)
+{
+    return is_config_var(e, name) ? NULL : take_env(name);
+}
+
+/* Every PIER_ variable left but those every job has (docs/host.md) leaves
+ * the environment: buildpacks get none of pierslug's settings. */
+static void drop_pier_vars(void)
+{
+    static const char *const keep[] = {"PIER_JOB_ID", "PIER_HOST_ID"};
+    for (;;) {
+        cleanup_free char *name = NULL;
+        for (char **e = environ; *e && !name; e++) {
+            if (strncmp(*e, "PIER_", 5) != 0 || !strchr(*e, '='))
+                continue; /* (unsetenv would not remove one without '=') */
+            struct buf b = BUF_INIT;
+            buf_append(&b, *e, strcspn(*e, "="));
+            name = buf_detach(&b);
+            for (size_t i = 0; i < sizeof(keep) / sizeof(*keep) && name; i++)
+                if (strcmp(name, keep[i]) == 0) {
+                    free(name);
+                    name = NULL;
+                }
+        }
+        if (!name)
+            return;
+        wipe_env(name);
+    }
 }
 
 static void set_paths(struct build *b)
 {
-    const char *root = getenv("PIER_SLUG_ROOT");
-    const char *dirs[5] = {APP_DIR, ENV_DIR, CACHE_DIR, WORK_DIR, SHIPPED_DIR};
-    for (size_t i = 0; i < 5; i++) {
+    cleanup_free char *root = take_setting(&b->env, "PIER_SLUG_ROOT");
+    /* In a build job (PID 1 of its container) the paths are fixed: a
+     * variable of the job's must not move them. */
+    if (getpid() == 1) {
+        free(root);
+        root = NULL;
+    }
+    const char *dirs[N_PATHS] = {APP_DIR, ENV_DIR, CACHE_DIR, WORK_DIR, SHIPPED_DIR, TOOL_HOME};
+    for (size_t i = 0; i < N_PATHS; i++) {
         struct buf p = BUF_INIT;
         buf_printf(&p, "%s%s", root ? root : "", dirs[i]);
         b->paths[i] = buf_detach(&p);
     }
-    unsetenv("PIER_SLUG_ROOT");
     b->ctx = (struct build_ctx){.app_dir = b->paths[0],
                                 .env_dir = b->paths[1],
                                 .cache_dir = b->paths[2],
                                 .work_dir = b->paths[3],
                                 .shipped_dir = b->paths[4]};
-}
-
-static char *take_env(const char *name)
-{
-    const char *v = getenv(name);
-    char *copy = v && *v ? xstrdup(v) : NULL;
-    unsetenv(name);
-    return copy;
-}
-
-static bool valid_var_name(const char *s, size_t len)
-{
-    if (len == 0 || (s[0] >= '0' && s[0] <= '9'))
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (!(s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-              (s[i] >= '0' && s[i] <= '9')))
-            return false;
-    return true;
 }
 
 static int write_file(const char *path, const char *data, size_t len, mode_t mode,
@@ -111,37 +190,34 @@ static int write_file(const char *path, const char *data, size_t len, mode_t mod
     cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0)
         return err_set(err, -errno, "%s: %s", path, strerror(errno));
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return err_set(err, -errno, "%s: %s", path, strerror(errno));
-        data += n, len -= (size_t)n;
-    }
+    int rc = slug_write_all(fd, data, len);
+    if (rc < 0)
+        return err_set(err, rc, "%s: %s", path, strerror(-rc));
     return 0;
 }
 
 /* PIER_CONFIG_VARS names the config vars: each becomes ENV_DIR/NAME and
  * leaves the environment, so that buildpacks see them only as files. */
-static int config_vars_to_env_dir(const char *env_dir, struct pier_err *err)
+static int config_vars_to_env_dir(const struct build_env *e, const char *env_dir,
+                                  struct pier_err *err)
 {
-    cleanup_free char *names = take_env("PIER_CONFIG_VARS");
-    if (!names)
+    if (!e->config_names)
         return 0;
+    cleanup_free char *names = xstrdup(e->config_names);
     char *save = NULL;
     for (char *n = strtok_r(names, ", \n", &save); n; n = strtok_r(NULL, ", \n", &save)) {
-        if (!valid_var_name(n, strlen(n)))
+        if (!slug_valid_env_name(n, strlen(n)))
             return err_set(err, PIER_EINVAL, "PIER_CONFIG_VARS: \"%.100s\" is not a name", n);
-        const char *v = getenv(n);
+        cleanup_free char *v = getenv(n) ? xstrdup(getenv(n)) : NULL;
         if (!v)
             continue;
+        wipe_env(n);
         cleanup_buf struct buf path = BUF_INIT;
         buf_printf(&path, "%s/%s", env_dir, n);
         int rc = write_file(path.p, v, strlen(v), 0600, err);
+        explicit_bzero(v, strlen(v));
         if (rc < 0)
             return rc;
-        unsetenv(n);
     }
     /* A config var named PATH or HOME is the app's, not the build's. */
     setenv("PATH", DEFAULT_PATH, 0);
@@ -149,9 +225,10 @@ static int config_vars_to_env_dir(const char *env_dir, struct pier_err *err)
     return 0;
 }
 
-static int parse_positive(const char *name, long long def, long long *out, struct pier_err *err)
+static int parse_positive(const struct build_env *e, const char *name, long long def,
+                          long long *out, struct pier_err *err)
 {
-    cleanup_free char *s = take_env(name);
+    cleanup_free char *s = take_setting(e, name);
     *out = def;
     if (!s)
         return 0;
@@ -177,9 +254,9 @@ static int read_env(struct build_env *e, struct pier_err *err)
                        "the git receiver starts; docs/build.md)",
                        e->source_url ? "SLUG_URL" : "SOURCE_URL");
     long long t;
-    int rc = parse_positive("PIER_COMPILE_TIMEOUT", COMPILE_TIMEOUT_S, &t, err);
+    int rc = parse_positive(e, "PIER_COMPILE_TIMEOUT", COMPILE_TIMEOUT_S, &t, err);
     if (rc == 0)
-        rc = parse_positive("PIER_SLUG_MAX_BYTES", SLUG_MAX_BYTES, &e->slug_max, err);
+        rc = parse_positive(e, "PIER_SLUG_MAX_BYTES", SLUG_MAX_BYTES, &e->slug_max, err);
     e->compile_timeout = t > 86400 ? 86400 : (int)t;
     if (rc < 0)
         return rc;
@@ -197,6 +274,7 @@ static void free_env(struct build_env *e)
     free(e->cache_url);
     free(e->cache_put_url);
     free(e->buildpack_url);
+    free(e->config_names);
 }
 
 static int make_dir(const char *path, struct pier_err *err)
@@ -208,22 +286,21 @@ static int make_dir(const char *path, struct pier_err *err)
 
 /* /app starts empty (a build job of an app that has a release gets its
  * slug there too), and so do the build's own directories. */
-static int prepare_dirs(const struct build_ctx *c, struct pier_err *err)
+static int prepare_dirs(const struct build *b, struct pier_err *err)
 {
+    const struct build_ctx *c = &b->ctx;
     struct stat st;
     if (stat(c->app_dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return err_set(err, PIER_ENOTFOUND, "%s is not a directory: is this a job container?",
                        c->app_dir);
-    struct slugignore *all = slugignore_parse("*", 1);
-    size_t removed = 0;
-    int rc = slugignore_apply(all, c->app_dir, &removed, err);
-    slugignore_free(all);
+    int rc = slug_empty_dir(c->app_dir, err);
     if (rc < 0)
         return err_wrap(err, rc, "emptying %s", c->app_dir);
     cleanup_free char *tmp = xstrdup(c->env_dir);
     *strrchr(tmp, '/') = '\0'; /* the env, cache and work dirs' parent: /tmp */
     if ((rc = make_dir(tmp, err)) < 0 || (rc = make_dir(c->env_dir, err)) < 0 ||
-        (rc = make_dir(c->cache_dir, err)) < 0 || (rc = make_dir(c->work_dir, err)) < 0)
+        (rc = make_dir(c->cache_dir, err)) < 0 || (rc = make_dir(c->work_dir, err)) < 0 ||
+        (rc = proc_set_tool_home(b->paths[5], err)) < 0)
         return rc;
     return 0;
 }
@@ -244,16 +321,20 @@ static int fetch_source(const struct build *b, struct pier_err *err)
     if (rc < 0)
         return err_wrap(err, rc, "the source");
     cleanup_buf struct buf text = BUF_INIT;
-    cleanup_free char *path = in_dir(b->ctx.app_dir, ".slugignore");
+    cleanup_free char *path = slug_path(b->ctx.app_dir, ".slugignore");
     rc = read_small(path, &text, 1024 * 1024);
     if (rc == -ENOENT)
         return 0;
     if (rc < 0)
         return err_set(err, rc, ".slugignore: %s", strerror(-rc));
     struct slugignore *si = slugignore_parse(text.p ? text.p : "", text.len);
-    size_t removed = 0;
+    size_t removed = 0, skipped = slugignore_skipped(si);
     rc = slugignore_apply(si, b->ctx.app_dir, &removed, err);
     slugignore_free(si);
+    if (skipped)
+        out_error("warning: .slugignore: %zu line%s skipped (at most %d patterns of %d bytes)",
+                  skipped, skipped == 1 ? "" : "s", SLUGIGNORE_MAX_PATTERNS,
+                  SLUGIGNORE_MAX_PATTERN_BYTES);
     if (rc < 0)
         return err_wrap(err, rc, ".slugignore");
     if (removed)
@@ -275,10 +356,7 @@ static void restore_cache(const struct build *b)
     }
     if (rc != PIER_ENOTFOUND)
         out_error("warning: the build cache was not restored: %s", err.msg);
-    struct slugignore *all = slugignore_parse("*", 1);
-    size_t removed = 0;
-    slugignore_apply(all, b->ctx.cache_dir, &removed, &err);
-    slugignore_free(all);
+    slug_empty_dir(b->ctx.cache_dir, &err);
 }
 
 static void save_cache(const struct build *b)
@@ -319,7 +397,7 @@ static int given_buildpacks(struct build *b, char **urls, size_t *n, struct pier
     if (b->env.buildpack_url)
         return split_urls(b->env.buildpack_url, urls, n, err);
     cleanup_buf struct buf text = BUF_INIT;
-    cleanup_free char *path = in_dir(b->ctx.app_dir, ".buildpacks");
+    cleanup_free char *path = slug_path(b->ctx.app_dir, ".buildpacks");
     int rc = read_small(path, &text, SMALL_FILE_MAX);
     if (rc == -ENOENT)
         return 0;
@@ -331,81 +409,60 @@ static int given_buildpacks(struct build *b, char **urls, size_t *n, struct pier
 /* Each given buildpack must apply: detect, then compile. */
 static int run_given(struct build *b, char **urls, size_t n, struct pier_err *err)
 {
+    char shown[MAX_BUILDPACKS][512];
+    for (size_t i = 0; i < n; i++)
+        slug_url_shown(urls[i], shown[i], sizeof(shown[i]));
     if (n > 1) {
         out_head("Using %zu buildpacks:", n);
-        for (size_t i = 0; i < n; i++) {
-            char shown[512];
-            out_detail("%zu. %s", i + 1, slug_url_shown(urls[i], shown, sizeof(shown)));
-        }
+        for (size_t i = 0; i < n; i++)
+            out_detail("%zu. %s", i + 1, shown[i]);
     }
     const char *exports[MAX_BUILDPACKS];
     size_t n_exports = 0;
-    cleanup_buf struct buf export_paths = BUF_INIT;
     char *owned[MAX_BUILDPACKS] = {0};
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct buildpack *bp = &b->bps[b->n_bps++];
-        char shown[512];
-        slug_url_shown(urls[i], shown, sizeof(shown));
         if ((rc = buildpack_fetch(&b->ctx, urls[i], (int)i, bp, err)) < 0)
             break;
         struct pier_err why = {0};
         rc = buildpack_detect(&b->ctx, bp, &why);
         if (rc < 0) {
-            rc = err_set(err, why.code, "buildpack %s: %s", shown, why.msg);
+            rc = err_set(err, why.code, "buildpack %s: %s", shown[i], why.msg);
             break;
         }
         if (rc == 0) {
-            rc = err_set(err, PIER_EINVAL, "app not compatible with buildpack %s (%s)", shown,
+            rc = err_set(err, PIER_EINVAL, "app not compatible with buildpack %s (%s)", shown[i],
                          why.msg);
             break;
         }
         out_head("%s app detected", bp->name);
         if ((rc = buildpack_compile(&b->ctx, bp, exports, n_exports, err)) < 0)
             break;
-        struct buf p = BUF_INIT;
-        buf_printf(&p, "%s/export", bp->dir);
-        if (access(p.p, R_OK) == 0) {
-            owned[n_exports] = buf_detach(&p);
-            exports[n_exports] = owned[n_exports];
+        char *p = slug_path(bp->dir, "export");
+        if (access(p, R_OK) == 0) {
+            owned[n_exports] = p;
+            exports[n_exports] = p;
             n_exports++;
+        } else {
+            free(p);
         }
-        buf_free(&p);
     }
     for (size_t i = 0; i < n_exports; i++)
         free(owned[i]);
     return rc < 0 ? rc : 0;
 }
 
-/* The names of the shipped buildpacks, in the order they are tried. */
-static void shipped_names(const char *shipped_dir, struct buf *text)
-{
-    cleanup_free char *path = in_dir(shipped_dir, "order");
-    if (read_small(path, text, SMALL_FILE_MAX) == 0)
-        return;
-    buf_reset(text);
-}
-
 /* No buildpack given: the first shipped one that detects. */
 static int run_detected(struct build *b, struct pier_err *err)
 {
     cleanup_buf struct buf order = BUF_INIT;
-    shipped_names(b->ctx.shipped_dir, &order);
     char *names[64];
-    size_t n = 0;
+    size_t n = buildpack_shipped_names(&b->ctx, &order, names, 64);
     cleanup_buf struct buf tried = BUF_INIT;
-    char *save = NULL;
-    for (char *s = order.p ? strtok_r(order.p, "\n", &save) : NULL; s && n < 64;
-         s = strtok_r(NULL, "\n", &save)) {
-        s[strcspn(s, " \t\r#")] = '\0';
-        if (*s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0)
-            names[n++] = s;
-    }
     for (size_t i = 0; i < n; i++) {
-        struct buildpack cand = {.url = xstrdup(names[i])};
-        struct buf dir = BUF_INIT;
-        buf_printf(&dir, "%s/%s", b->ctx.shipped_dir, names[i]);
-        cand.dir = buf_detach(&dir);
+        struct buildpack cand = {.url = xstrdup(names[i]),
+                                 .dir = slug_path(b->ctx.shipped_dir, names[i])};
         struct pier_err why = {0};
         int rc = buildpack_detect(&b->ctx, &cand, &why);
         buf_printf(&tried, "%s%s", tried.len ? ", " : "", names[i]);
@@ -420,8 +477,8 @@ static int run_detected(struct build *b, struct pier_err *err)
         rc = buildpack_fetch(&b->ctx, cand.dir, 0, bp, err);
         free(bp->url);
         bp->url = xstrdup(names[i]);
-        bp->name = cand.name;
-        cand.name = NULL;
+        free(bp->name);
+        bp->name = steal_pointer(&cand.name);
         buildpack_clear(&cand);
         if (rc < 0)
             return err_wrap(err, rc, "buildpack %s", names[i]);
@@ -484,9 +541,10 @@ static int release_and_procfile(struct build *b, struct pier_err *err)
     if (rc < 0)
         return rc;
     out_head("Discovering process types");
-    b->process_types = string_map(b->release, "default_process_types");
+    cleanup_json json_t *defaults = string_map(b->release, "default_process_types");
+    b->process_types = json_deep_copy(defaults);
     cleanup_buf struct buf text = BUF_INIT;
-    cleanup_free char *path = in_dir(b->ctx.app_dir, "Procfile");
+    cleanup_free char *path = slug_path(b->ctx.app_dir, "Procfile");
     rc = read_small(path, &text, PROCFILE_MAX_BYTES + 1);
     if (rc == -EFBIG)
         return err_set(err, PIER_ETOOBIG, "Procfile: larger than %d bytes", PROCFILE_MAX_BYTES);
@@ -501,7 +559,6 @@ static int release_and_procfile(struct build *b, struct pier_err *err)
         out_detail("Procfile declares types     -> %s", names.p);
         json_object_update(b->process_types, types);
     }
-    cleanup_json json_t *defaults = string_map(b->release, "default_process_types");
     cleanup_buf struct buf names = BUF_INIT;
     list_keys(defaults, &names);
     out_detail("Default types for buildpack -> %s", names.p);
@@ -551,14 +608,17 @@ static void print_result(const struct build *b)
                   string_map(b->release, "config_vars"), "buildpacks", names, "slug_size",
                   (json_int_t)b->slug.size, "slug_sha256", b->slug.sha256);
     cleanup_free char *text = json_dumps(r, JSON_COMPACT | JSON_ENSURE_ASCII);
-    out_line("%s%s", SLUG_RESULT_MARKER, text ? text : "{}");
+    out_result(text ? text : "{}");
 }
 
 static int build(struct build *b, struct pier_err *err)
 {
     int rc;
-    if ((rc = read_env(&b->env, err)) < 0 || (rc = prepare_dirs(&b->ctx, err)) < 0 ||
-        (rc = config_vars_to_env_dir(b->ctx.env_dir, err)) < 0 || (rc = fetch_source(b, err)) < 0)
+    if ((rc = read_env(&b->env, err)) < 0 || (rc = prepare_dirs(b, err)) < 0 ||
+        (rc = config_vars_to_env_dir(&b->env, b->ctx.env_dir, err)) < 0)
+        return rc;
+    drop_pier_vars(); /* after the config vars, which may be named PIER_ too */
+    if ((rc = fetch_source(b, err)) < 0)
         return rc;
     restore_cache(b);
     b->ctx.compile_timeout = b->env.compile_timeout;
@@ -595,8 +655,14 @@ int slugbuilder_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    /* First: the buildpacks run as pierslug's user, and a dumpable
+     * process's /proc files (environ, mem, fd/) are open to that user. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    note_env_block();
     umask(022);
     struct build b = {0};
+    /* Config vars first: a config var is never read as a setting. */
+    b.env.config_names = take_env("PIER_CONFIG_VARS");
     set_paths(&b);
     struct pier_err err = {0};
     int rc = build(&b, &err);
@@ -607,7 +673,7 @@ int slugbuilder_main(int argc, char **argv)
     json_decref(b.release);
     json_decref(b.process_types);
     free_env(&b.env);
-    for (size_t i = 0; i < 5; i++)
+    for (size_t i = 0; i < N_PATHS; i++)
         free(b.paths[i]);
     return rc < 0 ? 1 : 0;
 }

@@ -1,9 +1,20 @@
+/* slugignore: .slugignore patterns, matched without backtracking.
+ *
+ * A pattern is compiled into tokens (a byte, '?', a class, '*', a double
+ * star), which are the states of a small automaton: state i means "the
+ * tokens before i have matched". A path is read one byte at a time while
+ * the set of states that can be reached is kept (as in Thompson's regular
+ * expression matching); a star stays in its state on a byte it matches
+ * and may be left without one. So a match costs at most the pattern's
+ * length times the path's, where a backtracking glob can take exponential
+ * time on a pattern like "**a**a**a**b". */
 #include "build/slugignore.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -14,8 +25,27 @@
 /* Deeper trees than this are refused rather than walked with an fd a level. */
 #define MAX_DEPTH 256
 
+enum tok_kind {
+    TOK_BYTE,  /* that byte */
+    TOK_ONE,   /* '?': one byte but '/' */
+    TOK_CLASS, /* [...]: one byte of the class ('/' never) */
+    TOK_STAR,  /* '*': any bytes but '/' */
+    TOK_DSTAR, /* a double star: any bytes */
+};
+
+struct tok {
+    uint8_t kind;
+    uint8_t byte;    /* TOK_BYTE */
+    bool skip_slash; /* TOK_DSTAR before a '/' (at the start or after a
+                        '/'): it and that '/' may also match nothing */
+    uint16_t cls;    /* TOK_CLASS: index in pattern.classes */
+};
+
 struct pattern {
-    char *glob;
+    struct tok *toks;
+    size_t n;
+    uint8_t (*classes)[32]; /* bit sets of the byte values */
+    size_t n_classes;
     bool anchored; /* matched against the whole relative path */
     bool dir_only;
 };
@@ -23,7 +53,127 @@ struct pattern {
 struct slugignore {
     struct pattern *p;
     size_t n;
+    size_t skipped;
 };
+
+static void set_bit(uint8_t set[32], unsigned char c)
+{
+    set[c >> 3] |= (uint8_t)(1u << (c & 7));
+}
+
+static bool has_bit(const uint8_t set[32], unsigned char c)
+{
+    return set[c >> 3] & (1u << (c & 7));
+}
+
+/* "[:alpha:]" and its kind inside a class: the C locale's ctype. */
+static bool add_named(uint8_t set[32], const char *name, size_t len)
+{
+    static const struct {
+        const char *name;
+        int (*is)(int);
+    } names[] = {{"alnum", isalnum}, {"alpha", isalpha}, {"blank", isblank}, {"cntrl", iscntrl},
+                 {"digit", isdigit}, {"graph", isgraph}, {"lower", islower}, {"print", isprint},
+                 {"punct", ispunct}, {"space", isspace}, {"upper", isupper}, {"xdigit", isxdigit}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++)
+        if (strlen(names[i].name) == len && memcmp(names[i].name, name, len) == 0) {
+            for (int c = 0; c < 128; c++)
+                if (names[i].is(c))
+                    set_bit(set, (unsigned char)c);
+            return true;
+        }
+    return false;
+}
+
+/* The class that starts at s[i] == '[' (fnmatch's syntax: '!' or '^'
+ * negates, a ']' first is a member, ranges, [:name:], backslash escapes).
+ * Returns the index after its ']', or 0 when it is not a class (then the
+ * '[' is a plain byte). */
+static size_t parse_class(const char *s, size_t len, size_t i, uint8_t set[32])
+{
+    size_t j = i + 1;
+    bool negate = j < len && (s[j] == '!' || s[j] == '^');
+    if (negate)
+        j++;
+    memset(set, 0, 32);
+    for (bool first = true; j < len; first = false) {
+        unsigned char lo = (unsigned char)s[j];
+        if (lo == ']' && !first) {
+            if (negate)
+                for (size_t k = 0; k < 32; k++)
+                    set[k] = (uint8_t)~set[k];
+            set['/' >> 3] &= (uint8_t) ~(1u << ('/' & 7));
+            return j + 1;
+        }
+        if (lo == '[' && j + 1 < len && s[j + 1] == ':') {
+            const char *end = NULL;
+            for (size_t k = j + 2; k + 1 < len && !end; k++)
+                if (s[k] == ':' && s[k + 1] == ']')
+                    end = s + k;
+            if (end && add_named(set, s + j + 2, (size_t)(end - (s + j + 2)))) {
+                j = (size_t)(end - s) + 2;
+                continue;
+            }
+        }
+        if (lo == '\\' && j + 1 < len)
+            lo = (unsigned char)s[++j];
+        j++;
+        unsigned char hi = lo;
+        if (j + 1 < len && s[j] == '-' && s[j + 1] != ']') {
+            j++;
+            if (s[j] == '\\' && j + 1 < len)
+                j++;
+            hi = (unsigned char)s[j++];
+        }
+        for (unsigned c = lo; c <= hi; c++)
+            set_bit(set, (unsigned char)c);
+    }
+    return 0;
+}
+
+static void add_tok(struct pattern *pt, struct tok t)
+{
+    pt->toks = xrealloc(pt->toks, (pt->n + 1) * sizeof(*pt->toks));
+    pt->toks[pt->n++] = t;
+}
+
+/* Compiles the glob s[0..len) into pt's tokens. */
+static void compile(struct pattern *pt, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        char c = s[i];
+        if (c == '*') {
+            size_t run = 1;
+            while (i + run < len && s[i + run] == '*')
+                run++;
+            struct tok t = {.kind = run > 1 ? TOK_DSTAR : TOK_STAR};
+            t.skip_slash =
+                run > 1 && (i == 0 || s[i - 1] == '/') && i + run < len && s[i + run] == '/';
+            add_tok(pt, t);
+            i += run;
+        } else if (c == '?') {
+            add_tok(pt, (struct tok){.kind = TOK_ONE});
+            i++;
+        } else if (c == '[') {
+            uint8_t set[32];
+            size_t after = parse_class(s, len, i, set);
+            if (after) {
+                pt->classes = xrealloc(pt->classes, (pt->n_classes + 1) * sizeof(*pt->classes));
+                memcpy(pt->classes[pt->n_classes], set, 32);
+                add_tok(pt, (struct tok){.kind = TOK_CLASS, .cls = (uint16_t)pt->n_classes++});
+                i = after;
+            } else {
+                add_tok(pt, (struct tok){.kind = TOK_BYTE, .byte = '['});
+                i++;
+            }
+        } else {
+            if (c == '\\' && i + 1 < len)
+                c = s[++i];
+            add_tok(pt, (struct tok){.kind = TOK_BYTE, .byte = (uint8_t)c});
+            i++;
+        }
+    }
+}
 
 static void add_line(struct slugignore *si, const char *line, size_t len)
 {
@@ -35,6 +185,10 @@ static void add_line(struct slugignore *si, const char *line, size_t len)
     line += start, len -= start;
     if (len == 0 || line[0] == '#' || line[0] == '!')
         return;
+    if (len > SLUGIGNORE_MAX_PATTERN_BYTES || si->n == SLUGIGNORE_MAX_PATTERNS) {
+        si->skipped++;
+        return;
+    }
     struct pattern pt = {0};
     if (line[len - 1] == '/') {
         pt.dir_only = true;
@@ -48,9 +202,7 @@ static void add_line(struct slugignore *si, const char *line, size_t len)
         return; /* "/" alone would be the whole build */
     if (memchr(line, '/', len))
         pt.anchored = true;
-    pt.glob = xmalloc(len + 1);
-    memcpy(pt.glob, line, len);
-    pt.glob[len] = '\0';
+    compile(&pt, line, len);
     si->p = xrealloc(si->p, (si->n + 1) * sizeof(*si->p));
     si->p[si->n++] = pt;
 }
@@ -72,60 +224,77 @@ void slugignore_free(struct slugignore *si)
 {
     if (!si)
         return;
-    for (size_t i = 0; i < si->n; i++)
-        free(si->p[i].glob);
+    for (size_t i = 0; i < si->n; i++) {
+        free(si->p[i].toks);
+        free(si->p[i].classes);
+    }
     free(si->p);
     free(si);
 }
 
-size_t slugignore_count(const struct slugignore *si)
+size_t slugignore_skipped(const struct slugignore *si)
 {
-    return si->n;
+    return si->skipped;
 }
 
-/* fnmatch of pat[0..plen) against s[0..slen): '*' and '?' stop at '/'. */
-static bool match_part(const char *pat, size_t plen, const char *s, size_t slen)
+/* Adds to states what can be reached without reading a byte: past a star
+ * (which may match nothing), and past a double star and its '/'. Those
+ * moves go forward only, so one pass in order finds them all. */
+static void close_states(const struct pattern *pt, uint8_t *states)
 {
-    char pbuf[1024], sbuf[4096];
-    if (plen >= sizeof(pbuf) || slen >= sizeof(sbuf))
-        return false;
-    memcpy(pbuf, pat, plen);
-    pbuf[plen] = '\0';
-    memcpy(sbuf, s, slen);
-    sbuf[slen] = '\0';
-    return fnmatch(pbuf, sbuf, FNM_PATHNAME) == 0;
-}
-
-/* pat against s, where a double star matches any run of characters, '/'
- * included, and a double star followed by '/' also matches nothing (so a
- * pattern "a/<double star>/b" matches "a/b"). The rest is fnmatch's. */
-static bool glob_match(const char *pat, size_t plen, const char *s, size_t slen)
-{
-    const char *star = NULL;
-    for (size_t i = 0; i + 1 < plen; i++)
-        if (pat[i] == '*' && pat[i + 1] == '*') {
-            star = pat + i;
-            break;
-        }
-    if (!star)
-        return match_part(pat, plen, s, slen);
-    size_t pre = (size_t)(star - pat);
-    const char *rest = star + 2;
-    size_t rlen = plen - pre - 2;
-    /* "**" followed by '/' may also stand for no directory at all. */
-    if (rlen > 0 && rest[0] == '/' && (pre == 0 || pat[pre - 1] == '/')) {
-        for (size_t j = 0; j <= slen; j++)
-            if (match_part(pat, pre, s, j) && glob_match(rest + 1, rlen - 1, s + j, slen - j))
-                return true;
-    }
-    for (size_t j = 0; j <= slen; j++) {
-        if (!match_part(pat, pre, s, j))
+    for (size_t i = 0; i < pt->n; i++) {
+        if (!states[i])
             continue;
-        for (size_t k = j; k <= slen; k++)
-            if (glob_match(rest, rlen, s + k, slen - k))
-                return true;
+        const struct tok *t = &pt->toks[i];
+        if (t->kind == TOK_STAR || t->kind == TOK_DSTAR)
+            states[i + 1] = 1;
+        if (t->kind == TOK_DSTAR && t->skip_slash)
+            states[i + 2] = 1; /* compile put the '/' at i + 1 */
     }
-    return false;
+}
+
+static bool pattern_match(const struct pattern *pt, const char *s, size_t slen)
+{
+    uint8_t a[SLUGIGNORE_MAX_PATTERN_BYTES + 1], b[SLUGIGNORE_MAX_PATTERN_BYTES + 1];
+    uint8_t *cur = a, *next = b;
+    memset(cur, 0, pt->n + 1);
+    cur[0] = 1;
+    close_states(pt, cur);
+    for (size_t k = 0; k < slen; k++) {
+        unsigned char c = (unsigned char)s[k];
+        bool any = false;
+        memset(next, 0, pt->n + 1);
+        for (size_t i = 0; i < pt->n; i++) {
+            if (!cur[i])
+                continue;
+            const struct tok *t = &pt->toks[i];
+            switch (t->kind) {
+            case TOK_BYTE:
+                if (c == t->byte)
+                    next[i + 1] = 1, any = true;
+                break;
+            case TOK_ONE:
+                if (c != '/')
+                    next[i + 1] = 1, any = true;
+                break;
+            case TOK_CLASS:
+                if (has_bit(pt->classes[t->cls], c))
+                    next[i + 1] = 1, any = true;
+                break;
+            case TOK_STAR:
+                if (c != '/')
+                    next[i] = 1, any = true;
+                break;
+            case TOK_DSTAR: next[i] = 1, any = true; break;
+            }
+        }
+        if (!any)
+            return false;
+        close_states(pt, next);
+        uint8_t *tmp = cur;
+        cur = next, next = tmp;
+    }
+    return cur[pt->n];
 }
 
 bool slugignore_match(const struct slugignore *si, const char *path, bool is_dir)
@@ -137,7 +306,7 @@ bool slugignore_match(const struct slugignore *si, const char *path, bool is_dir
         if (pt->dir_only && !is_dir)
             continue;
         const char *s = pt->anchored ? path : name;
-        if (glob_match(pt->glob, strlen(pt->glob), s, strlen(s)))
+        if (pattern_match(pt, s, strlen(s)))
             return true;
     }
     return false;

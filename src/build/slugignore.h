@@ -9,7 +9,13 @@
  * A pattern with a '/' at its start or in its middle is anchored at the
  * build directory and matched against the path from there; one without
  * matches an entry's name at any depth. A trailing '/' matches directories
- * only. A matching directory is deleted with all it holds. */
+ * only. A matching directory is deleted with all it holds. A backslash
+ * makes the next character literal.
+ *
+ * Matching takes time proportional to the pattern's length times the
+ * path's, whatever the pattern (no backtracking). At most
+ * SLUGIGNORE_MAX_PATTERNS patterns of at most SLUGIGNORE_MAX_PATTERN_BYTES
+ * bytes are used; the lines past those limits are skipped and counted. */
 #ifndef PIER_BUILD_SLUGIGNORE_H
 #define PIER_BUILD_SLUGIGNORE_H
 
@@ -25,8 +31,11 @@ struct slugignore;
 struct slugignore *slugignore_parse(const char *text, size_t len);
 void slugignore_free(struct slugignore *si);
 
-/* How many patterns it holds. */
-size_t slugignore_count(const struct slugignore *si);
+#define SLUGIGNORE_MAX_PATTERNS 1000
+#define SLUGIGNORE_MAX_PATTERN_BYTES 512
+
+/* How many pattern lines were skipped for the limits above. */
+size_t slugignore_skipped(const struct slugignore *si);
 
 /* Whether path (relative to the build directory, '/'-separated, no leading
  * "./" or '/') is matched by a pattern. */

@@ -25,18 +25,6 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void shell_quote(struct buf *b, const char *s)
-{
-    buf_putc(b, '\'');
-    for (; *s; s++) {
-        if (*s == '\'')
-            buf_puts(b, "'\\''");
-        else
-            buf_putc(b, *s);
-    }
-    buf_putc(b, '\'');
-}
-
 /* The .profile.d scripts, sorted as bytes (not by the locale), sourced
  * with allexport on: a script that writes X=${X:-default} without export
  * still sets X for the command. */
@@ -61,7 +49,7 @@ static void add_profile_d(struct buf *script)
         struct stat st;
         if (stat(path.p, &st) == 0 && S_ISREG(st.st_mode)) {
             buf_puts(script, ". ");
-            shell_quote(script, path.p);
+            slug_shell_quote(script, path.p);
             buf_putc(script, '\n');
         }
         buf_free(&path);

@@ -14,10 +14,12 @@
 #include "build/slug.h"
 #include "lib/cleanup.h"
 
-/* curl's common flags: quiet but for errors, and give up on a peer that
- * does not answer or stalls (under 1 KiB/s for 60 s). Each use adds how
- * it fails on an HTTP error status. */
-#define CURL_FLAGS "-sS", "--connect-timeout", "10", "--speed-limit", "1024", "--speed-time", "60"
+/* curl's common flags, right after "curl": no .curlrc (-q must come
+ * first), quiet but for errors, and give up on a peer that does not
+ * answer or stalls (under 1 KiB/s for 60 s). Each use adds how it fails on
+ * an HTTP error status. */
+#define CURL_FLAGS                                                                                 \
+    "-q", "-sS", "--connect-timeout", "10", "--speed-limit", "1024", "--speed-time", "60"
 
 const char *slug_url_shown(const char *url, char *buf, size_t size)
 {
@@ -49,13 +51,33 @@ static void close_pair(int p[2])
     p[0] = p[1] = -1;
 }
 
-/* The error of a curl that exited non-zero: 404 is PIER_ENOTFOUND. An
- * error body in Flynn's shape (body_fd, when curl kept it) adds its
- * message. */
+/* What an error body says: the message of Flynn's error JSON, else its
+ * first line (printable ASCII only), up to 300 bytes; "" when empty. */
+static void body_message(int body_fd, char *out, size_t size)
+{
+    struct buf body = BUF_INIT;
+    out[0] = '\0';
+    if (body_fd >= 0 && proc_read_all(body_fd, &body, 65536) == 0 && body.p) {
+        json_t *j = json_loads(body.p, 0, NULL);
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        if (msg)
+            snprintf(out, size, "%.300s", msg);
+        else
+            snprintf(out, size, "%.*s", (int)strcspn(body.p, "\r\n"), body.p);
+        json_decref(j);
+    }
+    buf_free(&body);
+    for (char *c = out; *c; c++)
+        if ((unsigned char)*c < ' ' || (unsigned char)*c > '~')
+            *c = '?';
+}
+
+/* The error of a curl that exited non-zero: 404 is PIER_ENOTFOUND. The
+ * body of an error answer (body_fd, when curl kept it) adds its message. */
 static int curl_error(int status, int err_fd, int body_fd, const char *what, const char *shown,
                       struct pier_err *err)
 {
-    char line[400], st[64];
+    char line[400], st[64], msg[301];
     proc_last_line(err_fd, line, sizeof(line));
     if (strstr(line, "error: 404"))
         return err_set(err, PIER_ENOTFOUND, "%s %s: not found (404)", what, shown);
@@ -66,16 +88,8 @@ static int curl_error(int status, int err_fd, int body_fd, const char *what, con
         why += 5;
     if (!*why)
         why = proc_status_str(status, st, sizeof(st));
-    struct buf body = BUF_INIT;
-    json_t *j = NULL;
-    if (body_fd >= 0 && proc_read_all(body_fd, &body, 65536) == 0 && body.p)
-        j = json_loads(body.p, 0, NULL);
-    const char *msg = json_string_value(json_object_get(j, "message"));
-    int rc = err_set(err, PIER_EUNAVAIL, "%s %s: %s%s%.300s", what, shown, why, msg ? ": " : "",
-                     msg ? msg : "");
-    json_decref(j);
-    buf_free(&body);
-    return rc;
+    body_message(body_fd, msg, sizeof(msg));
+    return err_set(err, PIER_EUNAVAIL, "%s %s: %s%s%s", what, shown, why, msg[0] ? ": " : "", msg);
 }
 
 int slug_fetch_tar(const char *url, const char *dir, bool gzip, struct pier_err *err)
@@ -92,8 +106,9 @@ int slug_fetch_tar(const char *url, const char *dir, bool gzip, struct pier_err 
     const char *curl_argv[] = {"curl", CURL_FLAGS, "-f", "-L", "--max-redirs", "5", url, NULL};
     const char *tar_argv[] = {"tar", gzip ? "-xzf" : "-xf", "-", "-C",
                               dir,   "--no-same-owner",     NULL};
-    struct proc_opts co = {.argv = curl_argv, .in = -1, .out = p[1], .err = curl_err};
-    struct proc_opts to = {.argv = tar_argv, .in = p[0], .out = tar_err, .err = tar_err};
+    struct proc_opts co = {.argv = curl_argv, .in = -1, .out = p[1], .err = curl_err, .tool = true};
+    struct proc_opts to = {
+        .argv = tar_argv, .in = p[0], .out = tar_err, .err = tar_err, .tool = true};
     pid_t curl_pid = -1, tar_pid = -1;
     int rc = proc_spawn(&co, &curl_pid, err);
     if (rc == 0)
@@ -107,26 +122,16 @@ int slug_fetch_tar(const char *url, const char *dir, bool gzip, struct pier_err 
         return rc;
     }
     int cs = proc_wait(curl_pid), ts = proc_wait(tar_pid);
-    if (cs != 0)
+    /* A tar that gave up makes curl fail to write (its exit 23): then
+     * tar's reason is the one. */
+    bool curl_lost_tar = WIFEXITED(cs) && WEXITSTATUS(cs) == 23;
+    if (cs != 0 && !(ts != 0 && curl_lost_tar))
         return curl_error(cs, curl_err, -1, "fetching", shown, err);
     if (ts != 0) {
         char line[400], st[64];
         proc_last_line(tar_err, line, sizeof(line));
         return err_set(err, PIER_EINVAL, "%s: cannot unpack it: %s", shown,
                        line[0] ? line : proc_status_str(ts, st, sizeof(st)));
-    }
-    return 0;
-}
-
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        p += n, len -= (size_t)n;
     }
     return 0;
 }
@@ -149,7 +154,7 @@ static int pump_upload(int from, int to, int64_t max, struct sha256 *h, int64_t 
             return -EFBIG;
         sha256_update(h, chunk, (size_t)n);
         *size += n;
-        int rc = write_all(to, chunk, (size_t)n);
+        int rc = slug_write_all(to, chunk, (size_t)n);
         if (rc < 0)
             return rc;
     }
@@ -189,12 +194,15 @@ int slug_upload_dir(const char *dir, const char *url, int64_t max, struct slug_u
         return err_set(err, -e, "pipe: %s", strerror(e));
     }
     const char *tar_argv[] = {"tar", "-czf", "-", "-C", dir, ".", NULL};
-    const char *curl_argv[] = {"curl",    CURL_FLAGS, "--fail-with-body",
-                               "-T",      "-",        "-H",
-                               "Expect:", "-H",       "Content-Type: application/gzip",
-                               url,       NULL};
-    struct proc_opts to = {.argv = tar_argv, .in = -1, .out = a[1], .err = tar_err};
-    struct proc_opts co = {.argv = curl_argv, .in = b[0], .out = curl_out, .err = curl_err};
+    /* curl sends "Expect: 100-continue" and waits for the answer before
+     * the body: a refusal (an expired signature, the wrong key) comes back
+     * as the blobstore's error, not as a broken pipe in the middle. */
+    const char *curl_argv[] = {
+        "curl", CURL_FLAGS, "--fail-with-body", "-T", "-", "-H", "Content-Type: application/gzip",
+        url,    NULL};
+    struct proc_opts to = {.argv = tar_argv, .in = -1, .out = a[1], .err = tar_err, .tool = true};
+    struct proc_opts co = {
+        .argv = curl_argv, .in = b[0], .out = curl_out, .err = curl_err, .tool = true};
     pid_t tar_pid = -1, curl_pid = -1;
     int rc = proc_spawn(&co, &curl_pid, err);
     if (rc == 0)

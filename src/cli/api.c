@@ -11,10 +11,10 @@
 #include <unistd.h>
 
 #include "cli/ui.h"
-#include "lib/base64.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 #include "lib/http1.h"
+#include "lib/httpc.h"
 #include "lib/jsonx.h"
 
 #define USER_AGENT "User-Agent: pier/" PIER_VERSION
@@ -42,10 +42,7 @@ int api_open(struct api *a, const char *cluster, struct pier_err *err)
     if (strncmp(a->base, "http://", 7) != 0 && strncmp(a->base, "https://", 8) != 0)
         return err_set(err, PIER_EINVAL,
                        "controller URL \"%s\" must start with http:// or https://", a->base);
-    cleanup_buf struct buf cred = BUF_INIT;
-    buf_printf(&cred, ":%s", a->key);
-    buf_puts(&a->auth, "Authorization: Basic ");
-    base64_encode(&a->auth, cred.p, cred.len);
+    httpc_basic_auth(&a->auth, a->key);
     a->h = httpc_new();
     return 0;
 }

@@ -6,7 +6,6 @@
 #include "cli/config.h"
 #include "cli/git.h"
 #include "cli/ui.h"
-#include "lib/base64.h"
 #include "lib/cleanup.h"
 #include "lib/httpc.h"
 
@@ -230,11 +229,9 @@ int cli_status(struct cli *c)
         config_free(&cfg);
         return ui_fail(NULL, "%s", err.msg);
     }
-    cleanup_buf struct buf full = BUF_INIT, auth = BUF_INIT, cred = BUF_INIT;
+    cleanup_buf struct buf full = BUF_INIT, auth = BUF_INIT;
     buf_printf(&full, "%s/.well-known/status", url);
-    buf_printf(&cred, ":%s", key);
-    buf_puts(&auth, "Authorization: Basic ");
-    base64_encode(&auth, cred.p, cred.len);
+    httpc_basic_auth(&auth, key);
     const char *headers[] = {auth.p, NULL};
     struct httpc_req req = {.url = full.p, .name = url, .headers = headers, .timeout_ms = 10000};
     struct httpc *h = httpc_new();

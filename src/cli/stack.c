@@ -607,6 +607,37 @@ static bool find_debootstrap(char **out)
     return false;
 }
 
+/* Every mount point a job's container needs, made now, so that crun never
+ * has to create one inside the shared stack (DESIGN.md §4). Also run on a
+ * finished stack (as root), so that one built before a mount point was
+ * added gets it. */
+static int make_mount_points(const char *dir)
+{
+    static const char *const dirs[] = {
+        "app", "tmp", "dev", "proc", "sys", ".pier", ".pier/buildpacks", NULL};
+    static const char *const files[] = {"etc/hosts", "etc/resolv.conf", ".pier/pierslug", NULL};
+    cleanup_buf struct buf p = BUF_INIT;
+    for (int i = 0; dirs[i]; i++) {
+        buf_reset(&p);
+        buf_printf(&p, "%s/%s", dir, dirs[i]);
+        if (mkdir(p.p, 0755) < 0 && errno != EEXIST)
+            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
+    }
+    for (int i = 0; files[i]; i++) {
+        struct stat st;
+        buf_reset(&p);
+        buf_printf(&p, "%s/%s", dir, files[i]);
+        if (lstat(p.p, &st) == 0 && S_ISREG(st.st_mode))
+            continue;
+        unlink(p.p); /* a symlink would lead crun outside the file */
+        int fd = open(p.p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
+        close(fd);
+    }
+    return 0;
+}
+
 static int build(const char *dir, const char *suite, const char *mirror, json_t *packages)
 {
     cleanup_free char *debootstrap = NULL;
@@ -636,30 +667,8 @@ static int build(const char *dir, const char *suite, const char *mirror, json_t 
     if ((r = add_local_cas(dir)) != 0)
         return r;
 
-    /* Every mount point a job's container needs, made now, so that crun
-     * never has to create one inside the shared stack (DESIGN.md §4). */
-    static const char *const dirs[] = {
-        "app", "tmp", "dev", "proc", "sys", ".pier", ".pier/buildpacks", NULL};
-    static const char *const files[] = {"etc/hosts", "etc/resolv.conf", ".pier/pierslug", NULL};
-    cleanup_buf struct buf p = BUF_INIT;
-    for (int i = 0; dirs[i]; i++) {
-        buf_reset(&p);
-        buf_printf(&p, "%s/%s", dir, dirs[i]);
-        if (mkdir(p.p, 0755) < 0 && errno != EEXIST)
-            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
-    }
-    for (int i = 0; files[i]; i++) {
-        struct stat st;
-        buf_reset(&p);
-        buf_printf(&p, "%s/%s", dir, files[i]);
-        if (lstat(p.p, &st) == 0 && S_ISREG(st.st_mode))
-            continue;
-        unlink(p.p); /* a symlink would lead crun outside the file */
-        int fd = open(p.p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd < 0)
-            return ui_fail(NULL, "cannot make %s: %s", p.p, strerror(errno));
-        close(fd);
-    }
+    if ((r = make_mount_points(dir)) != 0)
+        return r;
     if ((r = write_marker(dir, suite, mirror, packages)) < 0)
         return ui_fail(NULL, "cannot write %s" MARKER ": %s", dir, strerror(-r));
     tree_bytes = 0;
@@ -688,8 +697,11 @@ static int stack_build(int argc, char **argv)
     /* A finished stack needs nothing, not even root, to say so. */
     cleanup_json json_t *marker = NULL;
     int m = marker_read(dir, &marker);
-    if (m == 0)
+    if (m == 0) {
+        if (geteuid() == 0 && (rc = make_mount_points(dir)) != 0)
+            return rc;
         return already_built(dir, marker, a.suite, packages);
+    }
     if (m == PIER_EINVAL) {
         cleanup_buf struct buf hint = BUF_INIT;
         buf_printf(&hint, "remove it with 'rm -rf %s' and build again", dir);

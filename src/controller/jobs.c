@@ -24,8 +24,8 @@
 
 #include "controller/check.h"
 #include "controller/ctl.h"
-#include "lib/base64.h"
 #include "lib/cleanup.h"
+#include "lib/httpc.h"
 #include "lib/jsonx.h"
 #include "lib/keys.h"
 #include "lib/log.h"
@@ -147,10 +147,7 @@ int ctl_agent_addr(struct ctl *c, const char *host_id, struct buf *addr, struct 
 
 void ctl_agent_auth(struct ctl *c, struct buf *header)
 {
-    cleanup_buf struct buf cred = BUF_INIT;
-    buf_printf(&cred, ":%s", c->key ? c->key : "");
-    buf_puts(header, "Authorization: Basic ");
-    base64_encode(header, cred.p, cred.len);
+    httpc_basic_auth(header, c->key);
 }
 
 /* ---- list, get, stop, update ---- */

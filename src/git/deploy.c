@@ -1,16 +1,23 @@
-/* deploy: step e of a push, the new release put to work.
+/* deploy: steps d and e of a push, the new release made and put to work.
+ *
+ * The release is made from the app's release as it is once the build is
+ * done (a config var set meanwhile stays), unless a code release came
+ * meanwhile, which this older build must not replace.
  *
  * An app's first release with code (its release before had no process
  * types, or it had none) is set at once and its web type scaled to 1; the
  * push then waits until that job is up (and stays up for 2 s, as the
- * deployer counts it, so a process that exits at once is a failure). A
- * later release goes through the controller's deployer with the app's
- * strategy (POST /apps/:app/deploy): the push follows the deployment's
- * events until it is complete or failed, printing what its jobs do. The
- * event stream is opened before the deploy is asked for, so no event of it
- * can be missed; a stream that breaks is resumed from the last event seen,
- * and the deployment record is read as well every few seconds, so a lost
- * stream only makes the push slower. */
+ * deployer counts it, so a process that exits at once is a failure); when
+ * it is not, the push is refused and the app put back as it was. A later
+ * release goes through the controller's deployer with the app's strategy
+ * (POST /apps/:app/deploy): the push follows the deployment's events until
+ * it is complete or failed, printing what its jobs do, and, once it asked
+ * for it, to its end even when the pusher left. The event stream is opened
+ * before the deploy is asked for, so no event of it can be missed; a
+ * stream that breaks is resumed from the last event seen, and the
+ * deployment record is read as well every few seconds, so a lost stream
+ * only makes the push slower. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +44,149 @@ static const char *str(const json_t *j, const char *k)
 static const char *release_id(const struct pipe_run *r)
 {
     return str(r->release, "id");
+}
+
+/* ---- the artifact and the release ---- */
+
+/* The process types of the new release: each command of the build's
+ * result, with the settings (resources, ports, service, check, env, ...)
+ * the previous release gave a type of that name. */
+static json_t *release_processes(struct pipe_run *r)
+{
+    json_t *procs = json_object();
+    const json_t *prev = json_object_get(r->prev, "processes");
+    const char *type;
+    json_t *cmd;
+    json_object_foreach(json_object_get(r->result, "process_types"), type, cmd)
+    {
+        if (!json_is_string(cmd))
+            continue;
+        const json_t *old = json_object_get(prev, type);
+        json_t *p = json_is_object(old) ? json_deep_copy(old) : json_object();
+        /* A new web type gets a TCP check, as Flynn's receiver gave it:
+         * discovery (and so the router) then sees a job only once it
+         * listens, and the deployer moves on as soon as it does. */
+        if (!old && strcmp(type, "web") == 0)
+            json_object_set_new(p, "ports",
+                                json_pack("[{s:i,s:s,s:{s:{s:s,s:s,s:i}}}]", "port", 0, "proto",
+                                          "tcp", "service", "check", "type", "tcp", "interval",
+                                          "500ms", "threshold", 2));
+        json_object_del(p, "cmd");
+        json_object_del(p, "entrypoint");
+        json_object_set_new(p, "args", json_pack("[O]", cmd));
+        json_object_set_new(procs, type, p);
+    }
+    return procs;
+}
+
+/* The previous release's env plus the buildpack's config_vars for names it
+ * does not set (Heroku's rule: they are defaults). */
+static json_t *release_env(struct pipe_run *r)
+{
+    const json_t *prev = json_object_get(r->prev, "env");
+    json_t *env = json_is_object(prev) ? json_deep_copy(prev) : json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(r->result, "config_vars"), k, v)
+    {
+        if (json_object_get(env, k))
+            continue;
+        if (json_is_string(v)) {
+            json_object_set(env, k, v);
+        } else if (json_is_number(v) || json_is_boolean(v)) {
+            cleanup_buf struct buf s = BUF_INIT;
+            jsonx_dump(&s, v);
+            json_object_set_new(env, k, json_string(s.p));
+        }
+    }
+    return env;
+}
+
+/* An app's release's artifacts, [] when it has none. */
+static json_t *artifacts_of(const json_t *rel)
+{
+    json_t *a = json_object_get(rel, "artifacts");
+    return json_is_array(a) ? json_incref(a) : json_array();
+}
+
+/* Reads the app's release again now that the build is done: the new
+ * release is made from this copy, so a config var set (or a process
+ * type's settings changed) while the build ran is kept. A release with
+ * other artifacts than the one the push started from (another push, on
+ * another receiver, or a rollback) came after this push began: deploying
+ * this build over it would undo it, so the push is refused instead. */
+static int reread_release(struct pipe_run *r)
+{
+    struct pier_err err = {0};
+    cleanup_buf struct buf path = BUF_INIT;
+    cleanup_json json_t *cur = NULL;
+    buf_printf(&path, "/apps/%s/release", r->p->app);
+    int rc = pipe_ctl(r, "GET", path.p, NULL, &cur, &err);
+    if (rc < 0 && rc != PIER_ENOTFOUND)
+        return pipe_fail("Cannot read the app's release: %s", err.msg);
+    const char *was = json_string_value(json_object_get(r->prev, "id"));
+    const char *now = json_string_value(json_object_get(cur, "id"));
+    if (!now || (was && strcmp(was, now) == 0))
+        return 0;
+    cleanup_json json_t *a = artifacts_of(r->prev), *b = artifacts_of(cur);
+    if (!json_equal(a, b)) {
+        pipe_fail("%s's release changed to %s while this push built (another push, or a "
+                  "rollback): this older build is not deployed over it",
+                  r->p->app, now);
+        return pipe_fail("Fetch, merge or rebase, and push again");
+    }
+    pipe_detail("The app's config changed while this built: the release keeps the change");
+    json_decref(r->prev);
+    r->prev = json_incref(cur);
+    return 0;
+}
+
+static int make_release(struct pipe_run *r, struct pier_err *err)
+{
+    const json_t *res = r->result;
+    cleanup_buf struct buf uri = BUF_INIT, size = BUF_INIT;
+    buf_printf(&uri, "%s/slugs/%s/%s.tgz", r->p->blobstore, r->p->app_id, r->build_id);
+    json_t *sz = json_object_get(res, "slug_size");
+    buf_printf(&size, "%lld", json_is_integer(sz) ? (long long)json_integer_value(sz) : 0LL);
+    const char *sha = json_string_value(json_object_get(res, "slug_sha256"));
+    cleanup_json json_t *art_body = json_pack(
+        "{s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s}}", "type", "file", "uri", uri.p, "meta", "blobstore",
+        "true", "slugrunner", "true", "sha256", sha ? sha : "", "size", size.p, "git_rev", r->rev);
+    cleanup_json json_t *art = NULL;
+    int rc = pipe_ctl(r, "POST", "/artifacts", art_body, &art, err);
+    const char *art_id = json_string_value(json_object_get(art, "id"));
+    if (rc == 0 && !art_id)
+        rc = err_set(err, PIER_EPROTO, "the controller made an artifact without an id");
+    if (rc < 0)
+        return rc;
+    /* From here the artifact points at the slug: it stays, whatever comes. */
+    r->artifact_made = true;
+    cleanup_json json_t *rel_body =
+        json_pack("{s:s,s:[s],s:o,s:{s:s,s:s,s:s},s:o}", "app_id", r->p->app, "artifacts", art_id,
+                  "env", release_env(r), "meta", "git", "true", "rev", r->rev, "build", r->build_id,
+                  "processes", release_processes(r));
+    rc = pipe_ctl(r, "POST", "/releases", rel_body, &r->release, err);
+    if (rc == 0 && !json_is_string(json_object_get(r->release, "id")))
+        rc = err_set(err, PIER_EPROTO, "the controller made a release without an id");
+    return rc;
+}
+
+int pipe_release(struct pipe_run *r)
+{
+    if (pipeline_stopped())
+        return pipe_fail("The push was cancelled: nothing was released");
+    pipe_say("Creating release");
+    if (reread_release(r) != 0)
+        return 1;
+    if (r->p->lock && store_keeper_lost(r->p->lock))
+        return pipe_fail("The app's push lock in the store was lost (the store did not answer "
+                         "in time): nothing was released; push again");
+    struct pier_err err = {0};
+    if (make_release(r, &err) < 0) {
+        pipe_fail("Cannot create the release: %s", err.msg);
+        return pipe_fail("The running release is unchanged");
+    }
+    return 0;
 }
 
 /* ---- what the jobs do ---- */
@@ -101,15 +251,34 @@ static void job_why(const json_t *job, struct buf *why)
 
 /* ---- the end ---- */
 
+/* The release's number as `pier releases` lists them (newest first): N
+ * when it is the Nth from the bottom, counting every release of the app,
+ * config changes too; 0 when the list cannot be read. */
+static size_t release_number(struct pipe_run *r)
+{
+    cleanup_buf struct buf path = BUF_INIT;
+    cleanup_json json_t *rels = NULL;
+    buf_printf(&path, "/apps/%s/releases", r->p->app);
+    const char *mine = str(r->release, "created_at");
+    if (!mine || pipe_ctl(r, "GET", path.p, NULL, &rels, NULL) < 0)
+        return 0;
+    size_t n = 1, i;
+    json_t *rel;
+    json_array_foreach(rels, i, rel)
+    {
+        const char *at = str(rel, "created_at"), *id = str(rel, "id");
+        if (at && id && strcmp(id, release_id(r)) != 0 && strcmp(at, mine) <= 0)
+            n++;
+    }
+    return n;
+}
+
 /* "=====> APP deployed (release vN / ID)" and the app's URL. */
 static void deployed(struct pipe_run *r)
 {
     cleanup_buf struct buf path = BUF_INIT;
-    cleanup_json json_t *rels = NULL, *routes = NULL;
-    buf_printf(&path, "/apps/%s/releases", r->p->app);
-    size_t version = 0;
-    if (pipe_ctl(r, "GET", path.p, NULL, &rels, NULL) == 0)
-        version = json_array_size(rels);
+    cleanup_json json_t *routes = NULL;
+    size_t version = release_number(r);
     if (version)
         printf("=====> %s deployed (release v%zu / %s)\n", r->p->app, version, release_id(r));
     else
@@ -144,7 +313,7 @@ static int wait_web(struct pipe_run *r)
     int rc = -1;
     while (rc < 0) {
         if (pipeline_stopped()) {
-            rc = pipe_fail("The push was cancelled while web started (the release is set)");
+            rc = pipe_fail("The push was cancelled while web started");
             break;
         }
         if (clock_now_ms() > deadline) {
@@ -194,33 +363,72 @@ static int wait_web(struct pipe_run *r)
     return rc;
 }
 
+/* PUTs the new release's formation with each type at n, web at web_n. */
+static int scale(struct pipe_run *r, int web_n, struct pier_err *err)
+{
+    const json_t *types = json_object_get(r->release, "processes");
+    cleanup_json json_t *counts = json_object();
+    const char *t;
+    json_t *v;
+    json_object_foreach((json_t *)types, t, v)
+        json_object_set_new(counts, t, json_integer(strcmp(t, "web") == 0 ? web_n : 0));
+    cleanup_json json_t *form = json_pack("{s:O}", "processes", counts);
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "/apps/%s/formations/%s", r->p->app, release_id(r));
+    return pipe_ctl(r, "PUT", path.p, form, NULL, err);
+}
+
+/* A first deploy that failed (or was cancelled) after the release was
+ * set: the push is refused, so the app goes back to what it ran before,
+ * its new formation to nothing and its previous release (if it had one)
+ * back in place. Said as it is done. */
+static void undo_first(struct pipe_run *r)
+{
+    struct pier_err err = {0};
+    if (scale(r, 0, &err) < 0)
+        pipe_fail("Cannot scale release %s back to 0: %s", release_id(r), err.msg);
+    else
+        pipe_fail("Scaled release %s back to 0", release_id(r));
+    const char *prev = str(r->prev, "id");
+    if (!prev) {
+        pipe_fail("%s had no release before: release %s stays set, with nothing running", r->p->app,
+                  release_id(r));
+        return;
+    }
+    cleanup_buf struct buf path = BUF_INIT;
+    cleanup_json json_t *set = json_pack("{s:s}", "id", prev);
+    buf_printf(&path, "/apps/%s/release", r->p->app);
+    if (pipe_ctl(r, "PUT", path.p, set, NULL, &err) < 0)
+        pipe_fail("Cannot put the previous release %s back: %s", prev, err.msg);
+    else
+        pipe_fail("The previous release %s is the app's release again", prev);
+}
+
 static int first_deploy(struct pipe_run *r)
 {
     struct pier_err err = {0};
     cleanup_buf struct buf path = BUF_INIT;
     cleanup_json json_t *set = json_pack("{s:s}", "id", release_id(r));
     buf_printf(&path, "/apps/%s/release", r->p->app);
+    if (pipeline_stopped())
+        return pipe_fail("The push was cancelled: release %s was made, not deployed",
+                         release_id(r));
     if (pipe_ctl(r, "PUT", path.p, set, NULL, &err) < 0)
         return pipe_fail("Cannot set the app's release: %s", err.msg);
     /* web gets one job; other types none until scaled */
-    const json_t *types = json_object_get(r->release, "processes");
-    bool web = json_object_get(types, "web") != NULL;
-    cleanup_json json_t *counts = json_object();
-    const char *t;
-    json_t *v;
-    json_object_foreach((json_t *)types, t, v)
-        json_object_set_new(counts, t, json_integer(strcmp(t, "web") == 0 ? 1 : 0));
-    cleanup_json json_t *form = json_pack("{s:O}", "processes", counts);
-    buf_reset(&path);
-    buf_printf(&path, "/apps/%s/formations/%s", r->p->app, release_id(r));
-    if (pipe_ctl(r, "PUT", path.p, form, NULL, &err) < 0)
-        return pipe_fail("Cannot scale the app: %s", err.msg);
-    if (!web) {
+    bool web = json_object_get(json_object_get(r->release, "processes"), "web") != NULL;
+    int rc = 0;
+    if (scale(r, 1, &err) < 0)
+        rc = pipe_fail("Cannot scale the app: %s", err.msg);
+    else if (!web)
         pipe_detail("No web process type: nothing was started ('pier scale TYPE=N' starts one)");
-        return 0;
+    else {
+        pipe_detail("Scaling web to 1");
+        rc = wait_web(r);
     }
-    pipe_detail("Scaling web to 1");
-    return wait_web(r);
+    if (rc != 0)
+        undo_first(r);
+    return rc;
 }
 
 /* ---- later releases: the deployer ---- */
@@ -248,10 +456,10 @@ static int events_open(struct events *e, struct pier_err *err)
                e->r->p->app);
     buf_printf(&last, "Last-Event-Id: %lld", e->last_id);
     buf_printf(&name, "the controller's events at %s", url.p);
-    const char *headers[] = {e->r->auth.p, "Accept: text/event-stream", last.p, PIPE_USER_AGENT,
+    const char *headers[] = {e->r->p->auth.p, "Accept: text/event-stream", last.p, PIPE_USER_AGENT,
                              NULL};
     struct httpc_req req = {.url = url.p, .name = name.p, .headers = headers, .timeout_ms = 30000};
-    int rc = httpc_stream_open(e->r->h, &req, collect, &e->in, &e->s, err);
+    int rc = httpc_stream_open(e->r->p->h, &req, collect, &e->in, &e->s, err);
     if (rc == 0 && httpc_stream_status(e->s) != 200)
         rc = err_set(err, PIER_EPROTO, "%s answered %ld", name.p, httpc_stream_status(e->s));
     return rc;
@@ -296,7 +504,8 @@ static int deployment_state(const json_t *dep, struct buf *why)
     return 0;
 }
 
-/* Reads events (and now and then the record) until the deployment ends. */
+/* Reads events (and now and then the record) until the deployment ends:
+ * 1 complete, -1 failed (why set), -2 no end seen by the deadline. */
 static int follow(struct events *e, const json_t *dep, struct buf *why)
 {
     struct pipe_run *r = e->r;
@@ -324,15 +533,12 @@ static int follow(struct events *e, const json_t *dep, struct buf *why)
         }
         if (state != 0)
             break;
-        if (pipeline_stopped()) {
-            buf_puts(why, "the push was cancelled (the deployment goes on)");
-            state = -1;
-            break;
-        }
+        /* A push cancelled now (the pusher gone, SIGTERM) still follows
+         * the deployment it asked for to its end: what it prints may go
+         * nowhere, but its exit status is the truth. */
         int64_t now = clock_now_ms();
         if (now > deadline) {
-            buf_puts(why, "the deployer did not finish in time");
-            state = -1;
+            state = -2;
             break;
         }
         struct pier_err err = {0};
@@ -358,6 +564,10 @@ static int follow(struct events *e, const json_t *dep, struct buf *why)
 
 static int deploy(struct pipe_run *r)
 {
+    if (pipeline_stopped()) {
+        pipe_fail("The push was cancelled: release %s was made, not deployed", release_id(r));
+        return pipe_fail("The previous release keeps running");
+    }
     struct pier_err err = {0};
     struct events e = {.r = r};
     if (events_open(&e, &err) < 0) /* followed by reading the record instead */
@@ -366,10 +576,15 @@ static int deploy(struct pipe_run *r)
     cleanup_json json_t *body = json_pack("{s:s}", "id", release_id(r));
     cleanup_json json_t *dep = NULL;
     buf_printf(&path, "/apps/%s/deploy", r->p->app);
-    int rc = pipe_ctl(r, "POST", path.p, body, &dep, &err);
+    long status = 0;
+    int rc = pipe_ctl_status(r->p, "POST", path.p, body, &dep, &status, &err);
+    /* Whether the previous release surely keeps running: the deploy was
+     * refused, or the deployer failed it (and so rolled it back). */
+    bool kept = false;
     int state = 0;
     if (rc < 0) {
         buf_printf(&why, "%s", err.msg);
+        kept = (status >= 400 && status < 500) || rc == -ECONNREFUSED;
         state = -1;
     } else if (!str(dep, "id")) {
         buf_puts(&why, "the controller answered a deployment without an id");
@@ -378,13 +593,24 @@ static int deploy(struct pipe_run *r)
         state = deployment_state(dep, &why);
         if (state == 0)
             state = follow(&e, dep, &why);
+        kept = state == -1;
     }
     httpc_stream_close(e.s);
     buf_free(&e.in);
     if (state > 0)
         return 0;
+    if (state == -2) {
+        pipe_fail("Deploy: the deployer did not say how it ended in time");
+        return pipe_fail("'pier ps -a %s' and 'pier events -a %s' show what runs", r->p->app,
+                         r->p->app);
+    }
     pipe_fail("Deploy failed: %s", why.p);
-    return pipe_fail("The previous release keeps running ('pier log -a %s' shows why)", r->p->app);
+    if (kept)
+        return pipe_fail("The previous release keeps running ('pier log -a %s' shows why)",
+                         r->p->app);
+    return pipe_fail("The deployment may have started: 'pier ps -a %s' and 'pier events -a %s' "
+                     "show what runs",
+                     r->p->app, r->p->app);
 }
 
 int pipe_deploy(struct pipe_run *r)

@@ -24,9 +24,6 @@
 #define COMP "gitreceive"
 #define DEFAULT_HTTP "127.0.0.1:1700"
 #define DEFAULT_SSH "127.0.0.1:2222"
-#define DEFAULT_BUILD_TIMEOUT 900
-/* On SIGTERM, running pushes get the build timeout and this much more. */
-#define DRAIN_EXTRA_S 60
 
 struct flags {
     const char *dir, *controller, *blobstore, *http, *ssh, *ssh_key, *build_timeout;
@@ -52,7 +49,7 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"ssh", "ADDR", "SSH: where it listens, or \"off\" (default " DEFAULT_SSH ")", &f->ssh},
         {"ssh-host-key", "FILE", "the SSH host key (default DIR/ssh_host_ed25519_key, made)",
          &f->ssh_key},
-        {"build-timeout", "SECONDS", "the longest a build may run (env PIER_BUILD_TIMEOUT, 900)",
+        {"build-timeout", "SECONDS", "the longest a build may run (env PIER_BUILD_TIMEOUT, 1800)",
          &f->build_timeout},
         {NULL, NULL, NULL, NULL},
     };
@@ -137,6 +134,26 @@ static char *self_path(void)
     return xstrdup(buf);
 }
 
+/* Where SSH is reached, for discovery: the host it listens on, or, when
+ * that is every address (0.0.0.0, ::), the host HTTP is reached at (which
+ * httpd_reach_addr chose the same way); and the port it is bound to. */
+static char *ssh_reach_addr(const struct gitrecv_ssh *ssh, const char *http_addr)
+{
+    char host[256];
+    int port = gitrecv_ssh_local(ssh, host, sizeof(host));
+    bool any = !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+    struct buf b = BUF_INIT;
+    if (any) {
+        const char *colon = strrchr(http_addr, ':');
+        buf_printf(&b, "%.*s:%d", colon ? (int)(colon - http_addr) : 0, http_addr, port);
+    } else if (strchr(host, ':')) {
+        buf_printf(&b, "[%s]:%d", host, port);
+    } else {
+        buf_printf(&b, "%s:%d", host, port);
+    }
+    return buf_detach(&b);
+}
+
 struct drain {
     struct gitrecv_http *http;
     int timeout_ms;
@@ -184,9 +201,10 @@ static int serve(struct flags *f, struct gitrecv *g)
     int rc = ssh_on ? gitrecv_ssh_start(g, f->ssh, key_file.p, &ssh, &err) : 0;
     if (rc == 0)
         rc = gitrecv_http_start(g, f->http, &http, &err);
+    cleanup_free char *ssh_addr = ssh && http ? ssh_reach_addr(ssh, gitrecv_http_addr(http)) : NULL;
     if (rc == 0 && f->common.store && *f->common.store) {
         rc = store_open(f->common.store, &store, &err);
-        json_t *meta = json_pack("{s:s}", "ssh", ssh_on ? f->ssh : "off");
+        json_t *meta = json_pack("{s:s}", "ssh", ssh_addr ? ssh_addr : "off");
         const struct discover_reg_opts ro = {.proto = "http", .meta = meta};
         if (rc == 0)
             rc = discover_register(store, "gitreceive", gitrecv_http_addr(http), &ro, &reg, &err);
@@ -201,9 +219,9 @@ static int serve(struct flags *f, struct gitrecv *g)
         return 1;
     }
     log_info(COMP, "listening", "http=%s ssh=%s dir=%s controller=%s", gitrecv_http_addr(http),
-             ssh_on ? f->ssh : "off", g->dir, g->controller);
+             ssh_addr ? ssh_addr : "off", g->dir, g->controller);
     int sig = daemon_wait();
-    int timeout_ms = (g->build_timeout + DRAIN_EXTRA_S) * 1000;
+    int timeout_ms = (g->build_timeout + GITRECV_DRAIN_EXTRA_S) * 1000;
     log_info(COMP, "stopping: running pushes may finish", "signal=%d timeout_ms=%d", sig,
              timeout_ms);
     discover_unregister(reg);
@@ -221,15 +239,11 @@ int gitreceive_main(int argc, char **argv)
     int rc = parse_flags(argc, argv, &f);
     if (rc != 0)
         return rc < 0 ? 2 : 0;
-    long timeout = DEFAULT_BUILD_TIMEOUT;
-    if (f.build_timeout && *f.build_timeout) {
-        char *end;
-        timeout = strtol(f.build_timeout, &end, 10);
-        if (*end || timeout < 1 || timeout > 86400) {
-            fprintf(stderr, "pierd gitreceive: build timeout \"%s\" is not 1 to 86400 seconds\n",
-                    f.build_timeout);
-            return 2;
-        }
+    int timeout = 0;
+    if (gitrecv_parse_timeout(f.build_timeout, &timeout) < 0) {
+        fprintf(stderr, "pierd gitreceive: build timeout \"%s\" is not 1 to %d seconds\n",
+                f.build_timeout, GITRECV_MAX_BUILD_TIMEOUT);
+        return 2;
     }
     struct pier_err err = {0};
     cleanup_free char *dir = NULL;
@@ -249,8 +263,9 @@ int gitreceive_main(int argc, char **argv)
         .controller = controller,
         .key = f.common.key,
         .blobstore = blobstore,
+        .store = f.common.store && *f.common.store ? f.common.store : NULL,
         .pierd = pierd,
-        .build_timeout = (int)timeout,
+        .build_timeout = timeout,
     };
     return serve(&f, &g);
 }

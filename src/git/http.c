@@ -21,8 +21,6 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +35,7 @@
 #include "lib/clock.h"
 #include "lib/httpd.h"
 #include "lib/log.h"
+#include "lib/subproc.h"
 
 #define COMP "gitreceive"
 /* The largest request body taken (a push's pack). */
@@ -46,9 +45,10 @@
 #define CGI_HEADER_MAX (64 * 1024)
 #define CGI_HEADER_WAIT_MS 120000
 /* At the end of a request: how long the program may take to exit once
- * its output ended, and how long it has between SIGTERM and SIGKILL. */
+ * its output ended, and how long its process group (the hook cancelling
+ * its build) has between SIGTERM and SIGKILL, as over SSH. */
 #define CGI_EXIT_WAIT_MS 10000
-#define CGI_KILL_WAIT_MS 3000
+#define CGI_KILL_WAIT_MS 5000
 #define READ_CHUNK (64 * 1024)
 
 struct gitrecv_http {
@@ -87,11 +87,11 @@ static void reply_text(struct httpd_req *r, int status, const char *msg)
     httpd_reply(r, status, "text/plain; charset=utf-8", b.p, b.len);
 }
 
-/* Checks the key and the app, and makes sure its repository exists.
- * Returns the app's name (new), or NULL after replying. Errors past the
- * request's own go out as text/plain, which git shows the user as
- * "remote: ..." lines. */
-static char *request_begin(struct gitrecv_http *s, struct httpd_req *r)
+/* Checks the key and the app (by name or id), and makes sure its
+ * repository exists. Returns the app (new), or NULL after replying. Errors
+ * past the request's own go out as text/plain, which git shows the user
+ * as "remote: ..." lines. */
+static struct gitrecv_app *request_begin(struct gitrecv_http *s, struct httpd_req *r)
 {
     if (!key_ok(r, s->g->key)) {
         httpd_add_header(r, "WWW-Authenticate", "Basic realm=\"pier\"");
@@ -111,20 +111,21 @@ static char *request_begin(struct gitrecv_http *s, struct httpd_req *r)
     }
     struct pier_err err = {0};
     cleanup_free char *path = NULL;
-    int rc = gitrecv_repo_prepare(s->g, app, &path, &err);
+    cleanup_free struct gitrecv_app *a = xcalloc(1, sizeof(*a));
+    int rc = gitrecv_repo_prepare(s->g, app, a, &path, &err);
     if (rc < 0) {
         if (rc != PIER_ENOTFOUND)
             log_warn(COMP, "cannot prepare the repository", "app=%s err=\"%s\"", app, err.msg);
         reply_text(r, rc == PIER_ENOTFOUND ? 404 : err_http_status(rc), err.msg);
         return NULL;
     }
-    return steal_pointer(&app);
+    return steal_pointer(&a);
 }
 
 /* ---- the CGI program ---- */
 
 struct cgi {
-    char *app;
+    struct gitrecv_app app;
     const char *service;
     const char *what;   /* "info/refs" or the service: what the request asked */
     pid_t pid;          /* also its process group */
@@ -164,8 +165,9 @@ static bool header_ok(const char *v)
 }
 
 /* The CGI environment: gitrecv_env()'s plus what RFC 3875 and git
- * http-backend read. body_len < 0: no body. */
-static char **cgi_env(struct gitrecv_http *s, struct httpd_req *r, const char *app,
+ * http-backend read. body_len < 0: no body. The repository is the app's,
+ * named by its id whatever the URL named it by. */
+static char **cgi_env(struct gitrecv_http *s, struct httpd_req *r, const struct gitrecv_app *app,
                       const char *service, const char *path_tail, long long body_len)
 {
     char **env = gitrecv_env(s->g, app);
@@ -173,7 +175,7 @@ static char **cgi_env(struct gitrecv_http *s, struct httpd_req *r, const char *a
     cleanup_buf struct buf path = BUF_INIT;
     cleanup_buf struct buf query = BUF_INIT;
     buf_printf(&root, "%s/repos", s->g->dir);
-    buf_printf(&path, "/%s.git/%s", app, path_tail);
+    buf_printf(&path, "/%s.git/%s", app->id, path_tail);
     if (strcmp(path_tail, "info/refs") == 0)
         buf_printf(&query, "service=%s", service);
     env_put(&env, "GATEWAY_INTERFACE", "CGI/1.1");
@@ -203,8 +205,7 @@ static char **cgi_env(struct gitrecv_http *s, struct httpd_req *r, const char *a
 }
 
 /* Starts `git http-backend` with stdin from stdin_fd (-1: nothing) in a
- * new process group, its signals as a fresh process has them (the daemon
- * blocks SIGTERM and ignores SIGPIPE, which would be inherited). */
+ * new process group, its signals as a fresh process has them. */
 static int cgi_spawn(struct cgi *c, char **env, int stdin_fd, struct pier_err *err)
 {
     int out[2], errp[2];
@@ -216,39 +217,23 @@ static int cgi_spawn(struct cgi *c, char **env, int stdin_fd, struct pier_err *e
         close(out[1]);
         return err_set(err, -e, "pipe: %s", strerror(e));
     }
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    posix_spawn_file_actions_init(&fa);
-    if (stdin_fd >= 0)
-        posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
-    else
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    posix_spawnattr_init(&at);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGTERM);
-    sigaddset(&def, SIGINT);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                      POSIX_SPAWN_SETPGROUP);
     char *argv[] = {"git", "http-backend", NULL};
-    int rc = posix_spawnp(&c->pid, "git", &fa, &at, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
+    const struct subproc sp = {
+        .argv = argv,
+        .env = env,
+        .in = stdin_fd >= 0 ? stdin_fd : SUBPROC_DEVNULL,
+        .out = out[1],
+        .err = errp[1],
+        .new_pgroup = true,
+    };
+    int rc = subproc_start(&sp, &c->pid, err);
     close(out[1]);
     close(errp[1]);
-    if (rc != 0) {
+    if (rc < 0) {
         close(out[0]);
         close(errp[0]);
         c->pid = 0;
-        return err_set(err, -rc, "cannot run git http-backend: %s", strerror(rc));
+        return rc;
     }
     c->out = out[0];
     c->err = errp[0];
@@ -266,7 +251,8 @@ static void log_stderr(struct cgi *c, bool flush)
         for (size_t i = 0; i < n; i++)
             if (c->errline.p[i] == '"' || c->errline.p[i] == '\\')
                 c->errline.p[i] = '\'';
-        log_warn(COMP, "git http-backend", "app=%s line=\"%.*s\"", c->app, (int)n, c->errline.p);
+        log_warn(COMP, "git http-backend", "app=%s line=\"%.*s\"", c->app.name, (int)n,
+                 c->errline.p);
         buf_consume(&c->errline, nl ? n + 1 : n);
     }
 }
@@ -307,26 +293,20 @@ static int cgi_pump(struct cgi *c, struct buf *into, int timeout_ms)
     return 0;
 }
 
-/* Waits for the program to exit within wait_ms, else kills its process
- * group (SIGTERM, then SIGKILL). Returns its wait status. */
+/* Waits for the program to exit within wait_ms, else stops its process
+ * group (SIGTERM; SIGKILL for what is left after a grace). Returns its
+ * wait status. */
 static int cgi_reap(struct cgi *c, int wait_ms)
 {
     int st = 0;
     int64_t deadline = clock_now_ms() + wait_ms;
-    bool termed = false;
     for (;;) {
         pid_t p = waitpid(c->pid, &st, WNOHANG);
         if (p == c->pid || (p < 0 && errno != EINTR))
             break;
         if (clock_now_ms() >= deadline) {
-            kill(-c->pid, termed ? SIGKILL : SIGTERM);
-            if (termed) {
-                while (waitpid(c->pid, &st, 0) < 0 && errno == EINTR)
-                    ;
-                break;
-            }
-            termed = true;
-            deadline = clock_now_ms() + CGI_KILL_WAIT_MS;
+            subproc_stop_group(c->pid, c->pid, CGI_KILL_WAIT_MS, &st);
+            break;
         }
         usleep(20 * 1000);
     }
@@ -342,7 +322,6 @@ static void cgi_free(struct cgi *c)
         close(c->err);
     buf_free(&c->pending);
     buf_free(&c->errline);
-    free(c->app);
     free(c);
 }
 
@@ -367,11 +346,11 @@ static void cgi_done(void *ud)
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     int64_t ms = clock_now_ms() - c->started_ms;
     if (finished)
-        log_info(COMP, "request done", "app=%s service=%s path=%s exit=%d ms=%lld", c->app,
-                 c->service, c->what, code, (long long)ms);
+        log_info(COMP, "request done", "app=%s app_id=%s service=%s path=%s exit=%d ms=%lld",
+                 c->app.name, c->app.id, c->service, c->what, code, (long long)ms);
     else
-        log_warn(COMP, "client gone, git killed", "app=%s service=%s path=%s ms=%lld", c->app,
-                 c->service, c->what, (long long)ms);
+        log_warn(COMP, "client gone, git killed", "app=%s app_id=%s service=%s path=%s ms=%lld",
+                 c->app.name, c->app.id, c->service, c->what, (long long)ms);
     cgi_free(c);
 }
 
@@ -458,11 +437,11 @@ static int cgi_headers(struct cgi *c, struct httpd_req *r, int *status, char **c
 }
 
 /* Runs the program for the request and streams its answer. */
-static void cgi_run(struct gitrecv_http *s, struct httpd_req *r, const char *app,
+static void cgi_run(struct gitrecv_http *s, struct httpd_req *r, const struct gitrecv_app *app,
                     const char *service, const char *path_tail, int body_fd, long long body_len)
 {
     struct cgi *c = xcalloc(1, sizeof(*c));
-    c->app = xstrdup(app);
+    c->app = *app;
     c->service = service;
     c->what = path_tail;
     c->out = c->err = -1;
@@ -476,8 +455,8 @@ static void cgi_run(struct gitrecv_http *s, struct httpd_req *r, const char *app
     if (rc == 0)
         rc = cgi_headers(c, r, &status, &ctype, &err);
     if (rc < 0) {
-        log_error(COMP, "git http-backend failed", "app=%s service=%s err=\"%s\"", app, service,
-                  err.msg);
+        log_error(COMP, "git http-backend failed", "app=%s service=%s err=\"%s\"", app->name,
+                  service, err.msg);
         if (c->pid)
             cgi_reap(c, 0);
         cgi_free(c);
@@ -503,7 +482,7 @@ static void info_refs(struct httpd_req *r, void *ud)
 {
     struct gitrecv_http *s = ud;
     const char *service = service_name(httpd_query(r, "service"));
-    cleanup_free char *app = request_begin(s, r);
+    cleanup_free struct gitrecv_app *app = request_begin(s, r);
     if (!app)
         return;
     if (!service) {
@@ -518,7 +497,7 @@ static void info_refs(struct httpd_req *r, void *ud)
 /* A POST's body on its way to the spool file. */
 struct upload {
     struct gitrecv_http *s;
-    char *app;
+    struct gitrecv_app *app;
     const char *service;
     int fd;
     unsigned long long len;
@@ -528,8 +507,8 @@ static int upload_data(void *ctx, const char *p, size_t len)
 {
     struct upload *u = ctx;
     if (u->len + len > MAX_BODY) {
-        log_warn(COMP, "request body too large, connection closed", "app=%s limit=%llu", u->app,
-                 (unsigned long long)MAX_BODY);
+        log_warn(COMP, "request body too large, connection closed", "app=%s limit=%llu",
+                 u->app->name, (unsigned long long)MAX_BODY);
         return -1;
     }
     while (len > 0) {
@@ -537,8 +516,8 @@ static int upload_data(void *ctx, const char *p, size_t len)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            log_error(COMP, "cannot spool the request body", "app=%s dir=%s/tmp err=\"%s\"", u->app,
-                      u->s->g->dir, n < 0 ? strerror(errno) : "short write");
+            log_error(COMP, "cannot spool the request body", "app=%s dir=%s/tmp err=\"%s\"",
+                      u->app->name, u->s->g->dir, n < 0 ? strerror(errno) : "short write");
             return -1;
         }
         p += n;
@@ -589,14 +568,14 @@ static int spool_open(const struct gitrecv *g)
  * headers are in; the body is spooled, then upload_end runs the program. */
 static void rpc(struct httpd_req *r, const char *service, struct gitrecv_http *s)
 {
-    cleanup_free char *app = request_begin(s, r);
+    cleanup_free struct gitrecv_app *app = request_begin(s, r);
     if (!app)
         return;
     int fd = spool_open(s->g);
     if (fd < 0) {
         cleanup_buf struct buf msg = BUF_INIT;
         buf_printf(&msg, "cannot keep the request body in %s/tmp: %s", s->g->dir, strerror(errno));
-        log_error(COMP, "cannot spool", "app=%s err=\"%s\"", app, msg.p);
+        log_error(COMP, "cannot spool", "app=%s err=\"%s\"", app->name, msg.p);
         reply_text(r, 503, msg.p);
         return;
     }

@@ -1,5 +1,6 @@
-/* pipeline: the source upload, the build job, the artifact and the release;
- * deploy.c does the rest.
+/* pipeline: the pusher's lines, the controller and blobstore calls, the
+ * source upload, the build job and the repository's archive; deploy.c
+ * makes the release and deploys it.
  *
  * The build runs as an attached one-off job of the app, without a release
  * (the controller's extension: the host's default stack, only the job's
@@ -15,7 +16,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,20 +26,39 @@
 
 #include "host/attach.h"
 #include "lib/attachc.h"
-#include "lib/base64.h"
 #include "lib/blobsig.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 #include "lib/jsonx.h"
-
-extern char **environ;
+#include "lib/subproc.h"
 
 #define RESULT_PREFIX "pier-build-result: "
 #define BUILD_MEMORY 2147483648LL
 #define STACK_NAME "pier-bookworm"
+/* The most a slug (the builder's own limit, docs/build.md) and a build
+ * cache may be: what their signed upload URLs allow. */
+#define SLUG_MAX (500LL * 1000 * 1000)
+#define CACHE_MAX (1LL << 30)
 /* Signed upload URLs outlive the build by this much. */
 #define SIGNED_SLACK_S 600
 #define CTL_TIMEOUT_MS 30000
+/* The most of one line of the build's output the hook holds (the result
+ * line, or a line that may become it): more is a broken build. */
+#define HELD_LINE_MAX (1 << 20)
+/* The most read from the build's session before it is decoded. */
+#define READ_AHEAD_MAX (2 << 20)
+/* The most of the build's error frames kept for the message. */
+#define WHY_MAX 4096
+/* How long stopping a build job keeps asking a controller that does not
+ * answer. */
+#define STOP_TRY_MS 20000
+
+/* Uses a result that is of no consequence (glibc marks some
+ * warn_unused_result, which a (void) cast does not silence). */
+static inline void discard(ssize_t r)
+{
+    (void)r;
+}
 
 /* ---- output ---- */
 
@@ -50,8 +69,8 @@ static void on_signal(int sig)
 {
     int saved = errno;
     stop_signal = sig;
-    if (sig_pipe[1] >= 0 && write(sig_pipe[1], "x", 1) < 0) { /* full: already woken */
-    }
+    if (sig_pipe[1] >= 0)
+        discard(write(sig_pipe[1], "x", 1)); /* full: already woken */
     errno = saved;
 }
 
@@ -142,18 +161,20 @@ static int flynn_error(const char *what, long status, const struct buf *body, st
     return err_set(err, code, "%s answered %ld%s%s", what, status, msg ? ": " : "", msg ? msg : "");
 }
 
-int pipe_ctl(struct pipe_run *r, const char *method, const char *path, const json_t *body,
-             json_t **out, struct pier_err *err)
+int pipe_ctl_status(struct pipeline *p, const char *method, const char *path, const json_t *body,
+                    json_t **out, long *status, struct pier_err *err)
 {
     if (out)
         *out = NULL;
+    if (status)
+        *status = 0;
     cleanup_buf struct buf url = BUF_INIT, name = BUF_INIT, text = BUF_INIT, what = BUF_INIT;
-    buf_printf(&url, "%s%s", r->p->controller, path);
-    buf_printf(&name, "the controller at %s", r->p->controller);
+    buf_printf(&url, "%s%s", p->controller, path);
+    buf_printf(&name, "the controller at %s", p->controller);
     buf_printf(&what, "the controller: %s %s", method, url.p);
     if (body)
         jsonx_dump(&text, body);
-    const char *headers[] = {r->auth.p, "Content-Type: application/json",
+    const char *headers[] = {p->auth.p, "Content-Type: application/json",
                              "Accept: application/json", PIPE_USER_AGENT, NULL};
     struct httpc_req req = {
         .method = method,
@@ -165,9 +186,11 @@ int pipe_ctl(struct pipe_run *r, const char *method, const char *path, const jso
         .timeout_ms = CTL_TIMEOUT_MS,
     };
     struct httpc_resp resp = {0};
-    int rc = httpc_do(r->h, &req, &resp, err);
+    int rc = httpc_do(p->h, &req, &resp, err);
     if (rc < 0)
         return rc;
+    if (status)
+        *status = resp.status;
     if (resp.status != 200) {
         rc = flynn_error(what.p, resp.status, &resp.body, err);
     } else if (out && resp.body.len > 0 && jsonx_parse(resp.body.p, resp.body.len, out, NULL) < 0) {
@@ -177,12 +200,33 @@ int pipe_ctl(struct pipe_run *r, const char *method, const char *path, const jso
     return rc;
 }
 
-/* ---- the source ---- */
+int pipe_ctl(struct pipe_run *r, const char *method, const char *path, const json_t *body,
+             json_t **out, struct pier_err *err)
+{
+    return pipe_ctl_status(r->p, method, path, body, out, NULL, err);
+}
 
+/* ---- the blobstore ---- */
+
+/* A command whose standard output is uploaded as it comes. */
 struct upload {
     int fd;
+    pid_t pid;
+    int exit_ok; /* the highest exit status that counts as success */
+    bool failed; /* it exited otherwise: the upload was cut */
+    int status;
     size_t sent;
 };
+
+/* Reaps the command (once). */
+static void upload_reap(struct upload *u)
+{
+    if (u->pid <= 0)
+        return;
+    u->status = subproc_wait(u->pid);
+    u->pid = 0;
+    u->failed = !(WIFEXITED(u->status) && WEXITSTATUS(u->status) <= u->exit_ok);
+}
 
 static size_t upload_read(char *dst, size_t size, size_t n, void *ud)
 {
@@ -195,6 +239,13 @@ static size_t upload_read(char *dst, size_t size, size_t n, void *ud)
             continue;
         if (got < 0)
             return CURL_READFUNC_ABORT;
+        if (got == 0) {
+            /* The command closed its output: it is done, and its status
+             * decides whether the body ends (the blob is stored) or is
+             * cut short (nothing is). */
+            upload_reap(u);
+            return u->failed ? CURL_READFUNC_ABORT : 0;
+        }
         u->sent += (size_t)got;
         return (size_t)got;
     }
@@ -208,14 +259,12 @@ static size_t collect(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-/* PUTs what fd gives to url, as it comes (chunked), with the cluster key. */
-static int put_stream(struct pipe_run *r, const char *url, int fd, size_t *sent,
-                      struct pier_err *err)
+/* PUTs what u->fd gives to url, as it comes (chunked), with the key. */
+static int put_stream(struct pipeline *p, const char *url, struct upload *u, struct pier_err *err)
 {
-    struct upload u = {.fd = fd};
     cleanup_buf struct buf answer = BUF_INIT;
     struct curl_slist *hs = NULL;
-    hs = curl_slist_append(hs, r->auth.p);
+    hs = curl_slist_append(hs, p->auth.p);
     hs = curl_slist_append(hs, "Content-Type: application/x-tar");
     hs = curl_slist_append(hs, "Expect:");
     CURL *c = curl_easy_init();
@@ -224,7 +273,7 @@ static int put_stream(struct pipe_run *r, const char *url, int fd, size_t *sent,
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(c, CURLOPT_READFUNCTION, upload_read);
-    curl_easy_setopt(c, CURLOPT_READDATA, &u);
+    curl_easy_setopt(c, CURLOPT_READDATA, u);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &answer);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
@@ -238,7 +287,8 @@ static int put_stream(struct pipe_run *r, const char *url, int fd, size_t *sent,
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
     curl_slist_free_all(hs);
-    *sent = u.sent;
+    if (u->failed)
+        return 0; /* the caller names the command that failed */
     if (cc != CURLE_OK)
         return err_set(err, cc == CURLE_COULDNT_CONNECT ? -ECONNREFUSED : PIER_EUNAVAIL,
                        "the blobstore: PUT %s: %s", url,
@@ -251,57 +301,81 @@ static int put_stream(struct pipe_run *r, const char *url, int fd, size_t *sent,
     return 0;
 }
 
-/* Streams `git archive --format=tar REV` to the blobstore. */
-static int upload_source(struct pipe_run *r, size_t *size, struct pier_err *err)
+/* Runs argv (in the current directory) with its standard output streamed
+ * to BLOBSTORE<path>; an exit status above exit_ok cuts the upload short,
+ * so nothing is stored. *size gets the bytes sent. */
+static int put_command(struct pipeline *p, char *const argv[], int exit_ok, const char *path,
+                       size_t *size, struct pier_err *err)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
         return err_set(err, -errno, "pipe: %s", strerror(errno));
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-    char *argv[] = {"git", "archive", "--format=tar", (char *)r->rev, NULL};
-    pid_t pid;
-    int src = posix_spawnp(&pid, "git", &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
+    /* its errors go to the pusher */
+    const struct subproc sp = {
+        .argv = argv, .in = SUBPROC_DEVNULL, .out = fds[1], .err = SUBPROC_INHERIT};
+    struct upload u = {.fd = fds[0], .exit_ok = exit_ok};
+    int src = subproc_start(&sp, &u.pid, err);
     close(fds[1]);
-    if (src != 0) {
+    if (src < 0) {
         close(fds[0]);
-        return err_set(err, -src, "cannot run git archive: %s", strerror(src));
+        return src;
     }
-    int rc = put_stream(r, r->source_url, fds[0], size, err);
-    close(fds[0]); /* git gets EPIPE if the upload stopped early */
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-        rc = err_set(err, PIER_EINTERNAL, "git archive %s failed (status %d)", r->rev, status);
+    cleanup_buf struct buf url = BUF_INIT;
+    buf_printf(&url, "%s%s", p->blobstore, path);
+    int rc = put_stream(p, url.p, &u, err);
+    close(fds[0]); /* the command gets EPIPE if the upload stopped early */
+    upload_reap(&u);
+    *size = u.sent;
+    if (rc == 0 && u.failed)
+        rc = err_set(err, PIER_EINTERNAL, "%s %s failed (status %d): nothing was stored", argv[0],
+                     argv[1], u.status);
     return rc;
+}
+
+/* Streams `git archive --format=tar REV` to the blobstore. */
+static int upload_source(struct pipe_run *r, size_t *size, struct pier_err *err)
+{
+    char *argv[] = {"git", "archive", "--format=tar", (char *)r->rev, NULL};
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "/sources/%s/%s.tar", r->p->app_id, r->build_id);
+    return put_command(r->p, argv, 0, path.p, size, err);
+}
+
+int pipeline_archive_repo(struct pipeline *p, size_t *size, struct pier_err *err)
+{
+    /* Quarantine directories hold the objects of pushes under way, not yet
+     * part of the repository. Status 1 is GNU tar's "a file changed as we
+     * read it": a reflog another push appended to, whose own post-receive
+     * sends the repository again afterwards. */
+    char *argv[] = {"tar",
+                    "-c",
+                    "-f",
+                    "-",
+                    "--warning=no-file-changed",
+                    "--exclude=./objects/incoming-*",
+                    "--exclude=./objects/tmp_objdir-*",
+                    ".",
+                    NULL};
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "/repos/%s.tar", p->app_id);
+    return put_command(p, argv, 1, path.p, size, err);
 }
 
 /* DELETE of a blob, best effort (the source after the build, a slug no
  * release will use). */
-void pipe_blob_delete(struct pipe_run *r, const char *path)
+static void blob_delete(struct pipe_run *r, const char *path)
 {
     cleanup_buf struct buf url = BUF_INIT;
     buf_printf(&url, "%s%s", r->p->blobstore, path);
-    const char *headers[] = {r->auth.p, PIPE_USER_AGENT, NULL};
+    const char *headers[] = {r->p->auth.p, PIPE_USER_AGENT, NULL};
     struct httpc_req req = {
         .method = "DELETE", .url = url.p, .headers = headers, .timeout_ms = 10000};
     struct httpc_resp resp = {0};
-    if (httpc_do(r->h, &req, &resp, NULL) == 0)
+    if (httpc_do(r->p->h, &req, &resp, NULL) == 0)
         httpc_resp_release(&resp);
 }
 
 /* ---- the build job ---- */
-
-/* A JSON string of s, which is freed. */
-static json_t *string_taken(char *s)
-{
-    json_t *j = json_string(s);
-    free(s);
-    return j;
-}
 
 /* The build job's own variables; a config var of one of these names is
  * left out (the build's value wins, and is no config var). */
@@ -322,10 +396,21 @@ static bool build_var(const char *name)
     return false;
 }
 
-static json_t *build_env(struct pipe_run *r)
+/* env[name] = a URL of the blobstore for method on path, signed, valid
+ * until the build's end (and some); a PUT of at most max bytes (0: the
+ * blobstore's limit), once: never over a blob that exists. */
+static void signed_url(struct pipe_run *r, json_t *env, const char *name, const char *method,
+                       const char *path, int64_t max, bool once)
 {
     int64_t now = (int64_t)time(NULL);
     int64_t ttl = (int64_t)r->p->build_timeout + SIGNED_SLACK_S;
+    char *url = blobsig_url_opts(r->p->key, r->p->blobstore, method, path, now, ttl, max, once);
+    json_object_set_new(env, name, json_string(url));
+    free(url);
+}
+
+static json_t *build_env(struct pipe_run *r)
+{
     json_t *env = json_object();
     cleanup_buf struct buf names = BUF_INIT, path = BUF_INIT;
     const json_t *cfg = json_object_get(r->prev, "env");
@@ -338,19 +423,21 @@ static json_t *build_env(struct pipe_run *r)
         json_object_set(env, k, v);
         buf_printf(&names, "%s%s", names.len ? "," : "", k);
     }
-    json_object_set_new(env, "SOURCE_URL", json_string(r->source_url));
-    buf_printf(&path, "/slugs/%s/%s.tgz", r->p->app, r->build_id);
-    json_object_set_new(
-        env, "SLUG_URL",
-        string_taken(blobsig_url(r->p->key, r->p->blobstore, "PUT", path.p, now, ttl)));
+    /* The source and the cache are the app's code: only signed URLs (or
+     * the key) read them (docs/blobstore.md). */
+    buf_printf(&path, "/sources/%s/%s.tar", r->p->app_id, r->build_id);
+    signed_url(r, env, "SOURCE_URL", "GET", path.p, 0, false);
+    /* The slug is written once (the job cannot replace it under a release
+     * made of it), at most as large as the builder allows. */
     buf_reset(&path);
-    buf_printf(&path, "/caches/%s.tgz", r->p->app);
-    cleanup_buf struct buf cache = BUF_INIT;
-    buf_printf(&cache, "%s%s", r->p->blobstore, path.p);
-    json_object_set_new(env, "CACHE_URL", json_string(cache.p));
-    json_object_set_new(
-        env, "CACHE_PUT_URL",
-        string_taken(blobsig_url(r->p->key, r->p->blobstore, "PUT", path.p, now, ttl)));
+    buf_printf(&path, "/slugs/%s/%s.tgz", r->p->app_id, r->build_id);
+    const char *slug_max = getenv("PIER_SLUG_MAX_BYTES");
+    long long max = slug_max && *slug_max ? atoll(slug_max) : 0;
+    signed_url(r, env, "SLUG_URL", "PUT", path.p, max > 0 ? max : SLUG_MAX, true);
+    buf_reset(&path);
+    buf_printf(&path, "/caches/%s.tgz", r->p->app_id);
+    signed_url(r, env, "CACHE_URL", "GET", path.p, 0, false);
+    signed_url(r, env, "CACHE_PUT_URL", "PUT", path.p, CACHE_MAX, false);
     json_object_set_new(env, "SOURCE_VERSION", json_string(r->rev));
     json_object_set_new(env, "STACK", json_string(STACK_NAME));
     json_object_set_new(env, "PIER_CONFIG_VARS", json_string(names.p ? names.p : ""));
@@ -365,30 +452,53 @@ static json_t *build_env(struct pipe_run *r)
 /* The build's output, relayed line by line; the result line kept. */
 struct build_out {
     struct buf line[4]; /* per stream: the part of a line not yet relayed */
+    bool skip[4];       /* per stream: dropping the rest of a line too long to hold */
+    bool too_long;      /* a line the hook had to hold passed HELD_LINE_MAX */
     struct buf result;  /* the JSON after RESULT_PREFIX */
 };
 
+/* Whether the n bytes at p are RESULT_PREFIX's start or start with it. */
+static bool maybe_result(const char *p, size_t n)
+{
+    size_t plen = strlen(RESULT_PREFIX);
+    return memcmp(p, RESULT_PREFIX, n < plen ? n : plen) == 0;
+}
+
 static void relay(struct build_out *o, uint8_t stream, const char *p, size_t n)
 {
-    struct buf *l = &o->line[stream & 3];
+    size_t s = stream & 3, plen = strlen(RESULT_PREFIX);
+    if (o->skip[s]) {
+        const char *nl = memchr(p, '\n', n);
+        if (!nl)
+            return;
+        o->skip[s] = false;
+        n -= (size_t)(nl + 1 - p);
+        p = nl + 1;
+    }
+    struct buf *l = &o->line[s];
     buf_append(l, p, n);
     char *nl;
     while (l->len > 0 && (nl = memchr(l->p, '\n', l->len)) != NULL) {
         size_t len = (size_t)(nl - l->p);
-        if (stream == ATTACH_STDOUT && len >= strlen(RESULT_PREFIX) &&
-            memcmp(l->p, RESULT_PREFIX, strlen(RESULT_PREFIX)) == 0) {
+        if (stream == ATTACH_STDOUT && len >= plen && maybe_result(l->p, len)) {
             buf_reset(&o->result);
-            buf_append(&o->result, l->p + strlen(RESULT_PREFIX), len - strlen(RESULT_PREFIX));
+            if (len - plen > HELD_LINE_MAX)
+                o->too_long = true;
+            else
+                buf_append(&o->result, l->p + plen, len - plen);
         } else {
             out_raw(l->p, len + 1);
         }
         buf_consume(l, len + 1);
     }
     /* A partial line goes out at once (progress dots), unless it may
-     * still become the result line. */
-    size_t cmp = l->len < strlen(RESULT_PREFIX) ? l->len : strlen(RESULT_PREFIX);
-    if (l->len > 0 && (stream != ATTACH_STDOUT || memcmp(l->p, RESULT_PREFIX, cmp) != 0)) {
+     * still become the result line; such a one is held up to a limit. */
+    if (l->len > 0 && (stream != ATTACH_STDOUT || !maybe_result(l->p, l->len))) {
         out_raw(l->p, l->len);
+        buf_reset(l);
+    } else if (l->len > HELD_LINE_MAX + plen) {
+        o->too_long = true;
+        o->skip[s] = true;
         buf_reset(l);
     }
 }
@@ -400,14 +510,20 @@ static void build_out_free(struct build_out *o)
     buf_free(&o->result);
 }
 
-/* Stops the build job: the one of this app whose meta names the build. */
+/* Stops the build job: the one of this app whose meta names the build.
+ * A controller that does not answer (one restarting broke the build's
+ * session) is asked again for a while. */
 static void stop_build(struct pipe_run *r)
 {
     cleanup_buf struct buf path = BUF_INIT;
     buf_printf(&path, "/apps/%s/jobs", r->p->app);
     cleanup_json json_t *jobs = NULL;
-    if (pipe_ctl(r, "GET", path.p, NULL, &jobs, NULL) < 0)
-        return;
+    int64_t until = clock_now_ms() + STOP_TRY_MS;
+    while (pipe_ctl(r, "GET", path.p, NULL, &jobs, NULL) < 0) {
+        if (clock_now_ms() >= until)
+            return;
+        usleep(500 * 1000);
+    }
     size_t i;
     json_t *j;
     json_array_foreach(jobs, i, j)
@@ -434,16 +550,18 @@ static enum build_end build_loop(struct pipe_run *r, struct attachc *conn, struc
     enum build_end end = BUILD_BROKE;
     for (;;) {
         struct pier_err err = {0};
-        ssize_t got;
-        while ((got = attachc_recv(conn, &dec.in, &err)) > 0)
+        ssize_t got = 0;
+        /* What arrived, to a bound: a fast build is decoded as it comes
+         * rather than piled up. */
+        while (dec.in.len < READ_AHEAD_MAX && (got = attachc_recv(conn, &dec.in, &err)) > 0)
             ;
         struct attach_frame f;
         int fr;
         while ((fr = attach_next(&dec, &f)) > 0) {
             if (f.type == ATTACH_DATA && f.stream != ATTACH_STDIN)
                 relay(o, f.stream, f.data, f.len);
-            else if (f.type == ATTACH_ERROR)
-                buf_printf(why, "%.*s", (int)f.len, f.data);
+            else if (f.type == ATTACH_ERROR && why->len < WHY_MAX)
+                buf_printf(why, "%.*s", (int)(f.len < WHY_MAX ? f.len : WHY_MAX), f.data);
             else if (f.type == ATTACH_EXIT) {
                 *status = (int)f.value;
                 end = BUILD_EXITED;
@@ -469,6 +587,8 @@ static enum build_end build_loop(struct pipe_run *r, struct attachc *conn, struc
             end = BUILD_TIMEOUT;
             goto out;
         }
+        if (got > 0)
+            continue; /* more may wait in the client's buffers */
         struct pollfd pf[2] = {{.fd = attachc_fd(conn), .events = POLLIN},
                                {.fd = sig_pipe[0], .events = POLLIN}};
         poll(pf, 2, left > 1000 ? 1000 : (int)left);
@@ -488,7 +608,7 @@ static int build(struct pipe_run *r)
     cleanup_buf struct buf text = BUF_INIT, path = BUF_INIT, why = BUF_INIT;
     jsonx_dump(&text, body);
     buf_printf(&path, "/apps/%s/jobs", r->p->app);
-    const char *headers[] = {r->auth.p, PIPE_USER_AGENT, NULL};
+    const char *headers[] = {r->p->auth.p, PIPE_USER_AGENT, NULL};
     struct attachc_req req = {.base = r->p->controller,
                               .path = path.p,
                               .headers = headers,
@@ -502,14 +622,15 @@ static int build(struct pipe_run *r)
     struct build_out o = {0};
     int status = -1;
     enum build_end end = build_loop(r, conn, &o, &status, &why);
-    if (end == BUILD_TIMEOUT || end == BUILD_CANCELLED)
+    /* A session that broke (the controller restarted) may leave the job
+     * running: it is stopped too, as far as the controller can be asked. */
+    if (end != BUILD_EXITED)
         stop_build(r);
     attachc_close(conn); /* the controller stops a job still running */
     /* What is left is the start of a line that may have been the result:
      * it is, or it goes out now. */
     struct buf *last = &o.line[ATTACH_STDOUT];
-    if (last->len >= strlen(RESULT_PREFIX) &&
-        memcmp(last->p, RESULT_PREFIX, strlen(RESULT_PREFIX)) == 0) {
+    if (last->len >= strlen(RESULT_PREFIX) && maybe_result(last->p, last->len)) {
         buf_reset(&o.result);
         buf_append(&o.result, last->p + strlen(RESULT_PREFIX), last->len - strlen(RESULT_PREFIX));
     } else {
@@ -522,9 +643,13 @@ static int build(struct pipe_run *r)
     else if (end == BUILD_CANCELLED)
         pipe_fail("The push was cancelled: the build job was stopped");
     else if (end == BUILD_BROKE)
-        pipe_fail("The build job's session broke: %s", why.p ? why.p : "(no reason)");
+        pipe_fail("The build job's session broke: %s (the job was stopped)",
+                  why.p ? why.p : "no reason given");
     else if (why.len)
         pipe_fail("The build job failed: %s", why.p);
+    else if (o.too_long)
+        pipe_fail("The build printed a line starting with \"%s\" longer than %d MiB", RESULT_PREFIX,
+                  HELD_LINE_MAX >> 20);
     else if (status == 0 && !o.result.len)
         pipe_fail("The build printed no result line (%s...)", RESULT_PREFIX);
     else if (status == 0 && jsonx_parse_object(o.result.p, o.result.len, &r->result, &err) < 0)
@@ -539,116 +664,13 @@ static int build(struct pipe_run *r)
     return rc;
 }
 
-/* ---- the artifact and the release ---- */
-
-/* The process types of the new release: each command of the build's
- * result, with the settings (resources, ports, service, check, env, ...)
- * the previous release gave a type of that name. */
-static json_t *release_processes(struct pipe_run *r)
-{
-    json_t *procs = json_object();
-    const json_t *prev = json_object_get(r->prev, "processes");
-    const char *type;
-    json_t *cmd;
-    json_object_foreach(json_object_get(r->result, "process_types"), type, cmd)
-    {
-        if (!json_is_string(cmd))
-            continue;
-        const json_t *old = json_object_get(prev, type);
-        json_t *p = json_is_object(old) ? json_deep_copy(old) : json_object();
-        /* A new web type gets a TCP check, as Flynn's receiver gave it:
-         * discovery (and so the router) then sees a job only once it
-         * listens, and the deployer moves on as soon as it does. */
-        if (!old && strcmp(type, "web") == 0)
-            json_object_set_new(p, "ports",
-                                json_pack("[{s:i,s:s,s:{s:{s:s,s:s,s:i}}}]", "port", 0, "proto",
-                                          "tcp", "service", "check", "type", "tcp", "interval",
-                                          "500ms", "threshold", 2));
-        json_object_del(p, "cmd");
-        json_object_del(p, "entrypoint");
-        json_object_set_new(p, "args", json_pack("[O]", cmd));
-        json_object_set_new(procs, type, p);
-    }
-    return procs;
-}
-
-/* The previous release's env plus the buildpack's config_vars for names it
- * does not set (Heroku's rule: they are defaults). */
-static json_t *release_env(struct pipe_run *r)
-{
-    const json_t *prev = json_object_get(r->prev, "env");
-    json_t *env = json_is_object(prev) ? json_deep_copy(prev) : json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(json_object_get(r->result, "config_vars"), k, v)
-    {
-        if (json_object_get(env, k))
-            continue;
-        if (json_is_string(v)) {
-            json_object_set(env, k, v);
-        } else if (json_is_number(v) || json_is_boolean(v)) {
-            cleanup_buf struct buf s = BUF_INIT;
-            jsonx_dump(&s, v);
-            json_object_set_new(env, k, json_string(s.p));
-        }
-    }
-    return env;
-}
-
-static int make_release(struct pipe_run *r, struct pier_err *err)
-{
-    const json_t *res = r->result;
-    cleanup_buf struct buf uri = BUF_INIT, size = BUF_INIT;
-    buf_printf(&uri, "%s/slugs/%s/%s.tgz", r->p->blobstore, r->p->app, r->build_id);
-    json_t *sz = json_object_get(res, "slug_size");
-    buf_printf(&size, "%lld", json_is_integer(sz) ? (long long)json_integer_value(sz) : 0LL);
-    const char *sha = json_string_value(json_object_get(res, "slug_sha256"));
-    cleanup_json json_t *art_body = json_pack(
-        "{s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s}}", "type", "file", "uri", uri.p, "meta", "blobstore",
-        "true", "slugrunner", "true", "sha256", sha ? sha : "", "size", size.p, "git_rev", r->rev);
-    cleanup_json json_t *art = NULL;
-    int rc = pipe_ctl(r, "POST", "/artifacts", art_body, &art, err);
-    const char *art_id = json_string_value(json_object_get(art, "id"));
-    if (rc == 0 && !art_id)
-        rc = err_set(err, PIER_EPROTO, "the controller made an artifact without an id");
-    if (rc < 0)
-        return rc;
-    cleanup_json json_t *rel_body =
-        json_pack("{s:s,s:[s],s:o,s:{s:s,s:s,s:s},s:o}", "app_id", r->p->app, "artifacts", art_id,
-                  "env", release_env(r), "meta", "git", "true", "rev", r->rev, "build", r->build_id,
-                  "processes", release_processes(r));
-    rc = pipe_ctl(r, "POST", "/releases", rel_body, &r->release, err);
-    if (rc == 0 && !json_is_string(json_object_get(r->release, "id")))
-        rc = err_set(err, PIER_EPROTO, "the controller made a release without an id");
-    return rc;
-}
-
 /* ---- the whole ---- */
 
 static void run_free(struct pipe_run *r)
 {
-    httpc_free(r->h);
-    buf_free(&r->auth);
-    free(r->source_url);
     json_decref(r->prev);
     json_decref(r->result);
     json_decref(r->release);
-}
-
-static int run_init(struct pipe_run *r, const struct pipeline *p, const char *rev)
-{
-    memset(r, 0, sizeof(*r));
-    r->p = p;
-    r->rev = rev;
-    r->h = httpc_new();
-    uuid_new(r->build_id);
-    cleanup_buf struct buf cred = BUF_INIT, url = BUF_INIT;
-    buf_printf(&cred, ":%s", p->key);
-    buf_puts(&r->auth, "Authorization: Basic ");
-    base64_encode(&r->auth, cred.p, cred.len);
-    buf_printf(&url, "%s/sources/%s/%s.tar", p->blobstore, p->app, r->build_id);
-    r->source_url = buf_detach(&url);
-    return 0;
 }
 
 /* Steps a-c: the source, the current release, the build. */
@@ -656,9 +678,10 @@ static int source_and_build(struct pipe_run *r)
 {
     struct pier_err err = {0};
     size_t size = 0;
+    pipe_say("Uploading source");
     if (upload_source(r, &size, &err) < 0)
         return pipe_fail("Cannot upload the source: %s", err.msg);
-    pipe_say("Uploading source (%zu KB)", (size + 1023) / 1024);
+    pipe_detail("%zu KB", (size + 1023) / 1024);
     cleanup_buf struct buf path = BUF_INIT;
     buf_printf(&path, "/apps/%s/release", r->p->app);
     int rc = pipe_ctl(r, "GET", path.p, NULL, &r->prev, &err);
@@ -668,32 +691,25 @@ static int source_and_build(struct pipe_run *r)
     return build(r);
 }
 
-int pipeline_run(const struct pipeline *p, const char *rev)
+int pipeline_run(struct pipeline *p, const char *rev)
 {
-    struct pipe_run r;
-    run_init(&r, p, rev);
+    struct pipe_run r = {.p = p, .rev = rev};
+    uuid_new(r.build_id);
     pipe_say("Receiving push");
+    pipe_detail("Blobstore: %s (%s)", p->blobstore, p->blobstore_from);
     cleanup_buf struct buf blob = BUF_INIT;
     int rc = source_and_build(&r);
-    buf_printf(&blob, "/sources/%s/%s.tar", p->app, r.build_id);
-    pipe_blob_delete(&r, blob.p);
-    if (rc == 0 && !pipeline_stopped()) {
-        struct pier_err err = {0};
-        pipe_say("Creating release");
-        if (make_release(&r, &err) < 0) {
-            rc = pipe_fail("Cannot create the release: %s", err.msg);
-            pipe_fail("The running release is unchanged");
-        }
-    } else if (rc == 0) {
-        rc = pipe_fail("The push was cancelled: nothing was released");
-    }
-    if (rc != 0) {
+    buf_printf(&blob, "/sources/%s/%s.tar", p->app_id, r.build_id);
+    blob_delete(&r, blob.p);
+    if (rc == 0)
+        rc = pipe_release(&r);
+    if (rc != 0 && !r.artifact_made) {
         buf_reset(&blob);
-        buf_printf(&blob, "/slugs/%s/%s.tgz", p->app, r.build_id);
-        pipe_blob_delete(&r, blob.p);
-    } else {
-        rc = pipe_deploy(&r);
+        buf_printf(&blob, "/slugs/%s/%s.tgz", p->app_id, r.build_id);
+        blob_delete(&r, blob.p);
     }
+    if (rc == 0)
+        rc = pipe_deploy(&r);
     run_free(&r);
     return rc;
 }

@@ -8,12 +8,12 @@
  *   2. the request: `git-receive-pack '<app>.git'` / `git-upload-pack ...`
  *      runs git in the app's repository; anything else gets a message on
  *      stderr and exit status 1;
- *   3. the relay between the channel and git's pipes, on one ssh_event
- *      that holds the session and the pipes. Flow control both ways: git's
- *      stdout and stderr are read only while the client's window has room
- *      (what was read is always written whole), and the client's data is
- *      read off the channel only once the previous piece is in git's stdin,
- *      so libssh grows our window only as fast as git consumes.
+ *   3. the relay between the channel and git's pipes (ssh_relay.h), which
+ *      also takes a client that stopped reading or answering for gone.
+ * Before authentication a connection is cheap to open and costs a thread
+ * and controller questions: one address may hold only so many of them,
+ * each may offer only a few keys, and the controller's answers are kept
+ * for a few seconds (gitrecv_key_allowed).
  * gitrecv_ssh_stop() wakes the acceptor through a pipe and every connection
  * by shutting its socket down: each thread then kills its git (process
  * group) and returns, and stop joins them all. */
@@ -23,14 +23,12 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,6 +37,7 @@
 #include <libssh/server.h>
 
 #include "git/gitreceive.h"
+#include "git/ssh_relay.h"
 #include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
@@ -51,17 +50,17 @@
  * MaxStartups); more are closed at accept. */
 #define MAX_CONNS 512
 #define MAX_UNAUTHED 128
-/* Public-key callbacks per connection: a query and a signature per key. */
-#define MAX_AUTH_TRIES 20
+/* Of those not yet authenticated, how many one address may hold: a single
+ * host cannot lock everyone else out. */
+#define MAX_UNAUTHED_PER_HOST 16
+/* Keys a connection may offer (as sshd's MaxAuthTries). */
+#define MAX_AUTH_TRIES 6
+/* Unknown keys a connection is told about by name. */
+#define MAX_KEY_BANNERS 3
 /* From connect to the exec request; PIER_SSH_AUTH_TIMEOUT overrides. */
 #define AUTH_TIMEOUT_S 30
 /* After our close, how long the client may take to hang up. */
 #define LINGER_MS 30000
-/* SIGTERM to SIGKILL for git's process group. */
-#define KILL_GRACE_MS 5000
-/* At a stop, pushes under way may run the build timeout and this. */
-#define DRAIN_EXTRA_S 60
-#define CHUNK 32768
 
 struct gitrecv_ssh {
     const struct gitrecv *g;
@@ -69,11 +68,13 @@ struct gitrecv_ssh {
     int listen_fd;
     int wake[2]; /* stop writes to wake[1]; the acceptor polls wake[0] */
     int auth_timeout_s;
+    int stall_s; /* RELAY_STALL_S or PIER_SSH_STALL_TIMEOUT */
     pthread_t acceptor;
     bool acceptor_started;
     atomic_bool stopping; /* no new connections; only pushes under way go on */
     atomic_bool killing;  /* nothing goes on */
-    pthread_mutex_t lock; /* guards conns, nconns, nunauthed and every conn's fd, done */
+    pthread_mutex_t lock; /* guards conns, nconns, nunauthed and every conn's fd, done,
+                             counted_unauthed */
     struct conn *conns;
     int nconns, nunauthed;
 };
@@ -88,7 +89,8 @@ struct conn {
     bool done; /* the thread has finished (srv->lock) */
     bool counted_unauthed;
     atomic_bool pushing; /* git-receive-pack runs: a stop lets it finish */
-    char peer[80];
+    char host[64];       /* the peer's address, numeric */
+    char peer[80];       /* and its port: host:port */
     ssh_session session;
     ssh_channel channel;
     ssh_event event;
@@ -96,12 +98,14 @@ struct conn {
     struct ssh_channel_callbacks_struct channel_cb;
     /* authentication */
     bool authed;
-    int auth_tries;
+    int auth_tries; /* keys offered */
+    int auth_calls; /* public-key callbacks */
+    int banners;    /* unknown keys named to the client */
     char user[64];
     char fp[64];      /* the authenticated key's fingerprint */
     char last_fp[64]; /* the controller's last answer, for the signature phase */
     bool last_ok;
-    bool banner_sent;
+    bool banner_sent; /* the controller-down banner */
     /* the request */
     enum request req;
     bool pty;
@@ -142,12 +146,6 @@ static void printable(char *out, size_t size, const char *in)
     if (in && *in)
         out[n++] = '.', out[n++] = '.', out[n++] = '.';
     out[n] = '\0';
-}
-
-static int set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 }
 
 /* Parses `git-receive-pack 'app.git'` (also `git receive-pack`, upload-pack,
@@ -227,6 +225,17 @@ static int host_key_load(const char *key_file, ssh_key *out, struct pier_err *er
 
 /* ---- authentication and requests (libssh callbacks, in the conn's thread) ---- */
 
+/* Shows the client a message before it is refused (an SSH banner: ssh
+ * prints it on the terminal, git passes it on). */
+static void banner(ssh_session session, const char *msg)
+{
+    ssh_string s = ssh_string_from_char(msg);
+    if (s) {
+        ssh_send_issue_banner(session, s);
+        ssh_string_free(s);
+    }
+}
+
 static int on_auth_pubkey(ssh_session session, const char *user, struct ssh_key_struct *pubkey,
                           char state, void *userdata)
 {
@@ -234,23 +243,29 @@ static int on_auth_pubkey(ssh_session session, const char *user, struct ssh_key_
     char fp[64];
     if (state != SSH_PUBLICKEY_STATE_NONE && state != SSH_PUBLICKEY_STATE_VALID)
         return SSH_AUTH_DENIED;
-    if (++c->auth_tries > MAX_AUTH_TRIES || key_fingerprint(pubkey, fp, sizeof fp) < 0)
+    /* A key is asked about, then signed with: two calls per key. */
+    if (++c->auth_calls > 2 * MAX_AUTH_TRIES || key_fingerprint(pubkey, fp, sizeof fp) < 0)
         return SSH_AUTH_DENIED;
     if (strcmp(fp, c->last_fp) != 0) {
+        if (++c->auth_tries > MAX_AUTH_TRIES)
+            return SSH_AUTH_DENIED;
         struct pier_err err = {0};
         int rc = gitrecv_key_allowed(c->srv->g, fp, &err);
         snprintf(c->last_fp, sizeof c->last_fp, "%s", fp);
         c->last_ok = rc == 0;
-        if (rc < 0 && rc != PIER_ENOTFOUND) {
+        if (rc == PIER_ENOTFOUND && c->banners < MAX_KEY_BANNERS) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "pier: key %s is not registered: add it with 'pier keys add'\r\n", fp);
+            banner(session, msg);
+            c->banners++;
+        } else if (rc < 0 && rc != PIER_ENOTFOUND) {
             log_error(COMP, "ssh key check failed", "peer=%s fingerprint=%s reason=\"%s\"", c->peer,
                       fp, err.msg);
-            if (!c->banner_sent) {
-                ssh_string s = ssh_string_from_char("pier: cannot check SSH keys now: the "
-                                                    "controller did not answer; try again\r\n");
-                ssh_send_issue_banner(session, s);
-                ssh_string_free(s);
-                c->banner_sent = true;
-            }
+            if (!c->banner_sent)
+                banner(session, "pier: cannot check SSH keys now: the controller did not "
+                                "answer; try again\r\n");
+            c->banner_sent = true;
         }
     }
     if (!c->last_ok)
@@ -345,14 +360,20 @@ static ssh_channel on_channel_open(ssh_session session, void *userdata)
     return c->channel;
 }
 
-/* Whether the connection goes on: the client is there, and the server is
- * not stopping (or is, but lets this push finish). */
+/* The relay goes on while the server does not stop (or stops, but lets
+ * this push finish). */
+static bool server_lets(void *ud)
+{
+    struct conn *c = ud;
+    struct gitrecv_ssh *s = c->srv;
+    return !atomic_load(&s->killing) && !(atomic_load(&s->stopping) && !atomic_load(&c->pushing));
+}
+
+/* Whether the connection goes on: the client is there, and the server
+ * lets it. */
 static bool conn_alive(struct conn *c)
 {
-    struct gitrecv_ssh *s = c->srv;
-    if (atomic_load(&s->killing) || (atomic_load(&s->stopping) && !atomic_load(&c->pushing)))
-        return false;
-    return ssh_is_connected(c->session);
+    return server_lets(c) && ssh_is_connected(c->session);
 }
 
 /* Stage 1: key exchange, authentication, and a channel with a request, all
@@ -380,7 +401,12 @@ static int conn_handshake(struct conn *c)
         return -1;
     while (c->req == REQ_NONE) {
         int64_t left = deadline - clock_now_ms();
-        if (left <= 0 || c->auth_tries > MAX_AUTH_TRIES) {
+        if (c->auth_tries > MAX_AUTH_TRIES || c->auth_calls > 2 * MAX_AUTH_TRIES) {
+            log_info(COMP, "ssh too many keys offered", "peer=%s limit=%d", c->peer,
+                     MAX_AUTH_TRIES);
+            return -1;
+        }
+        if (left <= 0) {
             log_info(COMP, "ssh client too slow", "peer=%s authenticated=%s", c->peer,
                      c->authed ? "yes" : "no");
             return -1;
@@ -398,57 +424,7 @@ static int conn_handshake(struct conn *c)
     return 0;
 }
 
-/* ---- stage 3: git as a child, relayed ---- */
-
-/* One of git's output pipes and what was read from it but is not yet in
- * the channel (when the session could not take it all: a key re-exchange). */
-struct stream {
-    int fd; /* -1 once at EOF */
-    short ev;
-    bool is_stderr;
-    char buf[CHUNK];
-    size_t off, len;
-};
-
-struct child {
-    pid_t pid;
-    int pidfd; /* -1 when the kernel has no pidfd_open */
-    short ev_pid;
-    int in;      /* our end of git's stdin; -1 once closed */
-    short ev_in; /* what the ssh_event watches on it */
-    struct stream out, err;
-    bool exited;
-    int status;
-    char buf_in[CHUNK]; /* client data on its way to git's stdin */
-    size_t in_off, in_len;
-};
-
-static int fd_ready(socket_t fd, int revents, void *userdata)
-{
-    (void)fd, (void)revents, (void)userdata;
-    return 0; /* the relay loop reads the fds itself, level-triggered */
-}
-
-/* Makes the event watch fd for events (0: not at all). */
-static void watch(ssh_event ev, int fd, short *cur, short want)
-{
-    if (fd < 0 || *cur == want)
-        return;
-    if (*cur)
-        ssh_event_remove_fd(ev, fd);
-    if (want)
-        ssh_event_add_fd(ev, fd, want, fd_ready, NULL);
-    *cur = want;
-}
-
-static void close_fd(ssh_event ev, int *fd, short *cur)
-{
-    if (*fd < 0)
-        return;
-    watch(ev, *fd, cur, 0);
-    close(*fd);
-    *fd = -1;
-}
+/* ---- stage 3: git as a child, relayed (ssh_relay.c) ---- */
 
 /* git's environment: gitrecv_env()'s plus the client's GIT_PROTOCOL. The
  * array borrows env's strings and *proto; free the array alone. */
@@ -467,183 +443,6 @@ static char **git_envp(struct conn *c, char **env, char **proto)
         envp[k++] = *proto = buf_detach(&b);
     }
     return envp;
-}
-
-/* Runs `git SERVICE REPO` in REPO, in a process group of its own, with the
- * signals a fresh process has, and pipes for its stdin, stdout, stderr. */
-static int spawn_git(struct conn *c, const char *repo, struct child *ch, struct pier_err *err)
-{
-    int p[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
-    for (int i = 0; i < 3; i++)
-        if (pipe2(p[i], O_CLOEXEC) < 0) {
-            int e = errno;
-            for (int j = 0; j < i; j++)
-                close(p[j][0]), close(p[j][1]);
-            return err_set(err, -e, "pipe: %s", strerror(e));
-        }
-    char **env = gitrecv_env(c->srv->g, c->app);
-    cleanup_free char *proto = NULL;
-    cleanup_free char **envp = git_envp(c, env, &proto);
-    char *argv[] = {"git", c->service, (char *)repo, NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    sigset_t none, dfl;
-    sigemptyset(&none);
-    sigemptyset(&dfl);
-    int sigs[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2};
-    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-        sigaddset(&dfl, sigs[i]);
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, p[0][0], 0);
-    posix_spawn_file_actions_adddup2(&fa, p[1][1], 1);
-    posix_spawn_file_actions_adddup2(&fa, p[2][1], 2);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    posix_spawn_file_actions_addchdir_np(&fa, repo);
-    posix_spawnattr_init(&at);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &dfl);
-    int rc = posix_spawnp(&ch->pid, "git", &fa, &at, argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    gitrecv_env_free(env);
-    close(p[0][0]), close(p[1][1]), close(p[2][1]);
-    ch->in = p[0][1], ch->out.fd = p[1][0], ch->err.fd = p[2][0];
-    ch->err.is_stderr = true;
-    if (rc != 0) {
-        close(ch->in), close(ch->out.fd), close(ch->err.fd);
-        ch->in = ch->out.fd = ch->err.fd = -1;
-        return err_set(err, -rc, "running git %s: %s", c->service, strerror(rc));
-    }
-    set_nonblock(ch->in), set_nonblock(ch->out.fd), set_nonblock(ch->err.fd);
-#ifdef SYS_pidfd_open
-    ch->pidfd = (int)syscall(SYS_pidfd_open, ch->pid, 0);
-#else
-    ch->pidfd = -1;
-#endif
-    return 0;
-}
-
-/* SIGTERM to git's process group, SIGKILL after a grace; reaps it. */
-static void kill_child(struct child *ch)
-{
-    if (ch->exited)
-        return;
-    kill(-ch->pid, SIGTERM);
-    for (int64_t end = clock_now_ms() + KILL_GRACE_MS; clock_now_ms() < end;) {
-        if (waitpid(ch->pid, &ch->status, WNOHANG) == ch->pid) {
-            ch->exited = true;
-            break;
-        }
-        poll(NULL, 0, 20);
-    }
-    kill(-ch->pid, SIGKILL);
-    if (!ch->exited && waitpid(ch->pid, &ch->status, 0) == ch->pid)
-        ch->exited = true;
-}
-
-/* Client to git: the previous piece must be in git's stdin before the next
- * is read off the channel. Returns -1 when the client is gone. */
-static int pump_in(struct conn *c, struct child *ch)
-{
-    while (ch->in >= 0) {
-        if (ch->in_off == ch->in_len) {
-            ch->in_off = ch->in_len = 0;
-            int n = ssh_channel_read_nonblocking(c->channel, ch->buf_in, sizeof ch->buf_in, 0);
-            if (n == SSH_ERROR)
-                return -1;
-            if (n == SSH_EOF || (n == 0 && ssh_channel_is_eof(c->channel))) {
-                close_fd(c->event, &ch->in, &ch->ev_in);
-                return 0;
-            }
-            if (n == 0)
-                return 0;
-            ch->in_len = (size_t)n;
-        }
-        ssize_t w = write(ch->in, ch->buf_in + ch->in_off, ch->in_len - ch->in_off);
-        if (w < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        if (w < 0) /* git closed its stdin (EPIPE): what the client sends now is dropped */
-            close_fd(c->event, &ch->in, &ch->ev_in);
-        else
-            ch->in_off += (size_t)w;
-    }
-    /* nobody reads it any more: keep the client's window open all the same */
-    char sink[CHUNK];
-    while (ssh_channel_read_nonblocking(c->channel, sink, sizeof sink, 0) > 0)
-        ;
-    return 0;
-}
-
-/* Git to client, one of stdout/stderr: reads only what the window takes.
- * Returns -1 when the session broke. */
-static int pump_out(struct conn *c, struct child *ch, struct stream *st)
-{
-    for (;;) {
-        uint32_t window = ssh_channel_window_size(c->channel);
-        if (window == 0)
-            return 0;
-        if (st->off < st->len) {
-            size_t n = st->len - st->off < window ? st->len - st->off : window;
-            int w = st->is_stderr
-                        ? ssh_channel_write_stderr(c->channel, st->buf + st->off, (uint32_t)n)
-                        : ssh_channel_write(c->channel, st->buf + st->off, (uint32_t)n);
-            if (w < 0)
-                return -1;
-            st->off += (size_t)w;
-            if (w == 0)
-                return 0; /* the session is busy (a key re-exchange): after the next poll */
-            continue;
-        }
-        if (st->fd < 0)
-            return 0;
-        ssize_t n = read(st->fd, st->buf, window < sizeof st->buf ? window : sizeof st->buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN && !ch->exited)
-            return 0;
-        if (n <= 0) { /* EOF; or git is gone and the pipe is empty (a grandchild may hold it) */
-            close_fd(c->event, &st->fd, &st->ev);
-            return 0;
-        }
-        st->off = 0;
-        st->len = (size_t)n;
-    }
-}
-
-static bool stream_done(const struct stream *st)
-{
-    return st->fd < 0 && st->off == st->len;
-}
-
-/* Runs the relay until git has exited and its output is out, or the
- * client or the server goes away (git is killed then). */
-static void relay(struct conn *c, struct child *ch)
-{
-    for (;;) {
-        if (!conn_alive(c) || ssh_channel_is_closed(c->channel) || pump_in(c, ch) < 0 ||
-            pump_out(c, ch, &ch->out) < 0 || pump_out(c, ch, &ch->err) < 0) {
-            kill_child(ch);
-            return;
-        }
-        if (!ch->exited && waitpid(ch->pid, &ch->status, WNOHANG) == ch->pid) {
-            ch->exited = true;
-            close_fd(c->event, &ch->pidfd, &ch->ev_pid);
-            continue; /* drain the pipes */
-        }
-        if (ch->exited && stream_done(&ch->out) && stream_done(&ch->err))
-            return;
-        bool room = ssh_channel_window_size(c->channel) > 0;
-        struct stream *sts[] = {&ch->out, &ch->err};
-        for (size_t i = 0; i < 2; i++)
-            watch(c->event, sts[i]->fd, &sts[i]->ev,
-                  room && sts[i]->off == sts[i]->len ? POLLIN : 0);
-        watch(c->event, ch->in, &ch->ev_in, ch->in_off < ch->in_len ? POLLOUT : 0);
-        watch(c->event, ch->pidfd, &ch->ev_pid, POLLIN);
-        ssh_event_dopoll(c->event, ch->pidfd >= 0 ? 1000 : 100);
-    }
 }
 
 /* Our side of the end: EOF, exit status, close; then lets the client hang up. */
@@ -683,42 +482,51 @@ static void serve_git(struct conn *c)
         return;
     }
     cleanup_free char *repo = NULL;
-    if (gitrecv_repo_prepare(c->srv->g, c->app, &repo, &err) < 0) {
+    struct gitrecv_app app = {0};
+    if (gitrecv_repo_prepare(c->srv->g, c->app, &app, &repo, &err) < 0) {
         log_info(COMP, "ssh request refused", "peer=%s fingerprint=%s app=%s reason=\"%s\"",
                  c->peer, c->fp, c->app, err.msg);
         say_refused(c, "pier: %s\n", err.msg);
         return;
     }
-    struct child *ch = xcalloc(1, sizeof *ch);
-    ch->pidfd = -1;
     int64_t start = clock_now_ms();
     log_info(COMP, "ssh git started",
-             "peer=%s user=%s fingerprint=%s app=%s service=%s protocol=%s", c->peer, c->user,
-             c->fp, c->app, c->service, c->protocol[0] ? c->protocol : "v0");
+             "peer=%s user=%s fingerprint=%s app=%s service=%s protocol=%s app_id=%s", c->peer,
+             c->user, c->fp, app.name, c->service, c->protocol[0] ? c->protocol : "v0", app.id);
     atomic_store(&c->pushing, strcmp(c->service, "receive-pack") == 0);
-    if (spawn_git(c, repo, ch, &err) < 0) {
-        log_error(COMP, "ssh git failed to start", "app=%s reason=\"%s\"", c->app, err.msg);
+    char **env = gitrecv_env(c->srv->g, &app);
+    cleanup_free char *proto = NULL;
+    cleanup_free char **envp = git_envp(c, env, &proto);
+    char *argv[] = {"git", c->service, repo, NULL};
+    const struct relay_io io = {
+        .session = c->session,
+        .channel = c->channel,
+        .event = c->event,
+        .go_on = server_lets,
+        .ud = c,
+        .stall_ms = c->srv->stall_s * 1000,
+    };
+    int status = 0;
+    enum relay_end end = RELAY_EXITED;
+    int rc = relay_git(&io, argv, envp, repo, &status, &end, &err);
+    gitrecv_env_free(env);
+    if (rc < 0) {
+        log_error(COMP, "ssh git failed to start", "app=%s reason=\"%s\"", app.name, err.msg);
         say_refused(c, "pier: %s\n", "the server could not run git");
-        free(ch);
         return;
     }
-    relay(c, ch);
-    close_fd(c->event, &ch->in, &ch->ev_in);
-    close_fd(c->event, &ch->out.fd, &ch->out.ev);
-    close_fd(c->event, &ch->err.fd, &ch->err.ev);
-    close_fd(c->event, &ch->pidfd, &ch->ev_pid);
-    bool client_gone = !ssh_is_connected(c->session) || ssh_channel_is_closed(c->channel);
-    bool gone = client_gone || !conn_alive(c);
+    static const char *const why[] = {
+        [RELAY_EXITED] = "",
+        [RELAY_CLIENT_GONE] = " client=gone",
+        [RELAY_STALLED] = " client=stalled",
+        [RELAY_CUT] = " cut=stopping",
+    };
     log_info(COMP, "ssh git ended", "peer=%s fingerprint=%s app=%s service=%s %s=%d ms=%lld%s",
-             c->peer, c->fp, c->app, c->service, WIFSIGNALED(ch->status) ? "signal" : "status",
-             WIFSIGNALED(ch->status) ? WTERMSIG(ch->status) : WEXITSTATUS(ch->status),
-             (long long)(clock_now_ms() - start),
-             client_gone ? " client=gone"
-             : gone      ? " cut=stopping"
-                         : "");
-    if (!gone)
-        finish_channel(c, ch->status);
-    free(ch);
+             c->peer, c->fp, app.name, c->service, WIFSIGNALED(status) ? "signal" : "status",
+             WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+             (long long)(clock_now_ms() - start), why[end]);
+    if (end == RELAY_EXITED)
+        finish_channel(c, status);
 }
 
 static void conn_serve(struct conn *c)
@@ -813,15 +621,23 @@ static void accept_one(struct gitrecv_ssh *s)
                 NI_NUMERICHOST | NI_NUMERICSERV);
     pthread_mutex_lock(&s->lock);
     bool full = s->nconns >= MAX_CONNS || s->nunauthed >= MAX_UNAUTHED;
+    int from_host = 0;
+    for (struct conn *o = s->conns; o && !full; o = o->next)
+        if (o->counted_unauthed && strcmp(o->host, host) == 0)
+            from_host++;
     pthread_mutex_unlock(&s->lock);
-    if (full) {
-        log_warn(COMP, "ssh connection dropped: too many at once", "peer=%s:%s", host, port);
+    if (full || from_host >= MAX_UNAUTHED_PER_HOST) {
+        log_warn(COMP,
+                 full ? "ssh connection dropped: too many at once"
+                      : "ssh connection dropped: too many unauthenticated from one address",
+                 "peer=%s:%s", host, port);
         close(fd);
         return;
     }
     struct conn *c = xcalloc(1, sizeof *c);
     c->srv = s;
     c->fd = fd;
+    snprintf(c->host, sizeof c->host, "%s", host);
     snprintf(c->peer, sizeof c->peer, "%s:%s", host, port);
     c->session = ssh_new();
     if (!c->session || ssh_bind_accept_fd(s->bind, c->session, fd) != SSH_OK) {
@@ -925,6 +741,16 @@ int gitrecv_ssh_start(const struct gitrecv *g, const char *addr, const char *key
                            env);
         timeout = (int)v;
     }
+    int stall = RELAY_STALL_S;
+    env = getenv("PIER_SSH_STALL_TIMEOUT");
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*end || v < 1 || v > 86400)
+            return err_set(err, PIER_EINVAL, "PIER_SSH_STALL_TIMEOUT=%s: want seconds, 1 to 86400",
+                           env);
+        stall = (int)v;
+    }
     ssh_key key = NULL;
     int rc = host_key_load(key_file, &key, err);
     if (rc < 0)
@@ -934,6 +760,7 @@ int gitrecv_ssh_start(const struct gitrecv *g, const char *addr, const char *key
     struct gitrecv_ssh *s = xcalloc(1, sizeof *s);
     s->g = g;
     s->auth_timeout_s = timeout;
+    s->stall_s = stall;
     s->listen_fd = s->wake[0] = s->wake[1] = -1;
     atomic_init(&s->stopping, false);
     atomic_init(&s->killing, false);
@@ -965,10 +792,23 @@ int gitrecv_ssh_start(const struct gitrecv *g, const char *addr, const char *key
         return err_set(err, -rc, "ssh: starting a thread: %s", strerror(rc));
     }
     s->acceptor_started = true;
-    log_info(COMP, "ssh listening", "addr=%s host_key=%s fingerprint=%s auth_timeout=%d", addr,
-             key_file, fp, timeout);
+    log_info(COMP, "ssh listening",
+             "addr=%s host_key=%s fingerprint=%s auth_timeout=%d stall_timeout=%d", addr, key_file,
+             fp, timeout, stall);
     *out = s;
     return 0;
+}
+
+int gitrecv_ssh_local(const struct gitrecv_ssh *s, char *host, size_t size)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    char port[16] = "0";
+    host[0] = '\0';
+    if (getsockname(s->listen_fd, (struct sockaddr *)&sa, &len) == 0)
+        getnameinfo((struct sockaddr *)&sa, len, host, (socklen_t)size, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV);
+    return atoi(port);
 }
 
 void gitrecv_ssh_stop(struct gitrecv_ssh *s)
@@ -986,12 +826,13 @@ void gitrecv_ssh_stop(struct gitrecv_ssh *s)
     /* Pushes under way may finish, as over HTTP: a push cut short might
      * leave its deploy half done. Everything else ends now. */
     cut(s, false);
-    int64_t deadline = clock_now_ms() + ((int64_t)s->g->build_timeout + DRAIN_EXTRA_S) * 1000;
+    int64_t deadline =
+        clock_now_ms() + ((int64_t)s->g->build_timeout + GITRECV_DRAIN_EXTRA_S) * 1000;
     bool logged = false;
     while (!reap(s, false) && clock_now_ms() < deadline) {
         if (!logged)
             log_info(COMP, "ssh stop: waiting for pushes under way", "timeout_s=%d",
-                     s->g->build_timeout + DRAIN_EXTRA_S);
+                     s->g->build_timeout + GITRECV_DRAIN_EXTRA_S);
         logged = true;
         poll(NULL, 0, 100);
     }

@@ -6,12 +6,14 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -20,10 +22,12 @@
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/fs.h"
+#include "lib/hex.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_RESOLV_CONF 65536
 #define TAR_STDERR_MAX 4096
+#define SHA256_HEX 64
 
 /* The host directories a "host" stack binds read-only, in mount order. */
 static const char *const host_dirs[] = {"usr", "bin", "sbin", "lib", "lib64", "etc"};
@@ -258,8 +262,16 @@ static json_t *build_mounts(const struct jobspec *spec, const struct bundle_opts
     add_kernel_mounts(m);
     if (!opts->root)
         add_host_mounts(m);
-    add_mount(m, "/tmp", "tmpfs", "tmpfs",
-              str_array("nosuid", "nodev", "mode=1777", "size=256m", NULL));
+    if (opts->build_tmp) {
+        /* A build's npm cache and work trees do not fit 256 MB, and a
+         * tmpfs would count against the job's memory: the disk instead. */
+        buf_printf(&src, "%s/tmp", job_dir);
+        add_mount(m, "/tmp", "bind", src.p, str_array("rbind", "rw", "nosuid", "nodev", NULL));
+        buf_reset(&src);
+    } else {
+        add_mount(m, "/tmp", "tmpfs", "tmpfs",
+                  str_array("nosuid", "nodev", "mode=1777", "size=256m", NULL));
+    }
     buf_printf(&src, "%s/app", job_dir);
     add_mount(m, "/app", "bind", src.p, str_array("rbind", "rw", "nosuid", "nodev", NULL));
     buf_reset(&src);
@@ -273,13 +285,15 @@ static json_t *build_mounts(const struct jobspec *spec, const struct bundle_opts
     if (spec->init)
         add_mount(m, "/dev/init", "bind", opts->init_path,
                   str_array("bind", "ro", "nosuid", "nodev", NULL));
-    /* The slug builder and runner (docs/build.md), for any stack. */
+    /* The slug builder and runner (docs/build.md), for any stack. Plain
+     * binds with nothing mounted below them: "ro" is enough ("rro" would
+     * need Linux 5.12). */
     if (opts->pierslug)
         add_mount(m, "/.pier/pierslug", "bind", opts->pierslug,
                   str_array("bind", "ro", "nosuid", "nodev", NULL));
     if (opts->buildpacks)
         add_mount(m, "/.pier/buildpacks", "bind", opts->buildpacks,
-                  str_array("rbind", "ro", "rro", "nosuid", "nodev", NULL));
+                  str_array("bind", "ro", "nosuid", "nodev", NULL));
     return m;
 }
 
@@ -420,6 +434,22 @@ static int check_opts(const struct jobspec *spec, const struct bundle_opts *opts
     return 0;
 }
 
+/* job_dir/tmp, the build job's /tmp: root's, world-writable and sticky as
+ * a /tmp is (the job's user writes, nobody removes another's files); a
+ * symlink in its place is refused. */
+static int make_tmp_dir(const char *job_dir, struct pier_err *err)
+{
+    cleanup_buf struct buf p = BUF_INIT;
+    buf_printf(&p, "%s/tmp", job_dir);
+    int rc = make_dir(p.p, 0700, err);
+    if (rc < 0)
+        return rc;
+    cleanup_close int fd = open(p.p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fchown(fd, 0, 0) < 0 || fchmod(fd, 01777) < 0)
+        return err_set(err, -errno, "%s: %s", p.p, strerror(errno));
+    return 0;
+}
+
 static int write_etc_files(const struct jobspec *spec, const char *bdir, struct pier_err *err)
 {
     cleanup_buf struct buf hosts = BUF_INIT;
@@ -455,6 +485,8 @@ int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, str
     if (fd < 0)
         return fd;
     close(fd);
+    if (opts->build_tmp && (rc = make_tmp_dir(job_dir, err)) < 0)
+        return rc;
     buf_reset(&path);
     buf_printf(&path, "%s/bundle", job_dir);
     if ((rc = make_dir(path.p, 0700, err)) < 0 || (rc = write_etc_files(spec, path.p, err)) < 0)
@@ -475,10 +507,29 @@ int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, str
 
 /* ---- roots ---- */
 
+/* An empty regular file at path to bind a file onto (it may exist; a
+ * symlink or anything else in its place is refused). */
+static int make_file(const char *path, struct pier_err *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return err_set(err, -e, "%s: %s", path, strerror(e));
+    }
+    close(fd);
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, -EINVAL, "%s: not a regular file", path);
+    return 0;
+}
+
 int bundle_host_root(const char *dir, struct pier_err *err)
 {
-    static const char *const points[] = {"usr", "bin", "sbin", "lib",  "lib64", "etc",
-                                         "app", "tmp", "dev",  "proc", "sys"};
+    static const char *const points[] = {
+        "usr", "bin",  "sbin", "lib",   "lib64",           "etc", "app", "tmp",
+        "dev", "proc", "sys",  ".pier", ".pier/buildpacks"};
     int rc = make_dir(dir, 0755, err);
     if (rc < 0)
         return rc;
@@ -489,7 +540,9 @@ int bundle_host_root(const char *dir, struct pier_err *err)
         if ((rc = make_dir(p.p, 0755, err)) < 0)
             return rc;
     }
-    return 0;
+    buf_reset(&p);
+    buf_printf(&p, "%s/.pier/pierslug", dir);
+    return make_file(p.p, err);
 }
 
 /* Opens name inside root as the container will see it: symlinks (a
@@ -502,6 +555,15 @@ static int open_in_root(int root_fd, const char *name)
     if (fd < 0 && errno == ENOSYS)
         fd = openat(root_fd, name, O_PATH | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
+}
+
+/* Whether name inside root (as the container sees it) is of the type
+ * (S_IFREG, S_IFDIR) that mode says. */
+static bool has_in_root(int root_fd, const char *name, mode_t type)
+{
+    cleanup_close int fd = open_in_root(root_fd, name);
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == type;
 }
 
 int bundle_check_stack(const char *dir, struct pier_err *err)
@@ -520,6 +582,17 @@ int bundle_check_stack(const char *dir, struct pier_err *err)
             return err_set(err, PIER_ENOTFOUND, "stack %s: %s is not a file", dir, need[i]);
     }
     return 0;
+}
+
+unsigned bundle_stack_points(const char *dir)
+{
+    cleanup_close int root = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    unsigned points = 0;
+    if (root >= 0 && has_in_root(root, ".pier/pierslug", S_IFREG))
+        points |= BUNDLE_HAS_PIERSLUG;
+    if (root >= 0 && has_in_root(root, ".pier/buildpacks", S_IFDIR))
+        points |= BUNDLE_HAS_BUILDPACKS;
+    return points;
 }
 
 /* ---- slugs ---- */
@@ -553,6 +626,7 @@ struct download {
     int64_t max, got;
     bool too_big;
     int write_errno;
+    EVP_MD_CTX *md; /* the SHA-256 of what was written */
 };
 
 static size_t download_write(char *data, size_t size, size_t n, void *ud)
@@ -573,12 +647,15 @@ static size_t download_write(char *data, size_t size, size_t n, void *ud)
         }
         off += (size_t)w;
     }
+    EVP_DigestUpdate(d->md, data, len);
     d->got += (int64_t)len;
     return len;
 }
 
-/* Fetches url into fd, at most max bytes. */
-static int download(const char *url, const char *shown, int fd, int64_t max, struct pier_err *err)
+/* Fetches url into fd, at most max bytes, and writes the SHA-256 (hex) of
+ * what it got into sha. */
+static int download(const char *url, const char *shown, int fd, int64_t max,
+                    char sha[SHA256_HEX + 1], struct pier_err *err)
 {
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_result != CURLE_OK)
@@ -586,7 +663,9 @@ static int download(const char *url, const char *shown, int fd, int64_t max, str
     CURL *c = curl_easy_init();
     if (!c)
         return err_set(err, PIER_EINTERNAL, "slug %s: cannot start libcurl", shown);
-    struct download d = {.fd = fd, .max = max};
+    struct download d = {.fd = fd, .max = max, .md = EVP_MD_CTX_new()};
+    if (!d.md || EVP_DigestInit_ex(d.md, EVP_sha256(), NULL) != 1)
+        abort();
     char ebuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https,file");
@@ -610,6 +689,11 @@ static int download(const char *url, const char *shown, int fd, int64_t max, str
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_DigestFinal_ex(d.md, md, &mdlen);
+    EVP_MD_CTX_free(d.md);
+    hex_encode(md, SHA256_HEX / 2, sha);
     if (cc == CURLE_OK)
         return 0;
     if (d.too_big || cc == CURLE_FILESIZE_EXCEEDED)
@@ -742,7 +826,7 @@ static int unpack(const char *shown, int slug_fd, int app_fd, uid_t uid, gid_t g
 }
 
 int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid, int64_t max_bytes,
-                      struct pier_err *err)
+                      const char *sha256, struct pier_err *err)
 {
     char shown[300];
     url_for_humans(url, shown, sizeof(shown));
@@ -752,6 +836,9 @@ int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid
                        shown);
     if (max_bytes <= 0)
         return err_set(err, PIER_EINVAL, "slug %s: no size allowed", shown);
+    if (sha256 && !hex_ok(sha256, SHA256_HEX))
+        return err_set(err, PIER_EINVAL, "slug %s: slug_sha256 \"%.80s\" is not 64 hex digits",
+                       shown, sha256);
     cleanup_close int app_fd = make_app_dir(app_dir, uid, gid, err);
     if (app_fd < 0)
         return app_fd;
@@ -766,8 +853,16 @@ int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid
     cleanup_close int fd = temp_file(dir, err);
     if (fd < 0)
         return fd;
-    int rc = download(url, shown, fd, max_bytes, err);
+    char got[SHA256_HEX + 1];
+    int rc = download(url, shown, fd, max_bytes, got, err);
     if (rc < 0)
         return rc;
+    /* Checked before a byte is unpacked: a slug changed since its build (a
+     * replaced or corrupt blob) never runs. */
+    if (sha256 && strcasecmp(got, sha256) != 0)
+        return err_set(err, PIER_EINVAL,
+                       "slug %s: its SHA-256 is %s, not %s as the release's artifact says "
+                       "(changed or corrupt since it was built): not run",
+                       shown, got, sha256);
     return unpack(shown, fd, app_fd, uid, gid, err);
 }

@@ -5,11 +5,13 @@
  *   bundle/hosts         the container's /etc/hosts (localhost + the job id)
  *   bundle/resolv.conf   a copy of the host's, so lookups do not stall
  *   app/                 the job's /app, owned by the job's user
+ *   tmp/                 a build job's /tmp (bundle_opts.build_tmp)
  *
  * The container gets its own pid, mount, ipc and uts namespaces (the host's
  * network, in this first version), hostname = job id, a read-only root, a
- * tmpfs /tmp, /app bound read-write, pierslug and the shipped buildpacks
- * bound read-only at /.pier/pierslug and /.pier/buildpacks, cgroup limits under
+ * 256 MB tmpfs /tmp (a build job's is tmp/ on disk instead), /app bound
+ * read-write, pierslug and the shipped buildpacks bound read-only at
+ * /.pier/pierslug and /.pier/buildpacks, cgroup limits under
  * cgroupsPath "/pier/<job id>" (memory with swap at the same value, so a job
  * cannot swap past its limit; cpu shares from milli-CPUs; pids), an
  * RLIMIT_NOFILE of max_fd, no new privileges, a reduced capability set, a
@@ -43,6 +45,8 @@ struct bundle_opts {
     const char *host_id;    /* for PIER_HOST_ID */
     const char *pierslug;   /* host path bound read-only at /.pier/pierslug; NULL: left out */
     const char *buildpacks; /* host dir bound read-only at /.pier/buildpacks; NULL: left out */
+    bool build_tmp;         /* a build job: /tmp is job_dir/tmp on disk (made here, mode
+                               1777), not a 256 MB tmpfs that would count against memory */
 };
 
 /* Writes bundle/, hosts, resolv.conf and app/ for spec into opts->job_dir.
@@ -53,19 +57,35 @@ struct bundle_opts {
 int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, struct pier_err *err);
 
 /* Makes dir an empty root with the mount points the host binds need (usr,
- * bin, sbin, lib, lib64, etc, app, tmp, dev, proc, sys). Idempotent. */
+ * bin, sbin, lib, lib64, etc, app, tmp, dev, proc, sys, .pier,
+ * .pier/buildpacks, and the file .pier/pierslug), so that crun never makes
+ * one inside it. Idempotent. */
 int bundle_host_root(const char *dir, struct pier_err *err);
 
 /* Checks that dir looks like a stack root (a directory holding bin/sh and
  * etc/os-release). PIER_ENOTFOUND with a message otherwise. */
 int bundle_check_stack(const char *dir, struct pier_err *err);
 
+/* The /.pier mount points a stack has (bundle_stack_points). */
+#define BUNDLE_HAS_PIERSLUG 1u   /* the file .pier/pierslug */
+#define BUNDLE_HAS_BUILDPACKS 2u /* the directory .pier/buildpacks */
+
+/* Which BUNDLE_HAS_* mount points the stack root dir has, looked up as the
+ * container sees them (symlinks resolve inside dir). `pier stack build`
+ * makes them; a stack built before it did lacks them, and its jobs are
+ * started without those binds: crun would otherwise make the mount points
+ * inside the stack every job shares. */
+unsigned bundle_stack_points(const char *dir);
+
 /* Downloads the slug at url (http://, https:// or file://; at most
  * max_bytes) and unpacks it (a gzipped tar) into app_dir, as uid/gid so that
- * a crafted archive cannot write outside what that user may. PIER_EINVAL
- * for a bad URL or archive, PIER_EUNAVAIL when it cannot be fetched; the
- * message names the URL and the cause. */
+ * a crafted archive cannot write outside what that user may. sha256 (NULL:
+ * not checked) is the SHA-256 (64 hex digits, either case) the download
+ * must have; it is hashed as it is written, and a mismatch is PIER_EINVAL
+ * with nothing unpacked. PIER_EINVAL for a bad URL, hash or archive,
+ * PIER_EUNAVAIL when it cannot be fetched; the message names the URL and
+ * the cause. */
 int bundle_fetch_slug(const char *url, const char *app_dir, uid_t uid, gid_t gid, int64_t max_bytes,
-                      struct pier_err *err);
+                      const char *sha256, struct pier_err *err);
 
 #endif

@@ -130,6 +130,46 @@ static int reserve(struct jobs *t, struct job *j, struct pier_err *err)
 
 static void crun_force_delete(struct jobs *t, const char *id);
 
+/* Removes what an ended job leaves that may be large: its app/ (the slug's
+ * files) and a build job's tmp/; the logs stay. */
+static void rm_work_dirs(const char *dir)
+{
+    static const char *const names[] = {"app", "tmp"};
+    struct buf p = BUF_INIT;
+    for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++) {
+        buf_reset(&p);
+        buf_printf(&p, "%s/%s", dir, names[i]);
+        rm_tree(p.p);
+    }
+    buf_free(&p);
+}
+
+/* artifact.slug_sha256 of a job record: NULL when it has none; a value
+ * that is not a string is refused (bundle_fetch_slug checks its form). */
+static int slug_sha256(const json_t *rec, const char **out, struct pier_err *err)
+{
+    const json_t *v = json_object_get(json_object_get(rec, "artifact"), "slug_sha256");
+    *out = json_string_value(v);
+    if (v && !json_is_string(v))
+        return err_set(err, PIER_EINVAL, "artifact.slug_sha256: must be a string");
+    return 0;
+}
+
+/* Which /.pier binds a job on stack root gets: those the stack has mount
+ * points for (bundle_stack_points; the host's own root always has them). */
+static void pier_binds(struct jobs *t, const char *root, unsigned points, struct bundle_opts *bo)
+{
+    bo->pierslug = points & BUNDLE_HAS_PIERSLUG ? t->cfg.pierslug : NULL;
+    bo->buildpacks = points & BUNDLE_HAS_BUILDPACKS ? t->cfg.buildpacks : NULL;
+    if ((t->cfg.pierslug && !bo->pierslug) || (t->cfg.buildpacks && !bo->buildpacks))
+        log_warn("host",
+                 "the stack has no /.pier mount points (an older `pier stack build` made it): "
+                 "its jobs get no /.pier/pierslug or /.pier/buildpacks, so slugs cannot build "
+                 "or run on it; build a new stack with `pier stack build`, or add them with "
+                 "`mkdir -p STACK/.pier/buildpacks && touch STACK/.pier/pierslug`",
+                 "stack=%s", root);
+}
+
 /* A start that failed before its shim ran leaves what the shim would have:
  * an exit.json saying why (so the directory is pruned like any ended job's,
  * and a restarted agent reports it failed), and no slug files. */
@@ -142,9 +182,7 @@ static void end_failed_start(const char *dir, const char *why)
         write_json_file(p.p, e, NULL);
         json_decref(e);
     }
-    buf_reset(&p);
-    buf_printf(&p, "%s/app", dir);
-    rm_tree(p.p);
+    rm_work_dirs(dir);
     buf_free(&p);
 }
 
@@ -176,6 +214,11 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         root = NULL;
     if (root && (rc = bundle_check_stack(root, err)) < 0)
         return err_wrap(err, rc, "unknown artifact");
+    unsigned points =
+        root ? bundle_stack_points(root) : BUNDLE_HAS_PIERSLUG | BUNDLE_HAS_BUILDPACKS;
+    const char *sha = NULL;
+    if ((rc = slug_sha256(rec, &sha, err)) < 0)
+        return err_wrap(err, rc, "bad artifact");
     buf_printf(&host_root, "%s/host-root", t->cfg.data_dir);
     struct bundle_opts bo = {
         .job_dir = dir,
@@ -186,15 +229,17 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         .gid = t->cfg.gid,
         .init_path = t->cfg.init_path,
         .host_id = t->cfg.host_id,
-        .pierslug = t->cfg.pierslug,
-        .buildpacks = t->cfg.buildpacks,
+        /* The git receiver's build jobs (meta "pier.build"). */
+        .build_tmp = json_is_string(json_object_get(json_object_get(rec, "meta"), "pier.build")),
     };
+    pier_binds(t, root, points, &bo);
     if ((rc = bundle_write(spec, &bo, err)) < 0)
         return err_wrap(err, rc, "preparing the container");
     if (spec->slug) {
         buf_reset(&path);
         buf_printf(&path, "%s/app", dir);
-        rc = bundle_fetch_slug(spec->slug, path.p, t->cfg.uid, t->cfg.gid, SLUG_MAX_BYTES, err);
+        rc =
+            bundle_fetch_slug(spec->slug, path.p, t->cfg.uid, t->cfg.gid, SLUG_MAX_BYTES, sha, err);
         if (rc < 0)
             return err_wrap(err, rc, "bad artifact");
     }
@@ -543,9 +588,7 @@ static void on_shim_exit(struct jobs *t, int pidfd)
     pthread_mutex_unlock(&t->lock);
 
     health_stop(h);
-    buf_reset(&path);
-    buf_printf(&path, "%s/app", dir.p);
-    rm_tree(path.p); /* the slug's files; the logs stay */
+    rm_work_dirs(dir.p);
     prune(t);
     buf_free(&dir);
     buf_free(&path);

@@ -52,6 +52,32 @@ static void find_pier_binds(const char *self, const char *buildpacks, char *slug
     else
         log_warn("host", "buildpacks directory not found: jobs get no /.pier/buildpacks", "path=%s",
                  buildpacks);
+    log_info("host", "what jobs get at /.pier", "pierslug=%s buildpacks=%s",
+             *slug_out ? *slug_out : "none", *bp_out ? *bp_out : "none");
+}
+
+/* The buildpacks when no --buildpacks is given: those installed with pier,
+ * found from this executable (PIER_BUILDPACKS_INSTALLED, relative to its
+ * directory: ../share/pier/buildpacks by default), else the source tree's
+ * of a build run where it was built (PIER_BUILDPACKS_DIR). */
+static const char *default_buildpacks(const char *self, char *out, size_t size)
+{
+    const char *rel = PIER_BUILDPACKS_INSTALLED;
+    char path[PATH_MAX];
+    const char *slash = strrchr(self, '/');
+    if (rel[0] == '/')
+        snprintf(path, sizeof(path), "%s", rel);
+    else
+        snprintf(path, sizeof(path), "%.*s/%s", slash ? (int)(slash - self) : 1, slash ? self : ".",
+                 rel);
+    struct stat st;
+    char real[PATH_MAX];
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && realpath(path, real) &&
+        strlen(real) < size) {
+        snprintf(out, size, "%s", real);
+        return out;
+    }
+    return PIER_BUILDPACKS_DIR;
 }
 
 /* "k=v,k2=v2" into an object of strings. */
@@ -166,7 +192,8 @@ static const char *job_ip(const char *ip, const char *listen, char *buf, size_t 
 
 static int run(const struct daemon_flags *f, const struct host_flags *hf, struct pier_err *err)
 {
-    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096], pierslug[4096];
+    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096], pierslug[4096],
+        buildpacks[PATH_MAX];
     long long memory = 0;
     long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0, max_starting = -1;
     long long log_bytes = 0;
@@ -226,8 +253,10 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
     }
     shim[n] = 0;
     const char *slug_bind, *bp_bind;
-    find_pier_binds(shim, hf->buildpacks ? hf->buildpacks : PIER_BUILDPACKS_DIR, pierslug,
-                    sizeof(pierslug), &slug_bind, &bp_bind);
+    find_pier_binds(shim,
+                    hf->buildpacks ? hf->buildpacks
+                                   : default_buildpacks(shim, buildpacks, sizeof(buildpacks)),
+                    pierslug, sizeof(pierslug), &slug_bind, &bp_bind);
     strcpy(strrchr(shim, '/') + 1, "pierd-shim");
     if (access(shim, X_OK) < 0) {
         rc = err_set(err, PIER_EUNAVAIL,
@@ -338,8 +367,8 @@ int host_main(int argc, char **argv)
          "at least 2; 0: no bound)",
          &hf.max_starting},
         {"buildpacks", "DIR",
-         "the buildpacks bound at /.pier/buildpacks in every job (default: the ones built "
-         "with pier)",
+         "the buildpacks bound at /.pier/buildpacks in every job (default: the ones installed "
+         "with pier, DATADIR/pier/buildpacks, else the source tree's)",
          &hf.buildpacks},
         {NULL, NULL, NULL, NULL},
     };

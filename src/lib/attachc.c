@@ -95,16 +95,6 @@ ssize_t attachc_recv(struct attachc *c, struct buf *in, struct pier_err *err)
     return (ssize_t)got;
 }
 
-ssize_t attachc_recv_wait(struct attachc *c, struct buf *in, int timeout_ms, struct pier_err *err)
-{
-    ssize_t n = attachc_recv(c, in, err);
-    if (n != 0)
-        return n;
-    if (wait_fd(c->fd, POLLIN, timeout_ms) <= 0)
-        return 0;
-    return attachc_recv(c, in, err);
-}
-
 /* "POST /prefix/path HTTP/1.1", its headers and the body. */
 static int request_text(const struct attachc_req *req, struct buf *out, struct pier_err *err)
 {

@@ -48,10 +48,6 @@ int attachc_fd(const struct attachc *c);
  * connection, or another negative error. */
 ssize_t attachc_recv(struct attachc *c, struct buf *in, struct pier_err *err);
 
-/* Like attachc_recv, but first waits up to timeout_ms (-1: no limit) for
- * something to arrive; 0 when nothing did. */
-ssize_t attachc_recv_wait(struct attachc *c, struct buf *in, int timeout_ms, struct pier_err *err);
-
 /* Sends all of p (waits while the socket is full, 30 s at most). */
 int attachc_send(struct attachc *c, const void *p, size_t n, struct pier_err *err);
 

@@ -5,7 +5,14 @@
  * HMAC-SHA256(key, METHOD "\n" PATH "\n" E), PATH the URL's path (from
  * its leading '/', without the query) and E a Unix time in seconds. The
  * blobstore accepts the request when the method and path match, E has not
- * passed and S is right (compared in constant time). */
+ * passed and S is right (compared in constant time).
+ *
+ * A URL may also carry, covered by the signature, a byte limit
+ * ("&max=N": the body may be at most N bytes) and "&once=1" (the PUT may
+ * not replace a blob that already exists). Either makes the signed string
+ * longer: METHOD "\n" PATH "\n" E, then "\n" N when max is there, then
+ * "\nonce" when once is; a URL without them signs the short form above.
+ * Dropping or changing either parameter breaks the signature. */
 #ifndef PIER_LIB_BLOBSIG_H
 #define PIER_LIB_BLOBSIG_H
 
@@ -15,19 +22,52 @@
 #define BLOBSIG_HEX_LEN 64
 
 /* Writes the signature of (method, path, expires) under key into out
- * (BLOBSIG_HEX_LEN hex digits and a NUL). */
+ * (BLOBSIG_HEX_LEN hex digits and a NUL): the short form, no max, no once. */
 void blobsig_sign(const char *key, const char *method, const char *path, int64_t expires,
                   char out[BLOBSIG_HEX_LEN + 1]);
 
+/* The same with the options: max_bytes > 0 signs that byte limit (0: none),
+ * once signs "may not replace". With neither it equals blobsig_sign. */
+void blobsig_sign_opts(const char *key, const char *method, const char *path, int64_t expires,
+                       int64_t max_bytes, bool once, char out[BLOBSIG_HEX_LEN + 1]);
+
 /* Whether sig (as received) signs (method, path, expires_str) under key and
- * expires_str (decimal) is at or after now. NULL expires_str or sig: false. */
+ * expires_str (decimal) is at or after now. NULL expires_str or sig: false.
+ * Only the short form: a URL with max or once needs blobsig_verify_query. */
 bool blobsig_verify(const char *key, const char *method, const char *path, const char *expires_str,
                     const char *sig, int64_t now);
+
+/* A signed URL's query parameters as received; NULL for one that is absent. */
+struct blobsig_query {
+    const char *expires, *sig;
+    const char *max;  /* "N": plain decimal digits */
+    const char *once; /* "1" */
+};
+
+/* What a valid signed URL allows beyond its method and path. */
+struct blobsig_grant {
+    int64_t max_bytes; /* 0: no limit of its own */
+    bool once;         /* may not replace an existing blob */
+};
+
+/* Whether q signs (method, path) under key and has not expired at now (as
+ * blobsig_verify), max and once included. A max that is not plain digits
+ * or a once other than "1" is never valid. On true, grant (NULL allowed)
+ * gets what the URL allows. */
+bool blobsig_verify_query(const char *key, const char *method, const char *path,
+                          const struct blobsig_query *q, int64_t now, struct blobsig_grant *grant);
 
 /* A new string "base_url" + path + "?expires=E&sig=S" for a request of
  * method on path, valid for ttl seconds from now. base_url has no trailing
  * '/' and path starts with '/'. Free it with free(). */
 char *blobsig_url(const char *key, const char *base_url, const char *method, const char *path,
                   int64_t now, int64_t ttl);
+
+/* Like blobsig_url, with the options: "...?expires=E[&max=N][&once=1]&sig=S"
+ * where max_bytes > 0 limits the body to that many bytes (0: no limit of
+ * its own; the blobstore's --max-size applies either way) and once makes a
+ * PUT refuse (409) to replace a blob that exists. Free it with free(). */
+char *blobsig_url_opts(const char *key, const char *base_url, const char *method, const char *path,
+                       int64_t now, int64_t ttl, int64_t max_bytes, bool once);
 
 #endif

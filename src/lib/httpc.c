@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "lib/base64.h"
 #include "lib/clock.h"
 
 #define POOL_IDLE_MAX 32
@@ -476,4 +477,13 @@ int httpc_stream_run(struct httpc *h, const struct httpc_req *req, httpc_data_fn
         *status = s->status;
     httpc_stream_close(s);
     return r;
+}
+
+void httpc_basic_auth(struct buf *out, const char *key)
+{
+    struct buf cred = BUF_INIT;
+    buf_printf(&cred, ":%s", key ? key : "");
+    buf_puts(out, "Authorization: Basic ");
+    base64_encode(out, cred.p, cred.len);
+    buf_free(&cred);
 }

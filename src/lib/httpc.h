@@ -110,4 +110,8 @@ void httpc_stream_close(struct httpc_stream *s);
 int httpc_stream_run(struct httpc *h, const struct httpc_req *req, httpc_data_fn fn, void *ud,
                      long *status, struct pier_err *err);
 
+/* Appends "Authorization: Basic " and the base64 of ":KEY": how pier's
+ * daemons take the cluster key (any user name). */
+void httpc_basic_auth(struct buf *out, const char *key);
+
 #endif

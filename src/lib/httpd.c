@@ -612,12 +612,9 @@ static int hexval(char c)
     return -1;
 }
 
-static bool authorized(struct httpd_req *r)
+bool httpd_key_ok(const struct httpd_req *r, const char *key)
 {
-    const char *key = r->h->key;
     const char *auth = httpd_header(r, "Authorization");
-    if (!key)
-        return true;
     if (!auth)
         return false;
     size_t klen = strlen(key);
@@ -633,7 +630,12 @@ static bool authorized(struct httpd_req *r)
         return false;
     size_t plen = dec.len - (size_t)(colon + 1 - dec.p);
     /* Constant time, so the answer's timing says nothing about the key. */
-    return plen == klen && CRYPTO_memcmp(colon + 1, key, plen) == 0;
+    return plen == klen && CRYPTO_memcmp(colon + 1, key, klen) == 0;
+}
+
+static bool authorized(struct httpd_req *r)
+{
+    return !r->h->key || httpd_key_ok(r, r->h->key);
 }
 
 static void status_handler(struct httpd_req *r, void *ud)

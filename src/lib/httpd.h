@@ -88,6 +88,11 @@ const char *httpd_header(const struct httpd_req *r, const char *name);
 /* Whether header name lists token (case-insensitive, comma-separated, as
  * "Upgrade: foo, flynn-attach/0" or "Connection: keep-alive, Upgrade"). */
 bool httpd_header_has(const struct httpd_req *r, const char *name, const char *token);
+/* Whether the request's Authorization header carries key: "Basic" with any
+ * user and key as the password, or "Bearer <key>". Compared in constant
+ * time. False without such a header; key must not be NULL. (The server's
+ * own --key check uses it; so may a handler that checks a key of its own.) */
+bool httpd_key_ok(const struct httpd_req *r, const char *key);
 /* Writes the client's address as text ("127.0.0.1", "::1") into out, or ""
  * when it is not known. */
 void httpd_remote_addr(const struct httpd_req *r, char *out, size_t len);

@@ -162,6 +162,12 @@ static int add_artifact(json_t *out, const json_t *a, const char *id, bool *slug
         const char *sr = json_string_value(json_object_get(meta, "slugrunner"));
         if (sr && strcmp(sr, "true") == 0)
             *slugrunner = true;
+        /* The hash the build recorded: the agent checks the download
+         * against it, so a slug replaced in the blobstore never runs. ""
+         * says the hash is not known. */
+        const char *sha = json_string_value(json_object_get(meta, "sha256"));
+        if (sha && *sha)
+            json_object_set_new(out, "slug_sha256", json_string(sha));
         return 0;
     }
     /* Flynn's releases name the image their slug runs on (its slugrunner)

@@ -11,9 +11,11 @@
  *    "run.<n>" for a one-off);
  *  - artifact: from the release's artifacts (a "flynn" artifact whose uri
  *    is file:///DIR gives the stack DIR; a "file" artifact gives the slug
- *    URL); a "file" artifact with meta.slugrunner "true" (a slug pier
- *    built) also puts "/.pier/pierslug", "run" before the args, unless
- *    they already start with "/.pier/pierslug";
+ *    URL, and its meta.sha256, when there is one, as slug_sha256, which
+ *    the agent checks the download against); a "file" artifact with
+ *    meta.slugrunner "true" (a slug pier built) also puts
+ *    "/.pier/pierslug", "run" before the args, unless they already start
+ *    with "/.pier/pierslug";
  *  - resources: the process type's, Flynn's defaults where it has none
  *    (memory 1 GiB, max_fd 10000);
  *  - ports: the process type's, each with its service name and check (the

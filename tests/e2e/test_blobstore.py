@@ -266,6 +266,37 @@ def test_auth_key_and_signed_urls(blobstore):
     assert request(b.url, "GET", "/p/one")[0] == 404
 
 
+def test_code_blobs_need_credentials_to_read(blobstore):
+    """caches/, sources/ and repos/ hold apps' code: reading them needs the
+    key or a signed GET URL. Slugs and the rest stay open to read (host
+    agents fetch slugs without the key)."""
+    b = blobstore()
+    now = int(time.time())
+    for path in ("/caches/app.tgz", "/sources/app/b1.tar", "/repos/app.tar"):
+        assert request(b.url, "PUT", path, b"code", bearer())[0] == 200
+        for method in ("GET", "HEAD"):
+            st, h, body = request(b.url, method, path)
+            assert st == 401 and h.get("www-authenticate") == 'Basic realm="pier"', (path, st)
+            if method == "GET":
+                assert path in flynn_error(body, "unauthorized")["message"]
+        assert request(b.url, "GET", path, headers=bearer())[2] == b"code"
+        assert request(b.url, "GET", path, headers=basic())[2] == b"code"
+        assert request(b.url, "GET", sign("GET", path, now + 60))[2] == b"code"
+        assert request(b.url, "HEAD", sign("GET", path, now + 60))[0] == 200
+        assert request(b.url, "GET", sign("PUT", path, now + 60))[0] == 403
+        st, _, body = request(b.url, "GET", sign("GET", path, now - 5))
+        assert st == 403 and "expired" in flynn_error(body, "forbidden")["message"]
+        assert request(b.url, "GET", path, headers=bearer("wrong"))[0] == 401
+    # whether a private blob exists is not told without credentials either
+    assert request(b.url, "GET", "/caches/none.tgz")[0] == 401
+    assert request(b.url, "GET", "/caches/none.tgz", headers=bearer())[0] == 404
+    # open: slugs, other paths, names that only look alike
+    for path in ("/slugs/app/one.tgz", "/repos.tar", "/cachesx/a.tgz", "/other/sources/a.tar"):
+        assert request(b.url, "PUT", path, b"open", bearer())[0] == 200
+        st, _, body = request(b.url, "GET", path)
+        assert st == 200 and body == b"open", path
+
+
 def test_no_key_means_open(blobstore):
     b = blobstore(key=None)
     assert request(b.url, "PUT", "/open", b"x")[0] == 200
@@ -422,6 +453,203 @@ def test_big_blob_streams_in_bounded_memory(blobstore):
     hwm_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
     print(f"blobstore peak RSS after 1 GiB in and out: {hwm_kb} kB")
     assert hwm_kb < 64 * 1024, f"peak RSS {hwm_kb} kB"
+
+
+# ---- limits: --max-size, a signed URL's max and once ----
+
+def sign_opts(method, path, expires, max_bytes=None, once=False, key=KEY):
+    """A signed query string with max= and once=, computed here: the signed
+    string gains "\\nMAX" and "\\nonce" when the URL has them."""
+    msg = f"{method}\n{path}\n{expires}"
+    query = f"{path}?expires={expires}"
+    if max_bytes is not None:
+        msg += f"\n{max_bytes}"
+        query += f"&max={max_bytes}"
+    if once:
+        msg += "\nonce"
+        query += "&once=1"
+    mac = hmac.new(key.encode(), msg.encode(), hashlib.sha256)
+    return f"{query}&sig={mac.hexdigest()}"
+
+
+def raw_put_headers(port, path, length, expect=False):
+    """Sends a PUT's headers only; returns the socket and what the server
+    answers before any of the body is sent (b"" if nothing in 3 s)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall((f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Length: {length}\r\n" + ("Expect: 100-continue\r\n" if expect else "")
+               + "\r\n").encode())
+    s.settimeout(3)
+    got = b""
+    try:
+        while b"\r\n\r\n" not in got or (b"413" in got.split(b"\r\n")[0] and not got.endswith(b"}")):
+            piece = s.recv(65536)
+            if not piece:
+                break
+            got += piece
+    except socket.timeout:
+        pass
+    return s, got
+
+
+def test_max_size_refuses_larger_blobs(blobstore):
+    b = blobstore(args=["--max-size", "1M"])
+    assert "max_size=1048576" in b.stderr_text()
+    assert request(b.url, "PUT", "/keep", b"old", bearer())[0] == 200
+    # exactly the limit is fine; one byte more is 413 and nothing is stored
+    assert request(b.url, "PUT", "/one", b"x" * MiB, bearer())[0] == 200
+    st, h, body = request(b.url, "PUT", "/keep", b"y" * (MiB + 1), bearer())
+    assert st == 413, body
+    assert "--max-size" in flynn_error(body, "request_body_too_big")["message"]
+    assert h.get("connection", "").lower() == "close"
+    assert request(b.url, "GET", "/keep")[2] == b"old"
+    assert blob_files(b.dir) == ["keep", "one"]
+
+    # a Content-Length over the limit is refused before the body: at once
+    # for a client that waits for 100 Continue
+    s, got = raw_put_headers(b.port, "/big", 10 * MiB, expect=True)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 413"), got
+    assert b"100 Continue" not in got
+
+    # a streamed (chunked) body that grows past it: 413, nothing left behind
+    r = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-T", "-",
+                        "-H", f"Authorization: Bearer {KEY}", b.url + "/keep"],
+                       input=os.urandom(3 * MiB), capture_output=True, timeout=30)
+    out = r.stdout.rsplit(b"\n", 1)
+    assert out[-1] == b"413", r
+    flynn_error(out[0], "request_body_too_big")
+    assert request(b.url, "GET", "/keep")[2] == b"old"
+    assert blob_files(b.dir) == ["keep", "one"] and temp_files(b.dir) == []
+    assert "upload over its limit" in b.stderr_text()
+
+    # far past the limit the connection is cut rather than read to the end
+    s = socket.create_connection(("127.0.0.1", b.port))
+    s.sendall((f"PUT /huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n").encode())
+    chunk = b"%x\r\n" % MiB + b"z" * MiB + b"\r\n"
+    with pytest.raises(OSError):
+        for _ in range(200):
+            s.sendall(chunk)
+        s.settimeout(10)
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    s.close()
+    assert blob_files(b.dir) == ["keep", "one"] and temp_files(b.dir) == []
+
+
+def test_max_size_flag(pier_build, tmp_path, blobstore):
+    pierd = pier_build / "pierd"
+    for bad in ("0", "-1", "1X", "M", "2GG", "99999999999999999"):
+        r = subprocess.run([pierd, "blobstore", "--dir", tmp_path / "d", "--max-size", bad,
+                            "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "--max-size" in r.stderr, (bad, r.stderr)
+    # the default is 2G, and "512K" style sizes work
+    assert "max_size=2147483648" in blobstore().stderr_text()
+    b = blobstore(args=["--max-size", "512K"])
+    assert request(b.url, "PUT", "/a", b"x" * (512 * 1024), bearer())[0] == 200
+    assert request(b.url, "PUT", "/a", b"x" * (512 * 1024 + 1), bearer())[0] == 413
+
+
+def test_signed_url_max(blobstore):
+    b = blobstore(args=["--max-size", "1M"])
+    now = int(time.time())
+    url = sign_opts("PUT", "/slugs/a/1.tgz", now + 60, max_bytes=1000)
+    st, _, body = request(b.url, "PUT", url, b"x" * 1001)
+    assert st == 413, body
+    assert "signed URL's max" in flynn_error(body, "request_body_too_big")["message"]
+    assert blob_files(b.dir) == []
+    st, _, body = request(b.url, "PUT", url, b"x" * 1000)
+    assert st == 200, body
+    # streamed past it (curl -T -, as pierslug uploads)
+    r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", "-",
+                        b.url + sign_opts("PUT", "/slugs/a/2.tgz", now + 60, max_bytes=5000)],
+                       input=os.urandom(64 * 1024), capture_output=True, timeout=30)
+    assert r.stdout == b"413", r
+    assert blob_files(b.dir) == ["slugs/a/1.tgz"] and temp_files(b.dir) == []
+    # a max above --max-size does not lift it
+    st, _, body = request(b.url, "PUT", sign_opts("PUT", "/big", now + 60, max_bytes=10 * MiB),
+                          b"x" * (MiB + 1))
+    assert st == 413 and "--max-size" in flynn_error(body)["message"]
+    # max is signed: changed or dropped, the signature fails
+    for forged in (url.replace("max=1000", "max=100000"), url.replace("&max=1000", "")):
+        st, _, body = request(b.url, "PUT", forged, b"x" * 10)
+        assert st == 403, (forged, body)
+        flynn_error(body, "forbidden")
+    for bad in ("abc", "", "0", "-5"):
+        q = sign_opts("PUT", "/x", now + 60).replace("&sig=", f"&max={bad}&sig=")
+        assert request(b.url, "PUT", q, b"x")[0] == 403, bad
+
+
+def test_signed_url_once_never_replaces(blobstore):
+    b = blobstore()
+    now = int(time.time())
+    url = sign_opts("PUT", "/slugs/app/b1.tgz", now + 600, max_bytes=MiB, once=True)
+    st, _, body = request(b.url, "PUT", url, b"the build's slug")
+    assert st == 200, body
+    # the same URL, later: refused, the slug stays what the build stored
+    st, _, body = request(b.url, "PUT", url, b"something else")
+    assert st == 409, body
+    assert "may not replace" in flynn_error(body, "conflict")["message"]
+    assert request(b.url, "GET", "/slugs/app/b1.tgz")[2] == b"the build's slug"
+    # refused before the body for a client waiting for 100 Continue
+    r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", "-",
+                        b.url + url], input=b"x" * MiB, capture_output=True, timeout=30)
+    assert r.stdout == b"409", r
+    # without once=1 in the signature, dropping it from the URL is a forgery
+    st, _, _ = request(b.url, "PUT", url.replace("&once=1", ""), b"forged")
+    assert st == 403
+    # a URL signed without once, and the key, may replace (build caches)
+    cache = sign_opts("PUT", "/slugs/app/b1.tgz", now + 600)
+    assert request(b.url, "PUT", cache, b"v2")[0] == 200
+    assert request(b.url, "PUT", "/slugs/app/b1.tgz", b"v3", bearer())[0] == 200
+    assert request(b.url, "GET", "/slugs/app/b1.tgz")[2] == b"v3"
+
+    # two uploads through one once-URL at the same time: the later commit
+    # is refused (the check at the rename, not only at the start)
+    race = sign_opts("PUT", "/slugs/app/b2.tgz", now + 600, once=True)
+    s = socket.create_connection(("127.0.0.1", b.port))
+    first = os.urandom(2 * MiB)
+    s.sendall((f"PUT {race} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(first)}\r\n\r\n").encode())
+    s.sendall(first[:MiB])
+    wait_for(lambda: temp_files(b.dir), what="the first upload to start")
+    assert request(b.url, "PUT", race, b"second")[0] == 200
+    s.sendall(first[MiB:])
+    resp = b""
+    while not resp.rstrip().endswith(b"}"):
+        piece = s.recv(65536)
+        if not piece:
+            break
+        resp += piece
+    s.close()
+    assert resp.startswith(b"HTTP/1.1 409"), resp
+    assert request(b.url, "GET", "/slugs/app/b2.tgz")[2] == b"second"
+    assert temp_files(b.dir) == []
+
+
+def test_symlinks_in_blob_paths_are_not_followed(blobstore, tmp_path):
+    """A symlink planted under DIR/blobs (the API makes none) leads nowhere:
+    no component of a path is followed."""
+    b = blobstore()
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    secret = b"not a blob"
+    for f in (outside / "x", outside / "sub" / "y"):
+        f.write_bytes(secret)
+        os.setxattr(f, "user.pier.sha256", hashlib.sha256(secret).hexdigest().encode())
+    assert request(b.url, "PUT", "/real/blob", b"ok", bearer())[0] == 200
+    os.symlink(outside, b.dir / "blobs" / "evil")
+    os.symlink(outside, b.dir / "blobs" / "real" / "link")
+    for path in ("/evil/x", "/evil/sub/y", "/real/link/x"):
+        for method in ("GET", "HEAD"):
+            assert request(b.url, method, path)[0] == 404, (method, path)
+        assert request(b.url, "DELETE", path, headers=bearer())[0] == 404, path
+        st, _, body = request(b.url, "PUT", path, b"over", bearer())
+        assert st == 409, (path, body)
+    assert (outside / "x").read_bytes() == secret
+    assert (outside / "sub" / "y").read_bytes() == secret
+    assert sorted(p.name for p in outside.iterdir()) == ["sub", "x"]
+    assert request(b.url, "GET", "/real/blob")[2] == b"ok"
 
 
 # ---- the daemon ----

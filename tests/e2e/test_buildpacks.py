@@ -420,14 +420,35 @@ def test_static_site_at_the_root_hides_platform_files(make_build):
     (b.dir / ".env").write_text("SECRET=1\n")
     (b.dir / ".well-known").mkdir()
     (b.dir / ".well-known" / "security.txt").write_text("Contact: mailto:x@example.org\n")
+    (b.dir / "bin").mkdir()
+    (b.dir / "bin" / "seed.sh").write_text("echo a script of the app's\n")
+    (b.dir / "binary.html").write_text("not under bin/\n")
     bp, out, release, web = build_app_root_static(b)
-    assert "Site root: the app's root directory" in out
+    assert "Site root: the app's root directory (hidden files, Procfile and bin/ are not " \
+           "served)" in out
     proc, port = b.start(web)
     assert b"hello from the root site" in get(port, "/")[2]
+    # the whole of bin/, however it is spelled, the Procfile and dotfiles
     for hidden in ("/Procfile", "/bin/start-nginx", "/bin/nginx.conf.template",
-                   "/.git/config", "/.env"):
+                   "/bin/seed.sh", "/bin/", "/bin", "//bin/seed.sh", "/%62in/seed.sh",
+                   "/x/../bin/seed.sh", "/.git/config", "/.env", "/.well-known/.hidden"):
         assert get(port, hidden)[0] == 404, hidden
     assert get(port, "/.well-known/security.txt")[0] == 200
+    assert get(port, "/binary.html")[0] == 200
+    Build.stop(proc)
+
+
+def test_static_site_in_public_serves_its_bin(make_build):
+    """With public/ as the site, a public/bin/ is the site's own."""
+    b = make_build("static")
+    (b.dir / "public" / "bin").mkdir(parents=True, exist_ok=True)
+    (b.dir / "public" / "bin" / "tool.txt").write_text("a file of the site\n")
+    r = b.compile("static")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Site root: public/ (hidden files are not served)" in r.stdout
+    proc, port = b.start("bin/start-nginx")
+    assert get(port, "/bin/tool.txt")[2] == b"a file of the site\n"
+    assert get(port, "/Procfile")[0] == 404
     Build.stop(proc)
 
 

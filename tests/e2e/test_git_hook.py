@@ -50,6 +50,7 @@ build=$1 cache=$2 env=$3
 echo "-----> Compiling with TestPack"
 [ -f "$build/fail" ] && { echo "       compile is told to fail"; exit 3; }
 [ -f "$build/slow" ] && { echo "       compile is told to hang"; sleep 600; }
+[ -f "$build/pause" ] && { echo "       pausing"; sleep "$(cat "$build/pause")"; }
 n=$(cat "$cache/count" 2>/dev/null || echo 0)
 n=$((n + 1))
 echo "$n" > "$cache/count"
@@ -66,12 +67,19 @@ exec python3 -m http.server "$PORT" --bind 127.0.0.1
 EOF
 chmod +x "$build/start.sh"
 """
+# With bigresult in the app, a config var whose JSON is 1.2 MB (backslashes
+# double) within bin/release's 1 MiB.
 RELEASE = """#!/bin/sh
 cat <<'EOF'
 ---
 config_vars:
   FROM_BUILDPACK: buildpack-default
   GREETING: not-this-one
+EOF
+if [ -f "$1/bigresult" ]; then
+    printf '  BIG: x'; head -c 600000 /dev/zero | tr '\\0' '\\\\'; echo
+fi
+cat <<'EOF'
 default_process_types:
   web: ./start.sh
 EOF
@@ -134,12 +142,15 @@ class Cluster:
         self.home = tmp_path / "home"
         self.home.mkdir()
 
-    def start_receiver(self, name, build_timeout=None):
+    def start_receiver(self, name, build_timeout=None, store_env=False):
+        """A receiver; store_env: PIER_STORE in its environment, which its
+        hooks then get (discovery, the push lock in the store)."""
         args = ["--dir", self.tmp / name, "--key", KEY, "--controller", self.ctl.url,
                 "--blobstore", self.blob.url, "--ssh", "off", "--store", self.store]
         if build_timeout:
             args += ["--build-timeout", str(build_timeout)]
-        return self.start_pierd("gitreceive", name=name, args=args)
+        env = {**os.environ, "PIER_STORE": self.store} if store_env else None
+        return self.start_pierd("gitreceive", name=name, args=args, env=env)
 
     # ---- the app ----
 
@@ -220,9 +231,28 @@ class Cluster:
         assert not sanitizer_reports(r.stderr), r.stderr
         return r
 
+    def app_id(self, name):
+        status, app = self.ctl.get(f"/apps/{name}")
+        assert status == 200, app
+        return app["id"]
+
+    def blob_get(self, path, auth=True):
+        """(status, body) of GET BLOBSTORE/path, with the key or without."""
+        req = urllib.request.Request(self.blob.url + path,
+                                     headers={"Authorization": f"Bearer {KEY}"} if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def repo_dir(self, app, receiver="gitreceive"):
+        """The app's bare repository on the receiver's disk (named by its id)."""
+        return self.tmp / receiver / "repos" / f"{self.app_id(app)}.git"
+
     def remote_head(self, app, ref="main", receiver="gitreceive"):
         """The ref in the app's bare repository on disk (None: not there)."""
-        repo = self.tmp / receiver / "repos" / f"{app}.git"
+        repo = self.repo_dir(app, receiver)
         if not repo.is_dir():
             return None
         r = self.git("rev-parse", "--verify", "-q", f"refs/heads/{ref}", cwd=repo)
@@ -264,8 +294,10 @@ def test_first_push_runs_then_second_push_deploys(cluster):
     src = cluster.repo("src", {"hello.txt": "version one\n"})
     r = cluster.push(src, "hello")
     assert r.returncode == 0, r.stderr
-    lines_in_order(r.remote, "-----> Receiving push", "-----> Uploading source (",
-                   "-----> Building hello (build ", "-----> Compiling with TestPack",
+    lines_in_order(r.remote, "-----> Receiving push",
+                   f"       Blobstore: {cluster.blob.url} (the receiver's --blobstore)",
+                   "-----> Uploading source", " KB", "-----> Building hello (build ",
+                   "-----> Compiling with TestPack",
                    "build number 1", "partial progress done", "-----> Creating release",
                    "-----> Deploying", "       Scaling web to 1", "       web.1 up",
                    "=====> hello deployed (release v2 / ", f"       http://hello.{DOMAIN}")
@@ -281,13 +313,18 @@ def test_first_push_runs_then_second_push_deploys(cluster):
                           "FROM_BUILDPACK": "buildpack-default"}, rel
     status, art = cluster.ctl.get(f"/artifacts/{rel['artifacts'][0]}")
     assert status == 200 and art["type"] == "file", art
-    assert art["uri"].startswith(cluster.blob.url + "/slugs/hello/"), art
+    # Blobs are named by the app's id, not its name.
+    assert art["uri"].startswith(f"{cluster.blob.url}/slugs/{app['id']}/"), art
     assert art["meta"]["slugrunner"] == "true" and art["meta"]["git_rev"] == head, art
     assert int(art["meta"]["size"]) > 0 and len(art["meta"]["sha256"]) == 64, art
-    # The blobstore holds the slug, not the source any more.
+    # The blobstore holds the slug (open: agents fetch it), not the source
+    # any more; the build cache is there, but only for the key.
     with urllib.request.urlopen(art["uri"], timeout=10) as resp:
         assert len(resp.read()) == int(art["meta"]["size"])
-    assert list((cluster.tmp / "blobs").rglob("*.tar")) == []
+    assert not list((cluster.tmp / "blobs" / "blobs").rglob("sources/*/*"))
+    cache = f"/caches/{app['id']}.tgz"
+    assert cluster.blob_get(cache)[0] == 200
+    assert cluster.blob_get(cache, auth=False)[0] == 401
     status, form = cluster.ctl.get(f"/apps/hello/formations/{rel['id']}")
     assert status == 200 and form["processes"] == {"web": 1}, form
     url = cluster.web_url(app, rel["id"])
@@ -364,12 +401,21 @@ def test_other_refs_are_not_deployed(cluster):
 
 def test_first_deploy_whose_web_crashes(cluster):
     cluster.create_app("crashy", env={"BUILDPACK_URL": cluster.bp_url})
+    before = cluster.release("crashy")
     src = cluster.repo("src", {"hello.txt": "x\n", "Procfile": "web: echo bye; exit 4\n"})
     r = cluster.push(src, "crashy")
     assert r.returncode != 0, r.stderr
     lines_in_order(r.remote, "-----> Deploying", "Scaling web to 1", "!      web.1 crashed",
-                   "!      See what it printed with 'pier log -a crashy'")
+                   "!      See what it printed with 'pier log -a crashy'",
+                   "!      Scaled release ", "!      The previous release ")
     assert "deployed" not in r.remote
+    # The push was refused, so the app is back where it was: the release
+    # it had (config vars only), the new one's web at 0.
+    new = next(rel for rel in cluster.ctl.get("/apps/crashy/releases")[1]
+               if rel["id"] != before["id"])
+    assert cluster.release("crashy")["id"] == before["id"]
+    assert cluster.ctl.get(f"/apps/crashy/formations/{new['id']}")[1]["processes"] == {"web": 0}
+    assert cluster.remote_head("crashy") is None
 
 
 def test_failed_deploy_keeps_the_old_release(cluster):
@@ -476,3 +522,247 @@ def test_pushes_to_one_app_queue(cluster):
     assert "Building" not in rb.stderr
     assert cluster.remote_head("queued") == ha
     assert cluster.release("queued")["meta"]["rev"] == ha
+
+
+def build_job_up(cluster, app, timeout=60):
+    """Waits for the app's build job to be up; its record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for j in cluster.jobs(app):
+            if (j.get("meta") or {}).get("pier.build") and j.get("state") == "up":
+                return j
+        time.sleep(0.2)
+    pytest.fail(f"no build job came up: {cluster.jobs(app)}")
+
+
+def push_while(cluster, src, app, during, gr=None):
+    """Pushes main, calls during() once the build job is up, and returns
+    (exit status, what the hook printed)."""
+    p = subprocess.Popen(["git", "push", cluster.remote(app["name"], gr), "HEAD:refs/heads/main"],
+                         cwd=src, env=cluster.env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        build_job_up(cluster, app)
+        during()
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert not sanitizer_reports(err), err
+    return p.returncode, "\n".join(line[len("remote: "):] for line in err.splitlines()
+                                   if line.startswith("remote: "))
+
+
+def test_recreated_app_starts_afresh(cluster):
+    """Everything the hook keeps per app is named by the app's id: an app
+    deleted and made again under its name gets no build cache, lock or
+    blob of the old one."""
+    first = cluster.create_app("reborn", env={"BUILDPACK_URL": cluster.bp_url})
+    src = cluster.repo("src", {"hello.txt": "one\n"})
+    r = cluster.push(src, "reborn")
+    assert r.returncode == 0, r.stderr
+    assert "build number 1" in r.remote
+    status, _ = cluster.ctl.delete("/apps/reborn")
+    assert status == 200
+    second = cluster.create_app("reborn", env={"BUILDPACK_URL": cluster.bp_url})
+    assert second["id"] != first["id"]
+    cluster.commit(src, {"hello.txt": "two\n"})
+    r = cluster.push(src, "reborn")
+    assert r.returncode == 0, r.stderr
+    assert "build number 1" in r.remote, r.remote
+    locks = cluster.tmp / "gitreceive" / "locks"
+    assert (locks / f"{first['id']}.lock").exists() and (locks / f"{second['id']}.lock").exists()
+    for app in (first, second):
+        assert cluster.blob_get(f"/caches/{app['id']}.tgz")[0] == 200
+
+
+def tar_ref(data, ref):
+    """The commit ref names in a tar of a bare repository (None: none)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        names = {m.name.removeprefix("./"): m for m in t.getmembers()}
+        if ref in names:
+            return t.extractfile(names[ref]).read().decode().strip()
+        if "packed-refs" in names:
+            for line in t.extractfile(names["packed-refs"]).read().decode().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+    return None
+
+
+def test_post_receive_saves_the_repository(cluster):
+    """After every push the repository goes to the blobstore as
+    repos/<app id>.tar (for the key only); a blobstore that cannot take it
+    is a warning, and the push stands."""
+    app = cluster.create_app("saved")
+    src = cluster.repo("src", {"README": "x\n"})
+    r = cluster.push(src, "saved", ref="feature")
+    assert r.returncode == 0, r.stderr
+    head = cluster.git("rev-parse", "HEAD", cwd=src).stdout.strip()
+    path = f"/repos/{app['id']}.tar"
+    status, data = cluster.blob_get(path)
+    assert status == 200, (status, r.remote)
+    assert tar_ref(data, "refs/heads/feature") == head
+    assert tar_ref(data, "HEAD") == "ref: refs/heads/main"
+    assert cluster.blob_get(path, auth=False)[0] == 401
+
+    # The hook itself, as git runs it: in the repository, the refs on stdin.
+    repo = cluster.repo_dir("saved")
+    env = {**os.environ, "PIER_APP": "saved", "PIER_APP_ID": app["id"],
+           "PIER_CONTROLLER": cluster.ctl.url, "PIER_KEY": KEY, "PIER_BLOBSTORE": cluster.blob.url,
+           "PIER_GIT_DIR": str(cluster.tmp / "gitreceive"), "PIER_BUILD_TIMEOUT": "900"}
+    hook = [cluster.gr.argv[0], "gitreceive", "hook", "post-receive"]
+    refs = f"{'0' * 40} {head} refs/heads/other\n"
+    assert cluster.git("update-ref", "refs/heads/other", head, cwd=repo).returncode == 0
+    p = subprocess.run(hook, cwd=repo, env=env, input=refs, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout == "", p
+    assert not sanitizer_reports(p.stderr), p.stderr
+    assert tar_ref(cluster.blob_get(path)[1], "refs/heads/other") == head
+    # Without PIER_APP_ID it asks the controller.
+    p = subprocess.run(hook, cwd=repo, env={k: v for k, v in env.items() if k != "PIER_APP_ID"},
+                       input=refs, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "", p
+    # A blobstore that does not answer: a warning, exit 0, the old archive.
+    p = subprocess.run(hook, cwd=repo, env={**env, "PIER_BLOBSTORE": "http://127.0.0.1:9"},
+                       input=refs, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p
+    assert "!      Warning: the repository was not saved to the blobstore: " in p.stdout, p
+    assert "127.0.0.1:9" in p.stdout
+    assert not sanitizer_reports(p.stderr), p.stderr
+    assert cluster.blob_get(path)[0] == 200
+
+
+def test_blobstore_from_discovery(cluster):
+    """With a store, the hook uses the blobstore discovery names (reachable
+    from build jobs on any host), not the receiver's --blobstore."""
+    found = cluster.start_pierd("blobstore", name="blobstore-2",
+                                args=["--dir", cluster.tmp / "blobs2", "--key", KEY,
+                                      "--store", cluster.store])
+    gr = cluster.start_receiver("gitreceive-disc", store_env=True)
+    app = cluster.create_app("found", env={"BUILDPACK_URL": cluster.bp_url})
+    src = cluster.repo("src", {"hello.txt": "found\n"})
+    r = cluster.push(src, "found", gr=gr)
+    assert r.returncode == 0, r.stderr
+    lines_in_order(r.remote, "-----> Receiving push",
+                   f"       Blobstore: {found.url} (from discovery)", "=====> found deployed")
+    rel = cluster.release("found")
+    status, art = cluster.ctl.get(f"/artifacts/{rel['artifacts'][0]}")
+    assert art["uri"].startswith(f"{found.url}/slugs/{app['id']}/"), art
+    assert get(cluster.web_url(app, rel["id"]) + "/hello.txt") == "found\n"
+    assert not list((cluster.tmp / "blobs" / "blobs").rglob(f"slugs/{app['id']}/*"))
+
+
+def test_pushes_through_two_receivers_queue(cluster):
+    """Two receivers sharing a store build one app one push at a time: the
+    second waits on the app's lock in the store, which is gone after."""
+    grs = [cluster.start_receiver(f"gitreceive-{n}", store_env=True) for n in (1, 2)]
+    cluster.create_app("shared", env={"BUILDPACK_URL": cluster.bp_url})
+    a = cluster.repo("a", {"hello.txt": "a\n", "pause": "3"})
+    b = cluster.repo("b", {"hello.txt": "b\n"})
+    results = [None, None]
+
+    def push(i, d):
+        results[i] = cluster.push(d, "shared", gr=grs[i])
+
+    t = threading.Thread(target=push, args=(0, a))
+    t.start()
+    build_job_up(cluster, {"id": cluster.app_id("shared")})
+    push(1, b)
+    t.join(300)
+    ra, rb = results
+    assert ra.returncode == 0, ra.stderr
+    assert rb.returncode == 0, rb.stderr
+    ha = cluster.git("rev-parse", "HEAD", cwd=a).stdout.strip()
+    lines_in_order(rb.remote, "-----> Waiting for another push to shared to finish",
+                   f"       (a push of {ha[:8]} on ", "-----> Receiving push",
+                   "=====> shared deployed")
+    assert "Waiting" not in ra.remote
+    assert kv_range(cluster.store, "/pier/v1/gitreceive/locks/") == []
+    status, rels = cluster.ctl.get("/apps/shared/releases")
+    assert len(rels) == 3
+    assert cluster.release("shared")["meta"]["rev"] == \
+        cluster.git("rev-parse", "HEAD", cwd=b).stdout.strip()
+
+
+def test_release_changed_while_building(cluster):
+    """The new release is made from the app's release as it is when the
+    build ends: a config var set meanwhile stays; a code release made
+    meanwhile (a rollback, another push) is not deployed over."""
+    app = cluster.create_app("racy", env={"BUILDPACK_URL": cluster.bp_url})
+    src = cluster.repo("src", {"hello.txt": "one\n"})
+    assert cluster.push(src, "racy").returncode == 0
+    one = cluster.release("racy")
+
+    def set_var():
+        cur = cluster.release("racy")
+        body = {k: cur[k] for k in ("artifacts", "processes", "meta")}
+        body.update(app_id="racy", env={**cur["env"], "ADDED": "during-build"})
+        status, rel = cluster.ctl.post("/releases", body)
+        assert status == 200, rel
+        status, dep = cluster.ctl.post("/apps/racy/deploy", {"id": rel["id"]})
+        assert status == 200, dep
+        deadline = time.monotonic() + 60
+        while cluster.ctl.get(f"/deployments/{dep['id']}")[1]["status"] != "complete":
+            assert time.monotonic() < deadline, cluster.ctl.get(f"/deployments/{dep['id']}")
+            time.sleep(0.2)
+
+    two_rev = cluster.commit(src, {"hello.txt": "two\n", "pause": "12"})
+    rc, out = push_while(cluster, src, app, set_var)
+    assert rc == 0, out
+    lines_in_order(out, "-----> Creating release",
+                   "       The app's config changed while this built",
+                   "=====> racy deployed (release v4 / ")
+    two = cluster.release("racy")
+    assert two["meta"]["rev"] == two_rev, two
+    assert two["env"]["ADDED"] == "during-build", two
+    assert get(cluster.web_url(app, two["id"]) + "/hello.txt") == "two\n"
+
+    cluster.commit(src, {"hello.txt": "three\n"})
+    slugs = sorted((cluster.tmp / "blobs" / "blobs" / "slugs").rglob("*.tgz"))
+
+    def roll_back():
+        status, _ = cluster.ctl.put("/apps/racy/release", {"id": one["id"]})
+        assert status == 200
+
+    rc, out = push_while(cluster, src, app, roll_back)
+    assert rc != 0, out
+    assert f"!      racy's release changed to {one['id']} while this push built" in out, out
+    assert "-----> Deploying" not in out
+    assert cluster.release("racy")["id"] == one["id"]
+    # nothing was made of the refused build: no artifact, its slug deleted
+    assert sorted((cluster.tmp / "blobs" / "blobs" / "slugs").rglob("*.tgz")) == slugs
+
+
+def test_result_line_too_long(cluster):
+    """The hook holds at most 1 MiB of a line that may be the result."""
+    cluster.create_app("chatty", env={"BUILDPACK_URL": cluster.bp_url})
+    src = cluster.repo("src", {"hello.txt": "x\n", "bigresult": ""})
+    r = cluster.push(src, "chatty")
+    assert r.returncode != 0, r.stderr
+    lines_in_order(r.remote, '!      The build printed a line starting with "pier-build-result: " '
+                   "longer than 1 MiB", "!      Build failed: the running release is unchanged")
+    assert cluster.release("chatty")["processes"] == {}
+    assert cluster.artifacts() == []
+
+
+def test_broken_build_session_stops_the_build(cluster):
+    """A controller that restarts under a build breaks its session; the
+    hook then stops the build job itself once the controller is back."""
+    app = cluster.create_app("orphan", env={"BUILDPACK_URL": cluster.bp_url})
+    src = cluster.repo("src", {"hello.txt": "x\n", "slow": ""})
+    build = {}
+
+    def restart_controller():
+        build.update(build_job_up(cluster, app))
+        cluster.ctl.daemon.stop(signal.SIGKILL)
+        cluster.ctl.daemon.start()
+
+    rc, out = push_while(cluster, src, app, restart_controller)
+    assert rc != 0, out
+    assert "!      The build job's session broke: " in out, out
+    assert job_record(cluster.store, build["id"])["desired_state"] == "down"
+    deadline = time.monotonic() + 30
+    while job_record(cluster.store, build["id"]).get("state") not in ENDED:
+        assert time.monotonic() < deadline, job_record(cluster.store, build["id"])
+        time.sleep(0.2)

@@ -3,18 +3,22 @@ real `pierd store` + `pierd controller`.
 
 The user's steps: create an app in the controller, `git push` a branch to
 http://user:KEY@HOST/APP.git, clone it back. The pre-receive hook here is
-the placeholder (`pierd gitreceive hook`): it accepts refs other than
-main/master with "Not deploying ..." and refuses main/master, so these
-tests push other branches. Tests that need a slow hook point the app's
-repository at one of their own with core.hooksPath.
+the real one (`pierd gitreceive hook`): it accepts refs other than
+main/master with "Not deploying ..."; main/master go to the build, which
+fails at once here (no host agent runs build jobs), so these tests push
+other branches. Tests that need a slow hook
+point the app's repository at one of their own with core.hooksPath.
+Repositories are named by the app's id (DIR/repos/<id>.git).
 """
 
 import base64
 import gzip
+import io
 import json
 import os
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.error
@@ -28,14 +32,15 @@ KEY = "git-http-key"
 
 
 class Cluster:
-    def __init__(self, start_pierd, pier_store, tmp_path):
+    def __init__(self, start_pierd, pier_store, tmp_path, env=None):
         self.tmp = tmp_path
         self.ctl = Controller(start_pierd, pier_store, key=KEY)
+        self.blob = start_pierd("blobstore", name="blobstore",
+                                args=["--dir", tmp_path / "blobs", "--key", KEY])
         self.dir = tmp_path / "git"
-        self.gr = start_pierd("gitreceive", name="gitreceive", args=[
+        self.gr = start_pierd("gitreceive", name="gitreceive", env=env, args=[
             "--dir", self.dir, "--key", KEY, "--controller", self.ctl.url,
-            # nothing listens there: the placeholder hook never calls it
-            "--blobstore", "http://127.0.0.1:9", "--ssh", "off", "--store", pier_store])
+            "--blobstore", self.blob.url, "--ssh", "off", "--store", pier_store])
         self.url = self.gr.url
         self.home = tmp_path / "home"
         self.home.mkdir()
@@ -44,6 +49,15 @@ class Cluster:
         status, body = self.ctl.post("/apps", {"name": name})
         assert status == 200, body
         return body
+
+    def app_id(self, name):
+        status, body = self.ctl.get(f"/apps/{name}")
+        assert status == 200, body
+        return body["id"]
+
+    def repo(self, app):
+        """The app's bare repository on disk: DIR/repos/<app id>.git."""
+        return self.dir / "repos" / f"{self.app_id(app)}.git"
 
     def remote(self, app, key=KEY):
         host = self.url.removeprefix("http://")
@@ -82,8 +96,7 @@ class Cluster:
 
     def remote_refs(self, app):
         """The app's refs as its bare repository on disk holds them."""
-        r = self.git("for-each-ref", "--format=%(refname) %(objectname)",
-                     cwd=self.dir / "repos" / f"{app}.git")
+        r = self.git("for-each-ref", "--format=%(refname) %(objectname)", cwd=self.repo(app))
         assert r.returncode == 0, r.stderr
         return dict(line.split() for line in r.stdout.splitlines())
 
@@ -94,7 +107,7 @@ class Cluster:
         hook = hooks / "pre-receive"
         hook.write_text("#!/bin/sh\n" + script)
         hook.chmod(0o755)
-        repo = self.dir / "repos" / f"{app}.git"
+        repo = self.repo(app)
         assert self.git("config", "-f", repo / "config", "core.hooksPath", hooks).returncode == 0
         return hooks
 
@@ -158,14 +171,15 @@ def test_push_a_branch_then_clone_it_back(cluster):
     assert headers.get("Transfer-Encoding") == "chunked"
     assert body.startswith(b"0008NAK\n") and b"PACK" in body
 
-    # the repository holds the hook that hands pushes to pierd
-    hook = (cluster.dir / "repos" / "shop.git" / "hooks" / "pre-receive")
-    assert os.access(hook, os.X_OK)
+    # the repository holds the hooks that hand pushes to pierd
     pierd = os.path.realpath(cluster.gr.argv[0])
-    assert hook.read_text() == f"#!/bin/sh\nexec '{pierd}' gitreceive hook\n"
+    for name, mode in (("pre-receive", ""), ("post-receive", " post-receive")):
+        hook = cluster.repo("shop") / "hooks" / name
+        assert os.access(hook, os.X_OK)
+        assert hook.read_text() == f"#!/bin/sh\nexec '{pierd}' gitreceive hook{mode}\n"
     assert list((cluster.dir / "tmp").iterdir()) == []
     # the reflog names who pushed from where (REMOTE_USER, REMOTE_ADDR)
-    reflog = (cluster.dir / "repos" / "shop.git" / "logs" / "refs" / "heads" / "feature")
+    reflog = (cluster.repo("shop") / "logs" / "refs" / "heads" / "feature")
     assert "pier <pier@http.127.0.0.1>" in reflog.read_text()
 
 
@@ -190,7 +204,7 @@ def test_wrong_or_missing_key_gets_401_with_a_challenge(cluster):
     assert r.returncode != 0
     assert "Authentication failed" in r.stderr, r.stderr
     # nothing was made for a request without the key
-    assert not (cluster.dir / "repos" / "locked.git").exists()
+    assert list((cluster.dir / "repos").iterdir()) == []
 
     url = cluster.url + "/locked.git/info/refs?service=git-receive-pack"
     for auth in (None, "pier:wrong", "pier:"):
@@ -215,7 +229,7 @@ def test_unknown_app_and_bad_names(cluster):
     assert r.returncode != 0
     assert "remote: app nosuchapp does not exist: create it with 'pier create nosuchapp'" \
         in r.stderr, r.stderr
-    assert not (cluster.dir / "repos" / "nosuchapp.git").exists()
+    assert list((cluster.dir / "repos").iterdir()) == []
 
     status, headers, body = http("GET", cluster.url + "/nosuchapp.git/info/refs"
                                  "?service=git-upload-pack", auth=f"x:{KEY}")
@@ -233,7 +247,7 @@ def test_unknown_app_and_bad_names(cluster):
     cluster.create_app("plain")
     r = cluster.git("push", cluster.remote("plain").removesuffix(".git"), "feature", cwd=src)
     assert r.returncode == 0, r.stderr
-    assert (cluster.dir / "repos" / "plain.git").is_dir()
+    assert cluster.repo("plain").is_dir()
 
 
 def test_concurrent_first_pushes_make_one_repository(cluster):
@@ -252,7 +266,7 @@ def test_concurrent_first_pushes_make_one_repository(cluster):
     for r in results:
         assert r.returncode == 0, r.stderr
         assert "Not deploying" in r.stderr
-    assert [p.name for p in (cluster.dir / "repos").iterdir()] == ["racy.git"]
+    assert [p.name for p in (cluster.dir / "repos").iterdir()] == [cluster.repo("racy").name]
     assert list((cluster.dir / "tmp").iterdir()) == []
     refs = cluster.remote_refs("racy")
     assert refs == {f"refs/heads/b{i}": cluster.head(repos[i]) for i in range(len(repos))}
@@ -382,7 +396,7 @@ def test_a_changed_hook_is_put_back_and_a_missing_controller_is_named(cluster):
     cluster.create_app("fixme")
     src = cluster.new_repo("src")
     assert cluster.git("push", cluster.remote("fixme"), "feature", cwd=src).returncode == 0
-    hook = cluster.dir / "repos" / "fixme.git" / "hooks" / "pre-receive"
+    hook = cluster.repo("fixme") / "hooks" / "pre-receive"
     good = hook.read_text()
     hook.write_text("#!/bin/sh\nexec /old/place/pierd gitreceive hook\n")
     (src / "README").write_text("more\n")
@@ -398,3 +412,136 @@ def test_a_changed_hook_is_put_back_and_a_missing_controller_is_named(cluster):
     status, headers, body = http("GET", cluster.url + "/fixme.git/info/refs"
                                  "?service=git-upload-pack", auth=f"x:{KEY}")
     assert status == 503 and cluster.ctl.url.encode() in body
+
+
+def test_repositories_are_named_by_the_apps_id(cluster):
+    """A push by name and one by id reach one repository (and one lock); an
+    app deleted and made again under its name starts with no history."""
+    first = cluster.create_app("shop")
+    src = cluster.new_repo("src")
+    r = cluster.git("push", cluster.remote("shop"), "feature", cwd=src)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (cluster.dir / "repos").iterdir()] == [f"{first['id']}.git"]
+    # by id: the same repository, the same refs
+    r = cluster.git("ls-remote", cluster.remote(first["id"]))
+    assert r.returncode == 0, r.stderr
+    assert f"{cluster.head(src)}\trefs/heads/feature" in r.stdout
+    # the hook learns both the name and the id, whichever the URL used
+    cluster.hooks_dir("shop", 'cat >/dev/null\necho "app=$PIER_APP id=$PIER_APP_ID"\n')
+    r = cluster.git("push", cluster.remote(first["id"]), "feature:other", cwd=src)
+    assert r.returncode == 0, r.stderr
+    assert f"remote: app=shop id={first['id']}" in r.stderr, r.stderr
+    assert set(cluster.remote_refs("shop")) == {"refs/heads/feature", "refs/heads/other"}
+    assert len(list((cluster.dir / "repos").iterdir())) == 1
+
+    # shop deleted and made again: another app, whose history starts anew
+    status, body = cluster.ctl.delete("/apps/shop")
+    assert status == 200, body
+    second = cluster.create_app("shop")
+    assert second["id"] != first["id"]
+    fresh = cluster.new_repo("fresh", files={"NEW": "unrelated history\n"})
+    r = cluster.git("push", cluster.remote("shop"), "feature", cwd=fresh)
+    assert r.returncode == 0, r.stderr  # not refused as a non-fast-forward
+    assert "[new branch]      feature -> feature" in r.stderr, r.stderr
+    assert cluster.remote_refs("shop") == {"refs/heads/feature": cluster.head(fresh)}
+    # the old app's id names nothing any more
+    r = cluster.git("ls-remote", cluster.remote(first["id"]))
+    assert r.returncode != 0
+    assert f"app {first['id']} does not exist" in r.stderr, r.stderr
+
+
+def blob_get(cluster, path):
+    req = urllib.request.Request(f"{cluster.blob.url}/{path}",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def blob_put(cluster, path, data):
+    req = urllib.request.Request(f"{cluster.blob.url}/{path}", data=data, method="PUT",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        assert r.status == 200
+
+
+def repo_tar(repo):
+    """A tar of the repository's files, as the post-receive hook archives it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for p in sorted(repo.iterdir()):
+            tar.add(p, arcname=p.name)
+    return out.getvalue()
+
+
+def test_a_lost_repository_is_restored_from_the_blobstore(start_pierd, pier_store, tmp_path):
+    """The receiver lost its disk (or the app's pushes now land on another
+    receiver): the repository comes back from the blobstore, so the next
+    push continues the app's history."""
+    cluster = Cluster(start_pierd, pier_store, tmp_path)
+    app = cluster.create_app("kept")
+    src = cluster.new_repo("src")
+    assert cluster.git("push", cluster.remote("kept"), "feature", cwd=src).returncode == 0
+    assert cluster.git("push", cluster.remote("kept"), "feature:side", cwd=src).returncode == 0
+    repo = cluster.repo("kept")
+    path = f"repos/{app['id']}.tar"
+    # the post-receive hook archives the repository after every push; if
+    # it has not, the test stores the archive itself (what it would hold)
+    if blob_get(cluster, path) is None:
+        blob_put(cluster, path, repo_tar(repo))
+    before = cluster.remote_refs("kept")
+
+    subprocess.run(["rm", "-rf", str(repo)], check=True)
+    (src / "README").write_text("second\n")
+    cluster.git("commit", "-qam", "second", cwd=src)
+    r = cluster.git("push", cluster.remote("kept"), "feature", cwd=src)
+    assert r.returncode == 0, r.stderr
+    # a fast-forward of the branch the receiver had, not a new branch
+    assert "[new branch]" not in r.stderr, r.stderr
+    assert " feature -> feature" in r.stderr, r.stderr
+    refs = cluster.remote_refs("kept")
+    assert refs["refs/heads/feature"] == cluster.head(src)
+    assert refs["refs/heads/side"] == before["refs/heads/side"]
+    assert "repository restored" in cluster.gr.stderr_text()
+    # with its hooks, naming this pierd
+    pierd = os.path.realpath(cluster.gr.argv[0])
+    assert (repo / "hooks" / "pre-receive").read_text() == \
+        f"#!/bin/sh\nexec '{pierd}' gitreceive hook\n"
+    assert (repo / "hooks" / "post-receive").read_text() == \
+        f"#!/bin/sh\nexec '{pierd}' gitreceive hook post-receive\n"
+    assert list((cluster.dir / "tmp").iterdir()) == []
+
+    # an app the blobstore has nothing of gets a new repository; with the
+    # blobstore down, a missing repository is not made up (a new one would
+    # fork the app's history): the push is refused and names the blobstore
+    cluster.create_app("other")
+    cluster.blob.stop()
+    r = cluster.git("push", cluster.remote("other"), "feature", cwd=src)
+    assert r.returncode != 0
+    assert f"remote: blobstore at {cluster.blob.url}" in r.stderr, r.stderr
+    assert not cluster.repo("other").exists()
+    # the repositories it has are served all the same
+    r = cluster.git("ls-remote", cluster.remote("kept"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_daemons_git_variables_do_not_reach_git(start_pierd, pier_store, tmp_path):
+    """A GIT_DIR (or GIT_CONFIG_*) in the daemon's environment is not the
+    repository's: git runs without them."""
+    env = {**os.environ, "GIT_DIR": "/nonexistent", "GIT_WORK_TREE": "/nonexistent",
+           "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "receive.denyCurrentBranch",
+           "GIT_CONFIG_VALUE_0": "nonsense"}
+    cluster = Cluster(start_pierd, pier_store, tmp_path, env=env)
+    cluster.create_app("clean")
+    src = cluster.new_repo("src")
+    r = cluster.git("push", cluster.remote("clean"), "feature", cwd=src)
+    assert r.returncode == 0, r.stderr
+    assert cluster.remote_refs("clean") == {"refs/heads/feature": cluster.head(src)}
+    out = cluster.tmp / "clone"
+    r = cluster.git("clone", "-q", "-b", "feature", cluster.remote("clean"), out)
+    assert r.returncode == 0, r.stderr
+    assert cluster.head(out) == cluster.head(src)

@@ -5,11 +5,15 @@ The user's steps: register an SSH key with the controller (POST /keys, what
 `pier keys add` does), create an app, `git push` a branch to
 ssh://git@HOST:PORT/APP.git, clone it back. The pre-receive hook accepts
 refs other than main/master with "Not deploying ..."; a push to main runs
-the build pipeline, which fails here (no blobstore listens), so main is
-refused and its ref never moves. Then what must be refused is refused
-(unknown keys, shells, other commands, unknown apps), and hostile or
-vanishing clients neither stall the daemon nor leave git processes behind.
+the build pipeline, which fails here (no host agent runs build jobs), so
+main is refused and its ref never moves. Then what must be refused is
+refused (unknown keys, shells, other commands, unknown apps), and hostile,
+stalled or vanishing clients neither stall the daemon nor leave git
+processes behind. Repositories are named by the app's id.
 """
+
+import hashlib
+import json
 
 import os
 import random
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, store_get
 from controller_util import Controller
 
 KEY = "git-ssh-key"
@@ -36,6 +40,8 @@ class Cluster:
         self.store = pier_store
         self.start_pierd = start_pierd
         self.ctl = Controller(start_pierd, pier_store, key=KEY)
+        self.blob = start_pierd("blobstore", name="blobstore",
+                                args=["--dir", tmp_path / "blobs", "--key", KEY])
         self.dir = tmp_path / "git"
         self.home = tmp_path / "home"
         self.home.mkdir()
@@ -44,14 +50,13 @@ class Cluster:
         self.runs = 0
         self.start(env)
 
-    def start(self, env=None):
+    def start(self, env=None, ssh_host="127.0.0.1", args=()):
         """(Re)starts the receiver on a new SSH port, same DIR."""
         self.runs += 1
         self.port = free_port()
         self.gr = self.start_pierd("gitreceive", name=f"gitreceive-{self.runs}", env=env, args=[
             "--dir", self.dir, "--key", KEY, "--controller", self.ctl.url,
-            # nothing listens there: a push to main fails in the pipeline
-            "--blobstore", "http://127.0.0.1:9", "--ssh", f"127.0.0.1:{self.port}"])
+            "--blobstore", self.blob.url, "--ssh", f"{ssh_host}:{self.port}", *args])
         # ready means HTTP answers; SSH may start a moment later
         wait_for(lambda: "ssh listening" in self.gr.stderr_text(), what="the SSH listener")
         return self.gr
@@ -70,6 +75,13 @@ class Cluster:
     def create_app(self, name):
         status, body = self.ctl.post("/apps", {"name": name})
         assert status == 200, body
+        return body
+
+    def repo(self, app):
+        """The app's bare repository on disk: DIR/repos/<app id>.git."""
+        status, body = self.ctl.get(f"/apps/{app}")
+        assert status == 200, body
+        return self.dir / "repos" / f"{body['id']}.git"
 
     def ssh_args(self, key=None, extra=()):
         # ssh takes the first value of an option: extra comes first to override
@@ -77,19 +89,20 @@ class Cluster:
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
                 "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-p", str(self.port)]
 
-    def env(self, key=None):
+    def env(self, key=None, extra=()):
         return {**os.environ, "HOME": str(self.home), "GIT_CONFIG_NOSYSTEM": "1",
                 "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_AUTHOR_NAME": "t",
                 "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
                 "GIT_COMMITTER_EMAIL": "t@example.com",
-                "GIT_SSH_COMMAND": " ".join(self.ssh_args(key))}
+                "GIT_SSH_COMMAND": " ".join(self.ssh_args(key, extra))}
 
     def remote(self, app):
         return f"ssh://git@127.0.0.1:{self.port}/{app}.git"
 
-    def git(self, *args, cwd=None, key=None, env=None, timeout=120):
-        return subprocess.run(["git", *map(str, args)], cwd=cwd, env={**self.env(key),
-                              **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    def git(self, *args, cwd=None, key=None, env=None, ssh_extra=(), timeout=120):
+        return subprocess.run(["git", *map(str, args)], cwd=cwd,
+                              env={**self.env(key, ssh_extra), **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
 
     def ssh(self, *command, key=None, extra=(), timeout=60, input=None):
         return subprocess.run([*self.ssh_args(key, extra), "git@127.0.0.1", *command],
@@ -114,8 +127,7 @@ class Cluster:
 
     def remote_refs(self, app):
         """The app's refs as its bare repository on disk holds them."""
-        r = self.git("for-each-ref", "--format=%(refname) %(objectname)",
-                     cwd=self.dir / "repos" / f"{app}.git")
+        r = self.git("for-each-ref", "--format=%(refname) %(objectname)", cwd=self.repo(app))
         assert r.returncode == 0, r.stderr
         return dict(line.split() for line in r.stdout.splitlines())
 
@@ -249,7 +261,7 @@ def test_an_unknown_key_is_refused(cluster):
     r = cluster.git("push", cluster.remote("shop"), "feature", cwd=src, key=other)
     assert r.returncode != 0
     assert "Permission denied" in r.stderr, r.stderr
-    assert not (cluster.dir / "repos" / "shop.git").exists()  # never got that far
+    assert not cluster.repo("shop").exists()  # never got that far
     # a password is never asked for, and "none" gets nothing
     p = subprocess.run(["ssh", "-o", "StrictHostKeyChecking=no", "-o",
                         "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
@@ -266,9 +278,11 @@ def test_an_unknown_key_is_refused(cluster):
     p = cluster.ssh("git-upload-pack 'shop.git'")
     assert p.returncode == 255 and "Permission denied" in p.stderr, p.stderr
     # with the controller down no key gets in, and the client is told why
-    cluster.register(cluster.key)
+    # (a key the receiver has not just asked about: answers are kept 5 s)
+    third = cluster.make_key("id_third")
+    cluster.register(third)
     cluster.ctl.daemon.stop()
-    p = cluster.ssh("git-upload-pack 'shop.git'", extra=["-o", "LogLevel=INFO"])
+    p = cluster.ssh("git-upload-pack 'shop.git'", key=third, extra=["-o", "LogLevel=INFO"])
     assert p.returncode == 255 and "Permission denied" in p.stderr, p.stderr
     assert "pier: cannot check SSH keys now" in p.stderr, p.stderr
     assert "ssh key check failed" in cluster.log()
@@ -306,7 +320,7 @@ def test_shells_and_other_commands_are_refused(cluster):
     r = cluster.git("push", cluster.remote("nosuch"), "feature", cwd=src)
     assert r.returncode != 0
     assert "app nosuch does not exist: create it with 'pier create nosuch'" in r.stderr, r.stderr
-    assert not (cluster.dir / "repos" / "nosuch.git").exists()
+    assert list((cluster.dir / "repos").iterdir()) == []
     # the daemon still serves
     assert cluster.git("ls-remote", cluster.remote("shop")).returncode == 0
 
@@ -367,16 +381,23 @@ def test_hostile_clients_do_not_stop_the_daemon(start_pierd, pier_store, tmp_pat
         assert closed_by_server(s)
         s.close()
 
-    # 100 connections at once: half silent, half stopping after the version
+    # 130 connections at once from one address (more than the 128 the
+    # daemon lets wait for authentication): half silent, half stopping
+    # after the version. That address gets 16 of them, the rest are closed
+    # at once.
     socks = []
-    for i in range(100):
+    for i in range(130):
         s = connect()
         if i % 2:
             s.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         socks.append(s)
-    # the daemon serves meanwhile
-    r = cluster.git("push", cluster.remote("shop"), "feature", cwd=src)
+    wait_for(lambda: cluster.log().count("too many unauthenticated from one address") >= 100,
+             what="the connections over the address's share to be dropped")
+    # the daemon serves other addresses meanwhile
+    r = cluster.git("push", cluster.remote("shop"), "feature", cwd=src,
+                    ssh_extra=["-b", "127.0.0.2"])
     assert r.returncode == 0, r.stderr
+    assert "peer=127.0.0.2:" in cluster.log()
     # each is dropped at the auth timeout (3 s here)
     t0 = time.monotonic()
     for s in socks:
@@ -404,7 +425,7 @@ def test_a_stalled_session_stalls_nobody_and_dies_with_its_client(cluster):
         cluster.create_app(app)
         src = cluster.new_repo(f"src-{app}")
         assert cluster.git("push", cluster.remote(app), "feature", cwd=src).returncode == 0
-    repo = cluster.dir / "repos" / "slow.git"
+    repo = cluster.repo("slow")
     # upload-pack advertises its refs and waits for the client's wants forever
     hung = subprocess.Popen([*cluster.ssh_args(), "git@127.0.0.1", "git-upload-pack 'slow.git'"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -469,7 +490,7 @@ def test_stop_ends_running_sessions(cluster):
     cluster.create_app("slow")
     src = cluster.new_repo("src")
     assert cluster.git("push", cluster.remote("slow"), "feature", cwd=src).returncode == 0
-    repo = cluster.dir / "repos" / "slow.git"
+    repo = cluster.repo("slow")
     hung = subprocess.Popen([*cluster.ssh_args(), "git@127.0.0.1", "git-upload-pack 'slow.git'"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -499,7 +520,7 @@ def test_stop_lets_a_push_under_way_finish(cluster):
     hooks.mkdir()
     (hooks / "pre-receive").write_text(f"#!/bin/sh\ntouch '{started}'\nsleep 3\necho hook done\n")
     (hooks / "pre-receive").chmod(0o755)
-    repo = cluster.dir / "repos" / "slow.git"
+    repo = cluster.repo("slow")
     assert cluster.git("config", "-f", repo / "config", "core.hooksPath", hooks).returncode == 0
     (src / "more").write_text("more\n")
     cluster.git("add", "more", cwd=src)
@@ -528,3 +549,187 @@ def test_stop_lets_a_push_under_way_finish(cluster):
     assert cluster.gr.proc.wait(timeout=30) == 0
     assert cluster.remote_refs("slow") == {"refs/heads/feature": cluster.head(src)}
     assert "ssh stop: waiting for pushes under way" in cluster.log()
+
+
+def test_an_unknown_key_is_named_to_the_user(cluster):
+    cluster.register(cluster.key)
+    cluster.create_app("shop")
+    other = cluster.make_key("id_other")
+    src = cluster.new_repo("src")
+    # ssh as users run it (LogLevel INFO) shows the server's message
+    r = cluster.git("push", cluster.remote("shop"), "feature", cwd=src, key=other,
+                    ssh_extra=["-o", "LogLevel=INFO"])
+    assert r.returncode != 0
+    fp = fingerprint(f"{other}.pub")
+    assert f"pier: key {fp} is not registered: add it with 'pier keys add'" in r.stderr, r.stderr
+    assert "Permission denied (publickey)" in r.stderr, r.stderr
+
+
+def test_a_connection_may_offer_six_keys(cluster):
+    cluster.register(cluster.key)
+    cluster.create_app("shop")
+    others = [cluster.make_key(f"id_other{i}") for i in range(7)]
+
+    def with_keys(keys):
+        extra = [a for k in keys for a in ("-i", str(k))]
+        return cluster.ssh("git-upload-pack 'shop.git'", extra=extra, input="0000")
+
+    # five unknown keys, then the registered one: in (a user with several keys)
+    p = with_keys([*others[:5], cluster.key])
+    assert p.returncode == 0, p.stderr
+    # seven unknown keys first: the connection ends before the good one
+    p = with_keys([*others, cluster.key])
+    assert p.returncode == 255, p.stderr
+    assert "ssh too many keys offered" in cluster.log()
+
+
+def test_key_answers_are_kept_a_few_seconds(cluster):
+    fp = cluster.register(cluster.key)
+    cluster.create_app("shop")
+    p = cluster.ssh("git-upload-pack 'shop.git'", input="0000")
+    assert p.returncode == 0, p.stderr
+    status, _ = cluster.ctl.delete("/keys/" + fp.replace("/", "_").replace("+", "-"))
+    assert status == 200
+    removed = time.monotonic()
+    # the receiver asked about this key a moment ago: it does not ask again
+    p = cluster.ssh("git-upload-pack 'shop.git'", input="0000")
+    if time.monotonic() - removed < 4:
+        assert p.returncode == 0, p.stderr
+    # and takes the removal within 5 s
+    wait_for(lambda: cluster.ssh("git-upload-pack 'shop.git'", input="0000").returncode == 255,
+             timeout=10, what="the removed key to be refused")
+    assert time.monotonic() - removed < 9
+
+
+def test_a_cancelled_push_gives_the_hook_time_to_clean_up(cluster):
+    """The pusher hangs up: git's process group gets SIGTERM, and what runs
+    in it (the hook, cancelling its build) has 5 s before SIGKILL, even
+    though git-receive-pack itself dies at once."""
+    cluster.register(cluster.key)
+    cluster.create_app("slow")
+    src = cluster.new_repo("src")
+    assert cluster.git("push", cluster.remote("slow"), "feature", cwd=src).returncode == 0
+    started, cleaned = cluster.tmp / "hook-started", cluster.tmp / "hook-cleaned"
+    hooks = cluster.tmp / "hooks"
+    hooks.mkdir()
+    # (git-receive-pack dies first: what the hook writes then hits a closed
+    # pipe, and a shell that says "Terminated" would die of SIGPIPE; the
+    # real hook handles SIGPIPE too)
+    (hooks / "pre-receive").write_text(
+        "#!/bin/sh\n"
+        "trap '' PIPE\n"
+        f"trap 'sleep 1; echo cleaned > {cleaned}; exit 1' TERM\n"
+        f"touch {started}\n"
+        "sleep 60 &\n"
+        "wait $!\n")
+    (hooks / "pre-receive").chmod(0o755)
+    repo = cluster.repo("slow")
+    assert cluster.git("config", "-f", repo / "config", "core.hooksPath", hooks).returncode == 0
+    (src / "more").write_text("more\n")
+    cluster.git("add", "more", cwd=src)
+    cluster.git("commit", "-q", "-m", "more", cwd=src)
+    push = subprocess.Popen(["git", "push", cluster.remote("slow"), "feature"], cwd=src,
+                            env=cluster.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(started.exists, what="the hook to start")
+        os.killpg(push.pid, signal.SIGKILL)
+        push.wait()
+        wait_for(lambda: "client=gone" in cluster.log(), what="the receiver to see the client go")
+        wait_for(cleaned.exists, timeout=10, what="the hook's TERM trap to finish")
+    finally:
+        if push.poll() is None:
+            os.killpg(push.pid, signal.SIGKILL)
+            push.wait()
+    assert cleaned.read_text() == "cleaned\n"
+    wait_for(lambda: not git_children(repo), what="git to be gone")
+    assert cluster.remote_refs("slow")["refs/heads/feature"] != cluster.head(src)
+
+
+@pytest.fixture
+def stall_cluster(start_pierd, pier_store, tmp_path):
+    return Cluster(start_pierd, pier_store, tmp_path,
+                   env={**os.environ, "PIER_SSH_STALL_TIMEOUT": "3"})
+
+
+def test_a_stopped_client_is_taken_for_gone(stall_cluster):
+    """A pusher's ssh stopped (Ctrl-Z) answers no keepalive: after the stall
+    timeout (3 s here) its git is stopped, and with it the push's lock."""
+    cluster = stall_cluster
+    cluster.register(cluster.key)
+    cluster.create_app("slow")
+    src = cluster.new_repo("src")
+    assert cluster.git("push", cluster.remote("slow"), "feature", cwd=src).returncode == 0
+    repo = cluster.repo("slow")
+    # a live client that says nothing for longer than the timeout stays:
+    # it answers the keepalives
+    quiet = subprocess.Popen([*cluster.ssh_args(), "git@127.0.0.1", "git-upload-pack 'slow.git'"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        assert b"refs/heads/feature" in read_advertisement(quiet.stdout)
+        time.sleep(6)
+        assert git_children(repo), "a quiet but live client was cut"
+        quiet.stdin.write(b"0000")  # "nothing wanted": it ends well
+        quiet.stdin.close()
+        assert quiet.wait(timeout=15) == 0, quiet.stderr.read()
+    finally:
+        if quiet.poll() is None:
+            quiet.kill()
+            quiet.wait()
+
+    hung = subprocess.Popen([*cluster.ssh_args(), "git@127.0.0.1", "git-upload-pack 'slow.git'"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert b"refs/heads/feature" in read_advertisement(hung.stdout)
+        wait_for(lambda: git_children(repo), what="git-upload-pack for slow.git")
+        hung.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_for(lambda: not git_children(repo), timeout=20, what="the stopped client's git "
+                 "to be stopped")
+        assert time.monotonic() - t0 > 2
+        wait_for(lambda: "client=stalled" in cluster.log(), what="the log line")
+    finally:
+        hung.send_signal(signal.SIGCONT)
+        hung.kill()
+        hung.wait()
+
+
+def test_a_client_that_stops_reading_is_taken_for_gone(stall_cluster):
+    """A client whose window stays shut for the stall timeout (it answers
+    keepalives, but reads nothing) is cut too."""
+    cluster = stall_cluster
+    cluster.register(cluster.key)
+    cluster.create_app("big")
+    blob = random.Random(8).randbytes(8 * 1024 * 1024)
+    src = cluster.new_repo("src", files={"blob.bin": blob})
+    r = cluster.git("push", cluster.remote("big"), "feature", cwd=src, timeout=300)
+    assert r.returncode == 0, r.stderr
+    repo = cluster.repo("big")
+    want = cluster.head(src)
+    p = subprocess.Popen([*cluster.ssh_args(), "git@127.0.0.1", "git-upload-pack 'big.git'"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_advertisement(p.stdout)
+        p.stdin.write(f"0032want {want}\n".encode() + b"0000" + b"0009done\n")
+        p.stdin.flush()
+        # nothing more is read from p.stdout
+        wait_for(lambda: "client=stalled" in cluster.log(), timeout=30, what="the stall")
+        wait_for(lambda: not git_children(repo), what="git to be stopped")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_discovery_names_a_reachable_ssh_address(start_pierd, pier_store, tmp_path):
+    cluster = Cluster(start_pierd, pier_store, tmp_path)
+    cluster.gr.stop()
+    gr = cluster.start(ssh_host="0.0.0.0", args=["--store", pier_store])
+    addr = f"127.0.0.1:{gr.port}"
+    inst = "/pier/v1/services/gitreceive/" + hashlib.md5(f"http-{addr}".encode()).hexdigest()
+    wait_for(lambda: store_get(pier_store, inst) is not None, what="the registration")
+    rec = json.loads(store_get(pier_store, inst))
+    assert rec["addr"] == addr
+    # listening on every address, it is reached where HTTP is
+    assert rec["meta"]["ssh"] == f"127.0.0.1:{cluster.port}"

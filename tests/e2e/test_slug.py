@@ -145,10 +145,72 @@ SLOW_BP = {
     "bin/compile": ("#!/bin/sh\necho sleeping\nsleep 300 &\nsleep 300\n", X),
 }
 
-# Writes a big incompressible file, for the slug limit.
+# Writes a big incompressible file (BIG_BYTES), for the slug limit.
 BIG_BP = {
     "bin/detect": ("#!/bin/sh\necho Big\n", X),
-    "bin/compile": ("#!/bin/sh\nhead -c 300000 /dev/urandom > \"$1/noise\"\n", X),
+    "bin/compile": ("#!/bin/sh\nhead -c ${BIG_BYTES:-300000} /dev/urandom > \"$1/noise\"\n", X),
+}
+
+# Looks for the build's secrets where a buildpack of the same user could:
+# pierslug's /proc files (it is PID 1 of the build job and the compile's
+# parent) and the environment it passes on.
+SNOOP_BP = {
+    "bin/detect": ("#!/bin/sh\necho Snoop\n", X),
+    "bin/compile": (r'''#!/bin/bash
+for f in /proc/1/environ /proc/$PPID/environ; do
+    if tr '\0' '\n' < "$f" 2>/dev/null | grep -q -e s3cret -e sig= -e PIER_CONFIG_VARS; then
+        echo "secret found in $f"
+    else
+        echo "no secret in $f"
+    fi
+done
+if cat /proc/1/environ >/dev/null 2>&1; then
+    echo "environ of pid 1 readable"
+else
+    echo "environ of pid 1 closed"
+fi
+if { echo 'pier-build-result: {"forged":true}' > /proc/1/fd/1; } 2>/dev/null; then
+    echo "fd 1 of pid 1 open"
+else
+    echo "fd 1 of pid 1 closed"
+fi
+echo "pier vars: $(env | grep -o '^PIER_[A-Z_]*' | sort | tr '\n' ' ')"
+echo "env dir: $(ls "$3" | tr '\n' ' ')"
+sleep 2 # longer than the PIER_COMPILE_TIMEOUT config var the test sets
+echo "compile ran on"
+''', X),
+}
+
+# Leaves a process behind (in a session of its own) and orphans that end
+# while the compile runs: zombies unless pierslug, their reaper, reaps them.
+FORKER_BP = {
+    "bin/detect": ("#!/bin/sh\necho Forker\n", X),
+    "bin/compile": (r'''#!/bin/bash
+setsid sleep 1000 &
+for i in 1 2 3 4 5; do ( sleep 0.1 & ); done
+sleep 1.5
+echo "zombies during the compile: $(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)"
+''', X),
+}
+
+# Counts what is left of the buildpacks before it.
+CENSUS_BP = {
+    "bin/detect": ("#!/bin/sh\necho Census\n", X),
+    "bin/compile": (r'''#!/bin/bash
+n=0
+for p in /proc/[0-9]*; do
+    [[ $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) == "sleep 1000 " ]] && n=$((n + 1))
+done
+echo "sleeps left: $n"
+echo "zombies: $(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)"
+''', X),
+}
+
+# bin/release names from $1/release.yml.
+RELEASER_BP = {
+    "bin/detect": ("#!/bin/sh\necho Releaser\n", X),
+    "bin/compile": ("#!/bin/sh\nexit 0\n", X),
+    "bin/release": ('#!/bin/sh\ncat "$1/release.yml"\n', X),
 }
 
 APP = {
@@ -167,7 +229,9 @@ def slugenv(pier_store, start_pierd, start_host, tmp_path):
     """A blobstore, and an agent whose /.pier/buildpacks are the test's."""
     bps = tmp_path / "buildpacks"
     for name, files in (("never", NEVER_BP), ("hello", HELLO_BP), ("failing", FAILING_BP),
-                        ("slow", SLOW_BP), ("big", BIG_BP)):
+                        ("slow", SLOW_BP), ("big", BIG_BP), ("snoop", SNOOP_BP),
+                        ("forker", FORKER_BP), ("census", CENSUS_BP),
+                        ("releaser", RELEASER_BP)):
         write_tree(bps / name, files)
     (bps / "order").write_text("# tried in this order\nnever\nhello\n")
     blobs = start_pierd("blobstore", ["--dir", tmp_path / "blobs", "--key", KEY])
@@ -197,9 +261,9 @@ def build(env_, app, ok=True, name=None, extra=None, timeout=90):
     bid = name or f"b{_seq[0]}"
     blob_put(blobs, f"/sources/app/{bid}.tar", tar_of(app))
     env = {
-        "SOURCE_URL": blobs.url + f"/sources/app/{bid}.tar",
+        "SOURCE_URL": signed(blobs, "GET", f"/sources/app/{bid}.tar"),
         "SLUG_URL": signed(blobs, "PUT", f"/slugs/app/{bid}.tgz"),
-        "CACHE_URL": blobs.url + "/caches/app.tgz",
+        "CACHE_URL": signed(blobs, "GET", "/caches/app.tgz"),
         "CACHE_PUT_URL": signed(blobs, "PUT", "/caches/app.tgz"),
         "SOURCE_VERSION": "0123456789abcdef",
         "STACK": "pier-bookworm",
@@ -357,7 +421,7 @@ def test_detection_and_failures(slugenv):
     # though pierslug is the container's PID 1
     blob_put(blobs, "/sources/app/stop.tar", tar_of({"x": "1"}))
     job = put_job(agent, "stop", ["/.pier/pierslug", "build"], ports=[], stop_grace=20,
-                  env={"SOURCE_URL": blobs.url + "/sources/app/stop.tar",
+                  env={"SOURCE_URL": signed(blobs, "GET", "/sources/app/stop.tar"),
                        "SLUG_URL": signed(blobs, "PUT", "/slugs/app/stop.tgz"),
                        "BUILDPACK_URL": "/.pier/buildpacks/slow"})
     wait_log(agent, job, "sleeping", timeout=30)
@@ -376,14 +440,100 @@ def test_detection_and_failures(slugenv):
 
     # the source cannot be fetched: the URL is named
     b = build(env_, {"x": "1"}, ok=False,
-              extra={"SOURCE_URL": blobs.url + "/sources/app/missing.tar"})
-    assert any("the source: fetching " + blobs.url + "/sources/app/missing.tar: not found" in m
+              extra={"SOURCE_URL": blobs.url + "/missing/app.tar"})
+    assert any("the source: fetching " + blobs.url + "/missing/app.tar: not found" in m
                for m in b.msgs), b.text
-    # a signed URL past its time: the upload is refused, the reason shown
+    # a signed URL past its time: the upload is refused before its body is
+    # sent, and the blobstore's reason is shown (not a broken pipe)
     b = build(env_, {"hello.txt": "x"}, ok=False,
-              extra={"SLUG_URL": signed(blobs, "PUT", "/slugs/app/late.tgz", ttl=-10)})
-    assert any("the slug: uploading to " + blobs.url + "/slugs/app/late.tgz: " in m
+              extra={"SLUG_URL": signed(blobs, "PUT", "/slugs/app/late.tgz", ttl=-10),
+                     "BUILDPACK_URL": "/.pier/buildpacks/big", "BIG_BYTES": "8000000"})
+    assert any(m.startswith(" !     Build failed: the slug: uploading to " + blobs.url +
+                            "/slugs/app/late.tgz: ") and "the signed URL expired" in m
                for m in b.msgs), b.text
+
+    # a source that is not a tar: tar's reason, not curl's write error
+    blob_put(blobs, "/sources/app/garbage.tar", b"not a tar at all\n" * 1000)
+    b = build(env_, {"x": "1"}, ok=False,
+              extra={"SOURCE_URL": signed(blobs, "GET", "/sources/app/garbage.tar")})
+    assert any("cannot unpack it: tar: " in m for m in b.msgs), b.text
+    assert not any("(23)" in m for m in b.msgs), b.text
+
+    # a shorthand that is no URL is refused, naming the forms and the
+    # shipped buildpacks; a shipped one's bare name is accepted
+    b = build(env_, {"hello.txt": "x"}, ok=False, extra={"BUILDPACK_URL": "heroku/nodejs"})
+    assert any(m.startswith(' !     Build failed: buildpack "heroku/nodejs" is not a URL or a '
+                            "path: give an http(s), git, ssh or file URL") and
+               m.endswith("or the name of a shipped buildpack (never, hello)") for m in b.msgs), \
+        b.text
+    b = build(env_, {"hello.txt": "x"}, extra={"BUILDPACK_URL": "hello"})
+    assert "-----> Hello app detected" in b.msgs and b.result["buildpacks"] == ["hello"], b.text
+
+
+def test_buildpacks_cannot_reach_the_secrets(slugenv):
+    """A buildpack runs as pierslug's user, and pierslug is PID 1 of the
+    build job and the compile's parent: its /proc files (environ, fd/) are
+    closed to the buildpack, and the secrets are gone from its environment
+    block. A variable of the job cannot move pierslug's directories, a
+    config var is never one of its settings, and buildpacks get no PIER_
+    variable but the two every job has."""
+    b = build(slugenv, {"x": "1"}, extra={
+        "BUILDPACK_URL": "/.pier/buildpacks/snoop",
+        "PIER_SLUG_ROOT": "/tmp/elsewhere",
+        "PIER_CONFIG_VARS": "SECRET,PIER_COMPILE_TIMEOUT",
+        "PIER_COMPILE_TIMEOUT": "1",
+        "PIER_SOMETHING": "x"})
+    t = b.text
+    assert "no secret in /proc/1/environ" in b.msgs, t
+    assert "environ of pid 1 closed" in b.msgs, t
+    assert "fd 1 of pid 1 closed" in b.msgs, t
+    assert "pier vars: PIER_HOST_ID PIER_JOB_ID " in b.msgs, t
+    assert "env dir: PIER_COMPILE_TIMEOUT SECRET " in b.msgs, t
+    assert "compile ran on" in b.msgs, t
+    assert "forged" not in b.result, b.result
+
+
+def test_a_long_result_line(slugenv):
+    """The result line is written whole, however long (here past 4 KiB,
+    with non-ASCII commands)."""
+    cmds = {f"p{i:02d}": f"echo {'ünïcødé ✓ ' * 6}{i} && exec sleep {i}"
+            for i in range(1, 26)}
+    procfile = "".join(f"{k}: {v}\n" for k, v in cmds.items())
+    b = build(slugenv, {"hello.txt": "hi", "Procfile": procfile},
+              extra={"BUILDPACK_URL": "/.pier/buildpacks/hello"})
+    assert 4096 < len(b.msgs[-1]) < 10000, len(b.msgs[-1])
+    assert b.result["process_types"] == {"web": "echo default web", "worker": "echo working",
+                                         **cmds}, b.result
+
+
+def test_nothing_a_compile_started_outlives_it(slugenv):
+    """A process a compile leaves in a session of its own is killed when
+    the compile ends, and orphans are reaped while it runs (pierslug is
+    their reaper as the job's PID 1)."""
+    b = build(slugenv, {"x": "1"},
+              extra={"BUILDPACK_URL": "/.pier/buildpacks/forker,/.pier/buildpacks/census"})
+    assert "zombies during the compile: 0" in b.msgs, b.text
+    assert "sleeps left: 0" in b.msgs and "zombies: 0" in b.msgs, b.text
+
+
+def test_release_names_are_checked(slugenv):
+    """Process types and config vars from bin/release must be names that
+    can be used, or the build fails naming the buildpack."""
+    cases = [("default_process_types:\n  'web app': run\n",
+              'Releaser: bin/release: default_process_types: "web app" is not a process type'),
+             ("config_vars:\n  1BAD: x\n",
+              'Releaser: bin/release: config_vars: "1BAD" is not a variable name'),
+             ("default_process_types:\n  web: ''\n",
+              "Releaser: bin/release: default_process_types: web has no command")]
+    for yml, needle in cases:
+        b = build(slugenv, {"release.yml": yml}, ok=False,
+                  extra={"BUILDPACK_URL": "/.pier/buildpacks/releaser"})
+        assert any(m.startswith(" !     Build failed: " + needle) for m in b.msgs), b.text
+    b = build(slugenv, {"release.yml": "config_vars:\n  _OK1: x\ndefault_process_types:\n"
+                                       "  web-2_b: run\n"},
+              extra={"BUILDPACK_URL": "/.pier/buildpacks/releaser"})
+    assert b.result["process_types"] == {"web-2_b": "run"}, b.result
+    assert b.result["config_vars"] == {"_OK1": "x"}, b.result
 
 
 def test_every_job_gets_pierslug_and_the_buildpacks_read_only(slugenv, pier_store, start_host):
@@ -402,7 +552,7 @@ def test_every_job_gets_pierslug_and_the_buildpacks_read_only(slugenv, pier_stor
     # a --buildpacks that is not there: a warning, and jobs go without
     other = start_host(pier_store, name="nobp", args=["--buildpacks", str(tmp / "missing")])
     assert "buildpacks directory not found" in other.stderr_text()
-    job = put_job(other, "nobp", ["/bin/sh", "-c", "test -e /.pier/buildpacks || echo none"],
+    job = put_job(other, "nobp", ["/bin/sh", "-c", "test -e /.pier/buildpacks/order || echo none"],
                   ports=[])
     wait_state(other, job, "down")
     assert "none" in log_msgs(other, job)
@@ -462,7 +612,11 @@ def test_several_buildpacks_from_urls(slugenv, git_daemon):
     git(work.parent, "clone", "-q", "--bare", str(work), str(repo))
 
     urls = [blobs.url + "/buildpacks/first.tgz", git_daemon[1] + "/second.git#v1"]
-    app = {"x": "1", ".buildpacks": "# two\n" + "\n".join(urls) + "\n"}
+    # the app's own .curlrc and .gitconfig do not apply to pierslug's curl
+    # and git (they would send both to a port where nothing listens)
+    app = {"x": "1", ".buildpacks": "# two\n" + "\n".join(urls) + "\n",
+           ".curlrc": "proxy=http://127.0.0.1:9\n",
+           ".gitconfig": '[url "http://127.0.0.1:9/"]\n\tinsteadOf = git://\n'}
     b = build(env_, app)
     assert "-----> First app detected" in b.msgs and "first compiled" in b.msgs, b.text
     assert "-----> Second app detected" in b.msgs, b.text
@@ -476,6 +630,15 @@ def test_several_buildpacks_from_urls(slugenv, git_daemon):
     b = build(env_, app, ok=False, extra={"BUILDPACK_URL": git_daemon[1] + "/second.git"})
     assert "not this one" in b.msgs, b.text
     assert " !     Build failed: Second: compile failed (exit 9)" in b.msgs, b.text
+
+    # a git repository by its path in the build container, or a file://
+    # URL, at a tag: the repository is another user's (root's; the job runs
+    # as 65534), which git refuses unless told it is safe
+    git(work.parent, "clone", "-q", "--bare", str(repo), str(env_[2] / "buildpacks" / "second.git"))
+    for second in ("/.pier/buildpacks/second.git#v1", "file:///.pier/buildpacks/second.git#v1"):
+        b = build(env_, {"x": "1"}, extra={"BUILDPACK_URL": urls[0] + "," + second})
+        assert "second sees: first was here" in b.msgs, b.text
+        assert b.result["buildpacks"] == [urls[0], second], b.result
 
 
 def test_leak_check_outside_a_container(slugenv, pier_build):
@@ -494,14 +657,17 @@ def test_leak_check_outside_a_container(slugenv, pier_build):
               "compile failed (exit 3)"),
              ({"BUILDPACK_URL": str(tmp / "buildpacks" / "hello")}, 0, "build number 2"),
              ({"PIER_SLUG_MAX_BYTES": "10"}, 1, "slug larger than 10 bytes"),
-             ({"SOURCE_URL": blobs.url + "/nothing.tar"}, 1, "not found (404)")]
+             ({"SOURCE_URL": blobs.url + "/nothing.tar"}, 1, "not found (404)"),
+             # as root (the test), the snoop can read pierslug's /proc files:
+             # the secrets' text is gone from its environment block
+             ({"BUILDPACK_URL": str(tmp / "buildpacks" / "snoop")}, 0, "no secret in /proc/")]
     blob_put(blobs, "/sources/leaks.tar", tar_of(APP))
     for extra, status, needle in cases:
         env = {
             "PATH": os.environ["PATH"], "PIER_SLUG_ROOT": str(root),
-            "SOURCE_URL": blobs.url + "/sources/leaks.tar",
+            "SOURCE_URL": signed(blobs, "GET", "/sources/leaks.tar"),
             "SLUG_URL": signed(blobs, "PUT", "/slugs/leaks.tgz"),
-            "CACHE_URL": blobs.url + "/caches/leaks.tgz",
+            "CACHE_URL": signed(blobs, "GET", "/caches/leaks.tgz"),
             "CACHE_PUT_URL": signed(blobs, "PUT", "/caches/leaks.tgz"),
             "PIER_CONFIG_VARS": "SECRET", "SECRET": "s3cret",
             "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "print_stacktrace=1",
@@ -512,5 +678,6 @@ def test_leak_check_outside_a_container(slugenv, pier_build):
         out = p.stdout + p.stderr
         assert not any(m in out for m in SANITIZER_MARKERS), out[-6000:]
         assert p.returncode == status and needle in out, (extra, out[-4000:])
+        assert "secret found" not in out, out
         last = p.stdout.splitlines()[-1]
         assert last.startswith(RESULT if status == 0 else " !     Build failed: "), out

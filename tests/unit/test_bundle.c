@@ -4,6 +4,7 @@
 
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -148,14 +149,25 @@ static void test_host_root(void **state)
     cleanup_free char *root = path_of("hostroot");
     assert_int_equal(bundle_host_root(root, &err), 0);
     assert_int_equal(bundle_host_root(root, &err), 0); /* idempotent */
-    const char *points[] = {"usr", "bin", "sbin", "lib",  "lib64", "etc",
-                            "app", "tmp", "dev",  "proc", "sys"};
+    const char *points[] = {"usr", "bin",  "sbin", "lib",   "lib64",           "etc", "app", "tmp",
+                            "dev", "proc", "sys",  ".pier", ".pier/buildpacks"};
     for (size_t i = 0; i < sizeof(points) / sizeof(*points); i++) {
         cleanup_free char *p = path_of("hostroot/%s", points[i]);
         struct stat st;
         assert_int_equal(lstat(p, &st), 0);
         assert_true(S_ISDIR(st.st_mode));
     }
+    /* The file pierslug is bound onto, so crun never makes it in the root. */
+    cleanup_free char *slug = path_of("hostroot/.pier/pierslug");
+    struct stat st;
+    assert_int_equal(lstat(slug, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(bundle_stack_points(root), BUNDLE_HAS_PIERSLUG | BUNDLE_HAS_BUILDPACKS);
+    /* A symlink where it belongs is refused, not followed. */
+    cleanup_free char *linked = path_of("linkroot");
+    sh("mkdir -p %s/.pier && ln -s /etc/passwd %s/.pier/pierslug", linked, linked);
+    assert_true(bundle_host_root(linked, &err) < 0);
+    assert_non_null(strstr(err.msg, "linkroot/.pier/pierslug"));
     /* A file where a mount point belongs is refused, with its name. */
     cleanup_free char *bad = path_of("badroot");
     sh("mkdir %s && touch %s/etc", bad, bad);
@@ -199,6 +211,33 @@ static void test_check_stack(void **state)
     cleanup_free char *e = path_of("stack-none");
     assert_int_equal(bundle_check_stack(e, &err), PIER_ENOTFOUND);
     assert_non_null(strstr(err.msg, "stack-none"));
+}
+
+/* The /.pier mount points: a stack built before `pier stack build` made
+ * them has none, and its jobs get neither bind. */
+static void test_stack_points(void **state)
+{
+    (void)state;
+    cleanup_free char *a = path_of("points-a");
+    sh("mkdir -p %s/bin %s/etc && touch %s/bin/sh %s/etc/os-release", a, a, a, a);
+    assert_int_equal(bundle_stack_points(a), 0);
+    sh("mkdir -p %s/.pier/buildpacks", a);
+    assert_int_equal(bundle_stack_points(a), BUNDLE_HAS_BUILDPACKS);
+    sh("mkdir %s/.pier/pierslug", a); /* a directory where a file belongs */
+    assert_int_equal(bundle_stack_points(a), BUNDLE_HAS_BUILDPACKS);
+    sh("rmdir %s/.pier/pierslug && touch %s/.pier/pierslug", a, a);
+    assert_int_equal(bundle_stack_points(a), BUNDLE_HAS_PIERSLUG | BUNDLE_HAS_BUILDPACKS);
+    /* An absolute symlink resolves inside the stack, not on the host. */
+    cleanup_free char *b = path_of("points-b");
+    cleanup_free char *host_pier = path_of("points-hostpier");
+    sh("mkdir -p %s/buildpacks %s/real/buildpacks && touch %s/pierslug %s/real/pierslug && "
+       "ln -s %s %s/.pier",
+       host_pier, b, host_pier, b, host_pier, b);
+    assert_int_equal(bundle_stack_points(b), 0);
+    sh("rm %s/.pier && ln -s /real %s/.pier", b, b);
+    assert_int_equal(bundle_stack_points(b), BUNDLE_HAS_PIERSLUG | BUNDLE_HAS_BUILDPACKS);
+    cleanup_free char *none = path_of("points-none");
+    assert_int_equal(bundle_stack_points(none), 0);
 }
 
 /* ---- config.json ---- */
@@ -323,6 +362,8 @@ static void test_config(void **state)
     m = find_mount(cfg, "/tmp");
     assert_string_equal(json_string_value(json_object_get(m, "type")), "tmpfs");
     assert_true(has_string(json_object_get(m, "options"), "mode=1777"));
+    assert_null(find_mount(cfg, "/.pier/pierslug"));
+    assert_null(find_mount(cfg, "/.pier/buildpacks"));
     m = find_mount(cfg, "/usr");
     assert_non_null(m);
     assert_string_equal(json_string_value(json_object_get(m, "source")), "/usr");
@@ -394,6 +435,60 @@ static void test_config(void **state)
     res = json_object_get(json_object_get(cfg, "linux"), "resources");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(res, "cpu"), "shares")),
                      2560);
+    jobspec_free(spec);
+}
+
+/* A build job's /tmp is a directory of the job's on disk; the /.pier binds
+ * are plain read-only binds ("rro" would need Linux 5.12). */
+static void test_config_build(void **state)
+{
+    (void)state;
+    struct pier_err err = {0};
+    cleanup_free char *root = path_of("hostroot");
+    cleanup_free char *job = path_of("t1-build");
+    cleanup_free char *bp = path_of("bp");
+    cleanup_free char *slug = path_of("pierslug-bin");
+    assert_int_equal(bundle_host_root(root, &err), 0);
+    sh("mkdir -p %s %s && touch %s", job, bp, slug);
+    struct jobspec *spec = spec_of("{\"id\":\"t1-build\",\"host_id\":\"t1\",\"args\":[\"x\"],"
+                                   "\"ports\":[]}");
+    struct bundle_opts o = {.job_dir = job,
+                            .host_root = root,
+                            .uid = NOBODY,
+                            .gid = NOBODY,
+                            .host_id = "t1",
+                            .pierslug = slug,
+                            .buildpacks = bp,
+                            .build_tmp = true};
+    assert_int_equal(bundle_write(spec, &o, &err), 0);
+    cleanup_free char *cfg_path = path_of("t1-build/bundle/config.json");
+    cleanup_json json_t *cfg = load_json(cfg_path);
+    json_t *m = find_mount(cfg, "/tmp");
+    assert_non_null(m);
+    assert_string_equal(json_string_value(json_object_get(m, "type")), "bind");
+    cleanup_free char *tmp = path_of("t1-build/tmp");
+    assert_string_equal(json_string_value(json_object_get(m, "source")), tmp);
+    struct stat st;
+    assert_int_equal(lstat(tmp, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 01777);
+    assert_int_equal(st.st_uid, 0);
+    const char *binds[][2] = {{"/.pier/pierslug", slug}, {"/.pier/buildpacks", bp}};
+    for (size_t i = 0; i < 2; i++) {
+        m = find_mount(cfg, binds[i][0]);
+        assert_non_null(m);
+        assert_string_equal(json_string_value(json_object_get(m, "source")), binds[i][1]);
+        json_t *opts = json_object_get(m, "options");
+        assert_true(has_string(opts, "ro"));
+        assert_false(has_string(opts, "rro"));
+        assert_false(has_string(opts, "rbind"));
+    }
+    /* A symlink planted where tmp/ goes is refused. */
+    sh("rm -rf %s && ln -s /etc %s", tmp, tmp);
+    assert_true(bundle_write(spec, &o, &err) < 0);
+    assert_non_null(strstr(err.msg, "t1-build/tmp"));
+    assert_int_equal(stat("/etc", &st), 0);
+    assert_int_equal(st.st_mode & 01000, 0);
     jobspec_free(spec);
 }
 
@@ -676,6 +771,49 @@ static void test_crun_stack(void **state)
     jobspec_free(spec);
 }
 
+/* A build job: /tmp is the job's tmp/ on the host's disk, and /.pier has
+ * pierslug and the buildpacks, read-only. */
+static void test_crun_build_tmp(void **state)
+{
+    (void)state;
+    struct pier_err err = {0};
+    cleanup_free char *root = path_of("hostroot");
+    cleanup_free char *job = path_of("t1-btmp");
+    cleanup_free char *bp = path_of("bp-run");
+    cleanup_free char *slug = path_of("pierslug-echo");
+    assert_int_equal(bundle_host_root(root, &err), 0);
+    sh("mkdir -p %s %s/nodejs && echo nodejs > %s/order && cp /bin/echo %s", job, bp, bp, slug);
+    struct jobspec *spec =
+        spec_of("{\"id\":\"t1-btmp\",\"host_id\":\"t1\",\"ports\":[],\"args\":[\"/bin/sh\",\"-c\","
+                "\"echo big > /tmp/work && echo tmp=$(cat /tmp/work); /.pier/pierslug slug=ok; "
+                "echo order=$(cat /.pier/buildpacks/order); "
+                "(true > /.pier/buildpacks/x) 2>/dev/null || echo bp=ro\"]}");
+    struct bundle_opts o = {.job_dir = job,
+                            .host_root = root,
+                            .uid = NOBODY,
+                            .gid = NOBODY,
+                            .host_id = "t1",
+                            .pierslug = slug,
+                            .buildpacks = bp,
+                            .build_tmp = true};
+    assert_int_equal(bundle_write(spec, &o, &err), 0);
+    cleanup_buf struct buf out = BUF_INIT;
+    int status = crun_run(job, "t1-btmp", &out);
+    if (status != 0)
+        fprintf(stderr, "crun run exited %d:\n%s\n", status, out.p);
+    assert_int_equal(status, 0);
+    expect_line(&out, "tmp=big");
+    expect_line(&out, "slug=ok");
+    expect_line(&out, "order=nodejs");
+    expect_line(&out, "bp=ro");
+    /* What the build wrote in /tmp is on the host, in the job's tmp/. */
+    cleanup_free char *work = path_of("t1-btmp/tmp/work");
+    struct stat st;
+    assert_int_equal(stat(work, &st), 0);
+    assert_int_equal(st.st_uid, NOBODY);
+    jobspec_free(spec);
+}
+
 /* ---- slugs ---- */
 
 static struct buf slug_bytes;
@@ -744,7 +882,7 @@ static void test_slug_file(void **state)
     cleanup_free char *app = path_of("t1-slug/app");
     cleanup_buf struct buf url = BUF_INIT;
     buf_printf(&url, "file://%s", tgz);
-    if (bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, &err) != 0) {
+    if (bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, NULL, &err) != 0) {
         fprintf(stderr, "fetch: %s\n", err.msg);
         fail();
     }
@@ -759,13 +897,46 @@ static void test_slug_file(void **state)
     closedir(d);
     assert_string_equal(ls.p, "app ");
 
+    /* The hash the release's artifact gives: either case. */
+    cleanup_buf struct buf sha = BUF_INIT;
+    cleanup_buf struct buf cmd = BUF_INIT;
+    buf_printf(&cmd, "sha256sum < '%s'", tgz);
+    FILE *p = popen(cmd.p, "r");
+    assert_non_null(p);
+    char line[128] = "";
+    assert_non_null(fgets(line, sizeof(line), p));
+    pclose(p);
+    buf_append(&sha, line, 64);
+    sh("rm -rf %s", app);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, sha.p, &err), 0);
+    assert_unpacked(app);
+    for (size_t i = 0; i < sha.len; i++)
+        sha.p[i] = (char)toupper((unsigned char)sha.p[i]);
+    sh("rm -rf %s", app);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, sha.p, &err), 0);
+    assert_unpacked(app);
+    /* Another hash: refused, nothing unpacked, both hashes named. */
+    const char *wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+    sh("rm -rf %s", app);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, wrong, &err),
+                     PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "SHA-256"));
+    assert_non_null(strstr(err.msg, wrong));
+    assert_non_null(strstr(err.msg, url.p));
+    cleanup_free char *procfile = path_of("t1-slug/app/Procfile");
+    assert_int_equal(access(procfile, F_OK), -1);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, "abc", &err),
+                     PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "64 hex digits"));
+
     /* too big */
-    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 10, &err), PIER_EINVAL);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 10, NULL, &err), PIER_EINVAL);
     assert_non_null(strstr(err.msg, url.p));
     assert_non_null(strstr(err.msg, "larger than 10 bytes"));
     /* missing */
     buf_puts(&url, ".missing");
-    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, &err), PIER_EUNAVAIL);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+                     PIER_EUNAVAIL);
     assert_non_null(strstr(err.msg, url.p));
 }
 
@@ -786,21 +957,23 @@ static void test_slug_http(void **state)
     sh("mkdir -m 700 %s", job);
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/slug.tgz", httpd_port(h));
-    if (bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, &err) != 0) {
+    if (bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, NULL, &err) != 0) {
         fprintf(stderr, "fetch: %s\n", err.msg);
         fail();
     }
     assert_unpacked(app);
-    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 100, &err), PIER_EINVAL);
+    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 100, NULL, &err), PIER_EINVAL);
     assert_non_null(strstr(err.msg, "larger than 100 bytes"));
     snprintf(url, sizeof(url), "http://user:secret@127.0.0.1:%d/missing.tgz", httpd_port(h));
-    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, &err), PIER_EUNAVAIL);
+    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+                     PIER_EUNAVAIL);
     assert_non_null(strstr(err.msg, "HTTP status 404"));
     assert_non_null(strstr(err.msg, "/missing.tgz"));
     assert_null(strstr(err.msg, "secret"));
     httpd_free(h);
     /* nobody listening any more */
-    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, &err), PIER_EUNAVAIL);
+    assert_int_equal(bundle_fetch_slug(url, app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+                     PIER_EUNAVAIL);
     buf_free(&slug_bytes);
 }
 
@@ -811,11 +984,12 @@ static void test_slug_bad(void **state)
     cleanup_free char *job = path_of("t1-evil");
     cleanup_free char *app = path_of("t1-evil/app");
     sh("mkdir -p %s/e/sub && echo evil > %s/e/x", job, job);
-    assert_int_equal(bundle_fetch_slug("ftp://x/s.tgz", app, NOBODY, NOBODY, 100, &err),
+    assert_int_equal(bundle_fetch_slug("ftp://x/s.tgz", app, NOBODY, NOBODY, 100, NULL, &err),
                      PIER_EINVAL);
     assert_non_null(strstr(err.msg, "ftp://x/s.tgz"));
-    assert_int_equal(bundle_fetch_slug("file:///etc/hostname", app, NOBODY, NOBODY, 1 << 20, &err),
-                     PIER_EINVAL);
+    assert_int_equal(
+        bundle_fetch_slug("file:///etc/hostname", app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+        PIER_EINVAL);
     assert_non_null(strstr(err.msg, "tar exited with status 2"));
     assert_non_null(strstr(err.msg, "gzip"));
 
@@ -823,7 +997,8 @@ static void test_slug_bad(void **state)
     cleanup_buf struct buf url = BUF_INIT;
     buf_printf(&url, "file://%s/evil.tgz", job);
     sh("tar -czPf %s/evil.tgz -C %s/e/sub ../x", job, job);
-    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, &err), PIER_EINVAL);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+                     PIER_EINVAL);
     assert_non_null(strstr(err.msg, "contains '..'"));
     cleanup_free char *outside = path_of("t1-evil/x");
     assert_int_equal(access(outside, F_OK), -1);
@@ -832,7 +1007,7 @@ static void test_slug_bad(void **state)
     buf_reset(&url);
     buf_printf(&url, "file://%s/abs.tgz", job);
     sh("tar -czPf %s/abs.tgz %s/e/x", job, job);
-    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, &err), 0);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, NULL, &err), 0);
     cleanup_free char *inside = path_of("t1-evil/app/%s/t1-evil/e/x", base + 1);
     assert_int_equal(access(inside, F_OK), 0);
 
@@ -844,7 +1019,8 @@ static void test_slug_bad(void **state)
        job, target, target, job, job, job, job, job, job);
     buf_reset(&url);
     buf_printf(&url, "file://%s/link.tgz", job);
-    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, &err), PIER_EINVAL);
+    assert_int_equal(bundle_fetch_slug(url.p, app, NOBODY, NOBODY, 1 << 20, NULL, &err),
+                     PIER_EINVAL);
     assert_non_null(strstr(err.msg, "link/pwned"));
     cleanup_free char *pwned = path_of("t1-evil/target/pwned");
     assert_int_equal(access(pwned, F_OK), -1);
@@ -853,11 +1029,13 @@ static void test_slug_bad(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_host_root),  cmocka_unit_test(test_check_stack),
-        cmocka_unit_test(test_config),     cmocka_unit_test(test_write_refused),
-        cmocka_unit_test(test_crun_run),   cmocka_unit_test(test_crun_run_init),
-        cmocka_unit_test(test_crun_stack), cmocka_unit_test(test_slug_file),
-        cmocka_unit_test(test_slug_http),  cmocka_unit_test(test_slug_bad),
+        cmocka_unit_test(test_host_root),    cmocka_unit_test(test_check_stack),
+        cmocka_unit_test(test_stack_points), cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config_build), cmocka_unit_test(test_write_refused),
+        cmocka_unit_test(test_crun_run),     cmocka_unit_test(test_crun_run_init),
+        cmocka_unit_test(test_crun_stack),   cmocka_unit_test(test_crun_build_tmp),
+        cmocka_unit_test(test_slug_file),    cmocka_unit_test(test_slug_http),
+        cmocka_unit_test(test_slug_bad),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -12,6 +12,7 @@
 #include "scheduler/jobbuild.h"
 
 #define GIB 1073741824LL
+#define SLUG_SHA "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 static json_t *parse(const char *text)
 {
@@ -159,9 +160,10 @@ static void test_slugrunner(void **state)
 {
     (void)state;
     const char *arts = "[{\"id\":\"g1\",\"type\":\"file\",\"uri\":\"http://blob/s.tgz\","
-                       "\"meta\":{\"slugrunner\":\"true\",\"blobstore\":\"true\"}},"
+                       "\"meta\":{\"slugrunner\":\"true\",\"blobstore\":\"true\","
+                       "\"sha256\":\"" SLUG_SHA "\"}},"
                        "{\"id\":\"g2\",\"type\":\"file\",\"uri\":\"http://blob/t.tgz\","
-                       "\"meta\":{\"slugrunner\":\"false\"}}]";
+                       "\"meta\":{\"slugrunner\":\"false\",\"sha256\":\"\"}}]";
     const char *rel = "{\"id\":\"r1\",\"artifacts\":[\"g1\"],"
                       "\"processes\":{\"web\":{\"args\":[\"node server.js\"]}}}";
     cleanup_json json_t *job = build_ok(rel, arts, "web", NULL);
@@ -170,6 +172,10 @@ static void test_slugrunner(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(job, "artifact"), "slug")),
         "http://blob/s.tgz");
+    /* The hash the build recorded goes to the agent, which checks it. */
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(job, "artifact"), "slug_sha256")),
+        SLUG_SHA);
 
     cleanup_json json_t *args = parse("[\"bash\"]");
     struct jobbuild_oneoff o = {.args = args};
@@ -187,6 +193,11 @@ static void test_slugrunner(void **state)
                                           arts, "web", NULL);
     cleanup_json json_t *want_plain = parse("[\"x\"]");
     assert_true(json_equal(json_object_get(plain, "args"), want_plain));
+    /* A slug without a recorded hash ("" says so too): none to check. */
+    assert_null(json_object_get(json_object_get(plain, "artifact"), "slug_sha256"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(run, "artifact"), "slug_sha256")),
+        SLUG_SHA);
 }
 
 static void test_resources(void **state)

@@ -1,5 +1,6 @@
 /* pierslug's pure pieces: SHA-256 (FIPS 180-2 vectors and streaming in odd
- * pieces) and .slugignore matching and deleting. */
+ * pieces), .slugignore matching (in bounded time) and deleting, and the
+ * output's handling of a child's lines and of the result line. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,10 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "build/sha256.h"
+#include "build/slug.h"
 #include "build/slugignore.h"
 
 static void hex_of(const char *data, size_t len, size_t piece, char out[SHA256_HEX_LEN + 1])
@@ -98,9 +102,70 @@ static void test_slugignore_match(void **state)
     assert_true(m("*.o   \n", "x.o", false));
     assert_true(m("[ab].c\n", "b.c", false));
     assert_false(m("[ab].c\n", "c.c", false));
-    struct slugignore *si = slugignore_parse("# only\n/\n", 9);
-    assert_int_equal(slugignore_count(si), 0);
+    assert_false(m("# only\n/\n", "x", false));
+    assert_false(m("# only\n/\n", "x", true));
+    /* Classes as fnmatch has them, and backslash escapes. */
+    assert_true(m("[!a].c\n", "b.c", false));
+    assert_false(m("[^a].c\n", "a.c", false));
+    assert_true(m("v[0-9][[:digit:]]\n", "v42", false));
+    assert_false(m("v[0-9][[:digit:]]\n", "v4x", false));
+    assert_true(m("[]x]\n", "]", false));
+    assert_true(m("[a\n", "[a", false)); /* no ']': a plain '[' */
+    assert_true(m("\\*.c\n", "*.c", false));
+    assert_false(m("\\*.c\n", "x.c", false));
+    assert_false(m("a[/]b\n", "a/b", false)); /* a class never matches '/' */
+    assert_true(m("/a**b\n", "a/x/b", false));
+    assert_true(m("**\n", "anything", true));
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Patterns that make a backtracking glob take exponential time match in
+ * time bounded by the pattern's length times the path's (a backtracking
+ * one took 20 s on the first). */
+static void test_slugignore_is_linear(void **state)
+{
+    (void)state;
+    char name[151];
+    memset(name, 'a', 150);
+    name[150] = '\0';
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_false(m("**a**a**a**a**b\n", name, false));
+    assert_false(m("*a*a*a*a*a*a*a*a*a*a*b\n", name, false));
+    assert_true(m("**a**a**a**a**a\n", name, false));
+    /* The longest pattern there may be against a long path. */
+    char pat[SLUGIGNORE_MAX_PATTERN_BYTES + 2], path[4001];
+    for (size_t i = 0; i + 1 < SLUGIGNORE_MAX_PATTERN_BYTES; i += 2)
+        memcpy(pat + i, "*a", 2);
+    strcpy(pat + SLUGIGNORE_MAX_PATTERN_BYTES - 2, "/b");
+    memset(path, 'a', 4000);
+    path[4000] = '\0';
+    assert_false(m(pat, path, false));
+    assert_true(seconds_since(&t0) < 1.0);
+}
+
+static void test_slugignore_limits(void **state)
+{
+    (void)state;
+    struct buf text = BUF_INIT;
+    for (int i = 0; i < SLUGIGNORE_MAX_PATTERNS + 2; i++)
+        buf_printf(&text, "p%d\n", i);
+    for (int i = 0; i < SLUGIGNORE_MAX_PATTERN_BYTES + 1; i++)
+        buf_putc(&text, 'x');
+    buf_putc(&text, '\n');
+    struct slugignore *si = slugignore_parse(text.p, text.len);
+    assert_int_equal(slugignore_skipped(si), 3);
+    assert_true(slugignore_match(si, "p0", false));
+    assert_true(slugignore_match(si, "p999", false));
+    assert_false(slugignore_match(si, "p1000", false));
     slugignore_free(si);
+    buf_free(&text);
 }
 
 static void touch(const char *root, const char *rel)
@@ -164,12 +229,90 @@ static void test_slugignore_apply(void **state)
     assert_int_equal(rmdir(root), 0);
 }
 
+/* Runs fn with fd 1 going to a memfd; returns what it wrote. */
+static char *stdout_of(void (*fn)(void))
+{
+    int mem = memfd_create("out", 0);
+    assert_true(mem >= 0);
+    int saved = dup(1);
+    dup2(mem, 1);
+    fn();
+    dup2(saved, 1);
+    close(saved);
+    off_t len = lseek(mem, 0, SEEK_END);
+    char *text = calloc(1, (size_t)len + 1);
+    assert_int_equal(pread(mem, text, (size_t)len, 0), len);
+    close(mem);
+    return text;
+}
+
+static void oc(const char *s)
+{
+    out_child(s, strlen(s));
+}
+
+static void child_lines(void)
+{
+    /* Pieces as proc.c passes them: a partial line flushed after a pause
+     * may be the start of the marker, or not. */
+    oc("p");
+    oc("rint\n");
+    oc("pi");
+    oc("er-build-result: {}\nplain\n");
+    oc("pier-build-result: {}\n");
+    oc("pier");
+    out_head("next"); /* ends the unfinished "pier" */
+    oc("pier-build-resul");
+    oc("");
+    oc("x\n");
+}
+
+static void test_out_child(void **state)
+{
+    (void)state;
+    char *text = stdout_of(child_lines);
+    bool same = strcmp(text, "print\n"
+                             " pier-build-result: {}\nplain\n"
+                             " pier-build-result: {}\n"
+                             "pier\n-----> next\n"
+                             "pier-build-resulx\n") == 0;
+    if (!same)
+        print_message("got:\n%s", text);
+    free(text); /* before a failure, which does not return */
+    assert_true(same);
+}
+
+static char *big_json;
+
+static void result_line(void)
+{
+    out_child("unfinished", 10);
+    out_result(big_json);
+}
+
+/* The result line is not cut, whatever its length. */
+static void test_out_result(void **state)
+{
+    (void)state;
+    size_t n = 100000;
+    big_json = malloc(n + 1);
+    memset(big_json, 'x', n);
+    big_json[n] = '\0';
+    char *text = stdout_of(result_line);
+    assert_int_equal(strlen(text), strlen("unfinished\n") + strlen(SLUG_RESULT_MARKER) + n + 1);
+    assert_int_equal(strncmp(text, "unfinished\n" SLUG_RESULT_MARKER "xxx", 33), 0);
+    assert_int_equal(text[strlen(text) - 1], '\n');
+    free(text);
+    free(big_json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sha256_vectors),
-        cmocka_unit_test(test_slugignore_match),
-        cmocka_unit_test(test_slugignore_apply),
+        cmocka_unit_test(test_sha256_vectors),    cmocka_unit_test(test_slugignore_match),
+        cmocka_unit_test(test_slugignore_apply),  cmocka_unit_test(test_slugignore_is_linear),
+        cmocka_unit_test(test_slugignore_limits), cmocka_unit_test(test_out_child),
+        cmocka_unit_test(test_out_result),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
