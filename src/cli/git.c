@@ -17,6 +17,7 @@
 #include "cli/ui.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/fs.h"
 
 extern char **environ;
 
@@ -111,16 +112,7 @@ static int git_run(const char *const *args, bool merge_err, struct buf *out)
         close(fds[0]);
         return -rc;
     }
-    char chunk[4096];
-    for (;;) {
-        ssize_t n = read(fds[0], chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (out->len + (size_t)n <= GIT_OUT_MAX)
-            buf_append(out, chunk, (size_t)n);
-    }
+    fs_read_fd(fds[0], out, GIT_OUT_MAX);
     close(fds[0]);
     int status;
     while (waitpid(pid, &status, 0) < 0)

@@ -700,6 +700,10 @@ static int stack_build(int argc, char **argv)
     if (m == 0) {
         if (geteuid() == 0 && (rc = make_mount_points(dir)) != 0)
             return rc;
+        /* Without --packages, a finished stack is what was asked for,
+         * whatever it holds: only named packages are checked. */
+        if (!a.packages)
+            json_array_clear(packages);
         return already_built(dir, marker, a.suite, packages);
     }
     if (m == PIER_EINVAL) {

@@ -18,7 +18,6 @@
 #include "lib/log.h"
 #include "lib/uuid.h"
 
-#define APP_NAME_MAX 100
 #define DEFAULT_DEPLOY_TIMEOUT 30
 /* Flynn's deploy_timeout is an int32; a larger one would overflow the
  * deployer's deadline arithmetic (seconds * 1000). */
@@ -41,21 +40,6 @@ static json_t *app_public(const json_t *app)
     json_t *j = json_deep_copy(app);
     ctl_keep_fields(j, app_fields);
     return j;
-}
-
-/* Flynn's rule: ^[a-z\d]+(-[a-z\d]+)*$, 1 to 100 characters. */
-static bool name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > APP_NAME_MAX || s[0] == '-' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        bool alnum = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9');
-        if (!alnum && !(ch == '-' && s[i + 1] != '-'))
-            return false;
-    }
-    return true;
 }
 
 static bool strategy_ok(const char *s)
@@ -150,7 +134,7 @@ static void app_create(struct httpd_req *r, void *ud)
         ctl_reply_err(r, PIER_EINVAL, &err);
         return;
     }
-    if (name && *name && !name_ok(name)) {
+    if (name && *name && !keys_app_name_ok(name)) {
         ctl_reply_invalid(r, "name must match the pattern ^[a-z\\d]+(-[a-z\\d]+)*$ and be 1 to "
                              "100 characters long");
         return;

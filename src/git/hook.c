@@ -31,6 +31,7 @@
 #include "lib/cleanup.h"
 #include "lib/httpc.h"
 #include "lib/jsonx.h"
+#include "lib/keys.h"
 #include "lib/subproc.h"
 
 /* How long a push waits for the one before it to move its ref. */
@@ -38,7 +39,6 @@
 #define ZEROS "0000000000000000000000000000000000000000"
 /* The app's lock in the store: a key under a lease the hook keeps alive
  * while it runs, so a hook that dies lets go within the TTL. */
-#define LOCK_KEY_PREFIX "/pier/v1/gitreceive/locks/"
 #define LOCK_TTL_S 10
 /* Store failures in a row (about a second apart) a waiting push bears. */
 #define STORE_TRIES 30
@@ -284,7 +284,7 @@ static int lock_store(struct pipeline *p, const char *rev, bool *waited)
         return 0;
     struct pier_err err = {0};
     cleanup_buf struct buf key = BUF_INIT, value = BUF_INIT;
-    buf_printf(&key, LOCK_KEY_PREFIX "%s", p->app_id);
+    buf_printf(&key, KEYS_GITRECEIVE_LOCKS "%s", p->app_id);
     char host[256] = "";
     gethostname(host, sizeof(host) - 1);
     cleanup_json json_t *v =

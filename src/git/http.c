@@ -19,7 +19,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/crypto.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +28,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
@@ -59,27 +57,6 @@ struct gitrecv_http {
 
 /* ---- the request ---- */
 
-static bool key_ok(struct httpd_req *r, const char *key)
-{
-    const char *auth = httpd_header(r, "Authorization");
-    if (!auth)
-        return false;
-    size_t klen = strlen(key);
-    if (strncasecmp(auth, "Bearer ", 7) == 0)
-        return strlen(auth + 7) == klen && CRYPTO_memcmp(auth + 7, key, klen) == 0;
-    if (strncasecmp(auth, "Basic ", 6) != 0)
-        return false;
-    cleanup_buf struct buf dec = BUF_INIT;
-    if (base64_decode(&dec, auth + 6, strlen(auth + 6)) < 0 || !dec.p)
-        return false;
-    const char *colon = memchr(dec.p, ':', dec.len);
-    if (!colon)
-        return false;
-    size_t plen = dec.len - (size_t)(colon + 1 - dec.p);
-    /* Constant time, so the answer's timing says nothing about the key. */
-    return plen == klen && CRYPTO_memcmp(colon + 1, key, klen) == 0;
-}
-
 static void reply_text(struct httpd_req *r, int status, const char *msg)
 {
     cleanup_buf struct buf b = BUF_INIT;
@@ -93,7 +70,7 @@ static void reply_text(struct httpd_req *r, int status, const char *msg)
  * as "remote: ..." lines. */
 static struct gitrecv_app *request_begin(struct gitrecv_http *s, struct httpd_req *r)
 {
-    if (!key_ok(r, s->g->key)) {
+    if (!httpd_key_ok(r, s->g->key)) {
         httpd_add_header(r, "WWW-Authenticate", "Basic realm=\"pier\"");
         httpd_reply_error(r, 401, "unauthorized", 16,
                           "the cluster key is needed: Basic auth, any user, the key as password");

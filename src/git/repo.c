@@ -32,13 +32,13 @@
 #include "lib/fs.h"
 #include "lib/httpc.h"
 #include "lib/jsonx.h"
+#include "lib/keys.h"
 #include "lib/log.h"
 #include "lib/store.h"
 #include "lib/subproc.h"
 
 extern char **environ;
 
-#define APP_NAME_MAX 100
 /* How much of a failed git command's output goes into the error. */
 #define CMD_OUTPUT_MAX 2048
 #define CONTROLLER_TIMEOUT_MS 15000
@@ -50,17 +50,7 @@ extern char **environ;
 
 bool gitrecv_app_name_ok(const char *s)
 {
-    /* The controller's (and Flynn's) rule: ^[a-z\d]+(-[a-z\d]+)*$, 1 to 100. */
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > APP_NAME_MAX || s[0] == '-' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        bool alnum = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9');
-        if (!alnum && !(ch == '-' && s[i + 1] != '-'))
-            return false;
-    }
-    return true;
+    return keys_app_name_ok(s);
 }
 
 int gitrecv_parse_timeout(const char *s, int *out)
@@ -345,16 +335,7 @@ static int run(char *const argv[], struct pier_err *err)
         return rc;
     }
     cleanup_buf struct buf out = BUF_INIT;
-    char chunk[1024];
-    for (;;) {
-        ssize_t n = read(fds[0], chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (out.len < CMD_OUTPUT_MAX)
-            buf_append(&out, chunk, (size_t)n);
-    }
+    fs_read_fd(fds[0], &out, CMD_OUTPUT_MAX);
     close(fds[0]);
     int st = subproc_wait(pid);
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0)

@@ -58,3 +58,21 @@ int fs_rm_tree(const char *path)
         return -errno;
     return 0;
 }
+
+int fs_read_fd(int fd, struct buf *out, size_t max)
+{
+    char chunk[4096];
+    size_t kept = 0;
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return 0;
+        size_t take = max - kept < (size_t)n ? max - kept : (size_t)n;
+        buf_append(out, chunk, take);
+        kept += take;
+    }
+}

@@ -22,4 +22,10 @@ int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
  * -errno (what could not be removed is left). */
 int fs_rm_tree(const char *path);
 
+struct buf;
+/* Reads fd to its end (a pipe from a child, say), appending to out at most
+ * max bytes of it; the rest is read and dropped, so the writer never
+ * blocks. Returns 0, or -errno of a failed read. */
+int fs_read_fd(int fd, struct buf *out, size_t max);
+
 #endif

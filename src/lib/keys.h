@@ -6,6 +6,9 @@
 #ifndef PIER_KEYS_H
 #define PIER_KEYS_H
 
+#include <stdbool.h>
+#include <string.h>
+
 #define KEYS_ROOT "/pier/v1/"
 #define KEYS_APPS "/pier/v1/apps/"                     /* <app id>: app */
 #define KEYS_APP_NAMES "/pier/v1/app-names/"           /* <app name>: {"id"}: names are unique */
@@ -21,5 +24,24 @@
 #define KEYS_SCALE_REQUESTS "/pier/v1/scale-requests/" /* <id>: scale request */
 #define KEYS_EVENTS "/pier/v1/events/"                 /* <id, 20 digits>: event */
 #define KEYS_EVENT_HEAD "/pier/v1/event-head"          /* {"id","rev"}: the last event recorded */
+#define KEYS_GITRECEIVE_LOCKS "/pier/v1/gitreceive/locks/" /* <app id>: a push under way */
+
+#define KEYS_APP_NAME_MAX 100
+
+/* Whether s is an app name: Flynn's rule ^[a-z\d]+(-[a-z\d]+)*$, 1 to
+ * KEYS_APP_NAME_MAX characters (an app id, a lower-case UUID, passes too). */
+static inline bool keys_app_name_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > KEYS_APP_NAME_MAX || s[0] == '-' || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool alnum = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9');
+        if (!alnum && !(ch == '-' && s[i + 1] != '-'))
+            return false;
+    }
+    return true;
+}
 
 #endif

@@ -142,15 +142,14 @@ class Cluster:
         self.home = tmp_path / "home"
         self.home.mkdir()
 
-    def start_receiver(self, name, build_timeout=None, store_env=False):
-        """A receiver; store_env: PIER_STORE in its environment, which its
-        hooks then get (discovery, the push lock in the store)."""
+    def start_receiver(self, name, build_timeout=None):
+        """A receiver with --store, which its hooks get as PIER_STORE
+        (discovery, the push lock in the store)."""
         args = ["--dir", self.tmp / name, "--key", KEY, "--controller", self.ctl.url,
                 "--blobstore", self.blob.url, "--ssh", "off", "--store", self.store]
         if build_timeout:
             args += ["--build-timeout", str(build_timeout)]
-        env = {**os.environ, "PIER_STORE": self.store} if store_env else None
-        return self.start_pierd("gitreceive", name=name, args=args, env=env)
+        return self.start_pierd("gitreceive", name=name, args=args)
 
     # ---- the app ----
 
@@ -295,7 +294,7 @@ def test_first_push_runs_then_second_push_deploys(cluster):
     r = cluster.push(src, "hello")
     assert r.returncode == 0, r.stderr
     lines_in_order(r.remote, "-----> Receiving push",
-                   f"       Blobstore: {cluster.blob.url} (the receiver's --blobstore)",
+                   f"       Blobstore: {cluster.blob.url} (none in discovery: the receiver's --blobstore)",
                    "-----> Uploading source", " KB", "-----> Building hello (build ",
                    "-----> Compiling with TestPack",
                    "build number 1", "partial progress done", "-----> Creating release",
@@ -639,7 +638,7 @@ def test_blobstore_from_discovery(cluster):
     found = cluster.start_pierd("blobstore", name="blobstore-2",
                                 args=["--dir", cluster.tmp / "blobs2", "--key", KEY,
                                       "--store", cluster.store])
-    gr = cluster.start_receiver("gitreceive-disc", store_env=True)
+    gr = cluster.start_receiver("gitreceive-disc")
     app = cluster.create_app("found", env={"BUILDPACK_URL": cluster.bp_url})
     src = cluster.repo("src", {"hello.txt": "found\n"})
     r = cluster.push(src, "found", gr=gr)
@@ -656,7 +655,7 @@ def test_blobstore_from_discovery(cluster):
 def test_pushes_through_two_receivers_queue(cluster):
     """Two receivers sharing a store build one app one push at a time: the
     second waits on the app's lock in the store, which is gone after."""
-    grs = [cluster.start_receiver(f"gitreceive-{n}", store_env=True) for n in (1, 2)]
+    grs = [cluster.start_receiver(f"gitreceive-{n}") for n in (1, 2)]
     cluster.create_app("shared", env={"BUILDPACK_URL": cluster.bp_url})
     a = cluster.repo("a", {"hello.txt": "a\n", "pause": "3"})
     b = cluster.repo("b", {"hello.txt": "b\n"})
