@@ -2,7 +2,7 @@
 BUILD      ?= build
 TEST_BUILD ?= build-test
 PYTEST     := /usr/bin/python3 -m pytest
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 20
 # Sanitizer settings for the test build: stop at the first report, and let
 # the end-to-end suite see reports in each daemon's stderr.
 export ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=0:halt_on_error=1

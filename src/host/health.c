@@ -18,6 +18,8 @@
 #include "lib/discover.h"
 #include "lib/log.h"
 
+#define START_CHECK_MS 100
+
 struct service {
     char *name;
     char addr[64];
@@ -26,6 +28,7 @@ struct service {
     char *path;
     int passes, fails;
     bool up;         /* registered */
+    bool passed;     /* the check has passed once: the job is past its start */
     int64_t next_ms; /* when to check next */
     struct discover_reg *reg;
 };
@@ -186,6 +189,7 @@ static void *health_main(void *arg)
                 if (ok) {
                     s->fails = 0;
                     s->passes++;
+                    s->passed = true;
                 } else {
                     s->passes = 0;
                     s->fails++;
@@ -194,7 +198,13 @@ static void *health_main(void *arg)
                     set_up(h, s, true);
                 else if (s->fails >= s->check.threshold)
                     set_up(h, s, false);
-                s->next_ms = clock_now_ms() + s->check.interval_ms;
+                /* Until it has passed once, a starting job is checked every
+                 * START_CHECK_MS at most, so that it is announced as soon as
+                 * it listens rather than up to threshold intervals later. */
+                int64_t every = s->check.interval_ms;
+                if (!s->passed && every > START_CHECK_MS)
+                    every = START_CHECK_MS;
+                s->next_ms = clock_now_ms() + every;
             }
             all = all && s->passes >= s->check.threshold;
             if (s->next_ms < wake)
