@@ -74,8 +74,8 @@ static bool signature_ok(const char *key, const struct httpd_req *r, int64_t now
                                     .max = httpd_query(r, "max"),
                                     .once = httpd_query(r, "once")};
     const char *method = httpd_method(r), *path = httpd_path(r);
-    return blobsig_verify_query(key, method, path, &q, now, grant) ||
-           (strcmp(method, "HEAD") == 0 && blobsig_verify_query(key, "GET", path, &q, now, grant));
+    return blobsig_verify(key, method, path, &q, now, grant) ||
+           (strcmp(method, "HEAD") == 0 && blobsig_verify(key, "GET", path, &q, now, grant));
 }
 
 static void reply_unauthorized(struct httpd_req *r, const char *msg)

@@ -19,7 +19,7 @@ static size_t held_len;
 
 static void put(const void *p, size_t len)
 {
-    (void)slug_write_all(1, p, len);
+    (void)fs_write_all(1, p, len);
 }
 
 /* Ends a line a child left unfinished, before a line of pierslug's own. */

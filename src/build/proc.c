@@ -74,7 +74,7 @@ int proc_set_tool_home(const char *dir, struct pier_err *err)
     int fd = open(tool_gitconfig, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return err_set(err, -errno, "%s: %s", tool_gitconfig, strerror(errno));
-    int rc = slug_write_all(fd, conf, sizeof(conf) - 1);
+    int rc = fs_write_all(fd, conf, sizeof(conf) - 1);
     close(fd);
     if (rc < 0)
         return err_set(err, rc, "%s: %s", tool_gitconfig, strerror(-rc));
@@ -160,21 +160,9 @@ int proc_memfd(const char *name, struct pier_err *err)
 
 int proc_read_all(int fd, struct buf *b, size_t max)
 {
-    char chunk[8192];
-    off_t off = 0;
-    for (;;) {
-        ssize_t n = pread(fd, chunk, sizeof(chunk), off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return 0;
-        if (b->len + (size_t)n > max)
-            return -EFBIG;
-        buf_append(b, chunk, (size_t)n);
-        off += n;
-    }
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        return -errno;
+    return fs_read_fd(fd, b, max);
 }
 
 void proc_last_line(int fd, char *out, size_t size)

@@ -13,6 +13,7 @@
 
 #include "lib/buf.h"
 #include "lib/err.h"
+#include "lib/fs.h"
 
 /* The line that carries the build's result to the git receiver (spec6). */
 #define SLUG_RESULT_MARKER "pier-build-result: "
@@ -44,8 +45,6 @@ void out_result(const char *json);
 
 /* "dir/name", a new string. */
 char *slug_path(const char *dir, const char *name);
-/* Writes all of p to fd (EINTR retried): 0, or a negative errno. */
-int slug_write_all(int fd, const void *p, size_t len);
 /* Appends s in single quotes for bash. */
 void slug_shell_quote(struct buf *b, const char *s);
 /* Whether s[0..len) is an environment variable name: [A-Za-z_][A-Za-z0-9_]*. */

@@ -190,7 +190,7 @@ static int write_file(const char *path, const char *data, size_t len, mode_t mod
     cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0)
         return err_set(err, -errno, "%s: %s", path, strerror(errno));
-    int rc = slug_write_all(fd, data, len);
+    int rc = fs_write_all(fd, data, len);
     if (rc < 0)
         return err_set(err, rc, "%s: %s", path, strerror(-rc));
     return 0;

@@ -154,7 +154,7 @@ static int pump_upload(int from, int to, int64_t max, struct sha256 *h, int64_t 
             return -EFBIG;
         sha256_update(h, chunk, (size_t)n);
         *size += n;
-        int rc = slug_write_all(to, chunk, (size_t)n);
+        int rc = fs_write_all(to, chunk, (size_t)n);
         if (rc < 0)
             return rc;
     }

@@ -12,22 +12,6 @@ char *slug_path(const char *dir, const char *name)
     return buf_detach(&p);
 }
 
-int slug_write_all(int fd, const void *p, size_t len)
-{
-    const char *c = p;
-    while (len > 0) {
-        ssize_t n = write(fd, c, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return -EIO;
-        c += n, len -= (size_t)n;
-    }
-    return 0;
-}
-
 void slug_shell_quote(struct buf *b, const char *s)
 {
     buf_putc(b, '\'');

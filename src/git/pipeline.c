@@ -404,7 +404,7 @@ static void signed_url(struct pipe_run *r, json_t *env, const char *name, const 
 {
     int64_t now = (int64_t)time(NULL);
     int64_t ttl = (int64_t)r->p->build_timeout + SIGNED_SLACK_S;
-    char *url = blobsig_url_opts(r->p->key, r->p->blobstore, method, path, now, ttl, max, once);
+    char *url = blobsig_url(r->p->key, r->p->blobstore, method, path, now, ttl, max, once);
     json_object_set_new(env, name, json_string(url));
     free(url);
 }

@@ -79,21 +79,7 @@ static int make_app_dir(const char *path, uid_t uid, gid_t gid, struct pier_err 
 static int read_small_file(const char *path, size_t max, struct buf *out)
 {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    char chunk[4096];
-    for (;;) {
-        ssize_t n = read(fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return 0;
-        if (out->len + (size_t)n > max)
-            return -EFBIG;
-        buf_append(out, chunk, (size_t)n);
-    }
+    return fd < 0 ? -errno : fs_read_fd(fd, out, max);
 }
 
 /* ---- config.json pieces ---- */

@@ -14,8 +14,8 @@
 /* The longest decimal we read: 18 digits always fit an int64_t. */
 #define MAX_DIGITS 18
 
-void blobsig_sign_opts(const char *key, const char *method, const char *path, int64_t expires,
-                       int64_t max_bytes, bool once, char out[BLOBSIG_HEX_LEN + 1])
+void blobsig_sign(const char *key, const char *method, const char *path, int64_t expires,
+                  int64_t max_bytes, bool once, char out[BLOBSIG_HEX_LEN + 1])
 {
     struct buf msg = BUF_INIT;
     buf_printf(&msg, "%s\n%s\n%" PRId64, method, path, expires);
@@ -30,12 +30,6 @@ void blobsig_sign_opts(const char *key, const char *method, const char *path, in
     HMAC(EVP_sha256(), key, (int)strlen(key), (const unsigned char *)msg.p, msg.len, md, &mdlen);
     buf_free(&msg);
     hex_encode(md, BLOBSIG_HEX_LEN / 2, out);
-}
-
-void blobsig_sign(const char *key, const char *method, const char *path, int64_t expires,
-                  char out[BLOBSIG_HEX_LEN + 1])
-{
-    blobsig_sign_opts(key, method, path, expires, 0, false, out);
 }
 
 /* Reads a plain decimal (digits only, no sign, no spaces). */
@@ -54,8 +48,8 @@ static bool parse_decimal(const char *s, int64_t *out)
     return true;
 }
 
-bool blobsig_verify_query(const char *key, const char *method, const char *path,
-                          const struct blobsig_query *q, int64_t now, struct blobsig_grant *grant)
+bool blobsig_verify(const char *key, const char *method, const char *path,
+                    const struct blobsig_query *q, int64_t now, struct blobsig_grant *grant)
 {
     int64_t expires, max = 0;
     if (!q->expires || !q->sig || !method || !path)
@@ -70,7 +64,7 @@ bool blobsig_verify_query(const char *key, const char *method, const char *path,
     if (strlen(q->sig) != BLOBSIG_HEX_LEN)
         return false;
     char want[BLOBSIG_HEX_LEN + 1];
-    blobsig_sign_opts(key, method, path, expires, max, q->once != NULL, want);
+    blobsig_sign(key, method, path, expires, max, q->once != NULL, want);
     /* Constant time, so the timing of a refusal says nothing about how
      * much of a guessed signature was right. */
     if (CRYPTO_memcmp(want, q->sig, BLOBSIG_HEX_LEN) != 0)
@@ -82,19 +76,12 @@ bool blobsig_verify_query(const char *key, const char *method, const char *path,
     return true;
 }
 
-bool blobsig_verify(const char *key, const char *method, const char *path, const char *expires_str,
-                    const char *sig, int64_t now)
-{
-    const struct blobsig_query q = {.expires = expires_str, .sig = sig};
-    return blobsig_verify_query(key, method, path, &q, now, NULL);
-}
-
-char *blobsig_url_opts(const char *key, const char *base_url, const char *method, const char *path,
-                       int64_t now, int64_t ttl, int64_t max_bytes, bool once)
+char *blobsig_url(const char *key, const char *base_url, const char *method, const char *path,
+                  int64_t now, int64_t ttl, int64_t max_bytes, bool once)
 {
     int64_t expires = now + ttl;
     char sig[BLOBSIG_HEX_LEN + 1];
-    blobsig_sign_opts(key, method, path, expires, max_bytes, once, sig);
+    blobsig_sign(key, method, path, expires, max_bytes, once, sig);
     struct buf b = BUF_INIT;
     buf_printf(&b, "%s%s?expires=%" PRId64, base_url, path, expires);
     if (max_bytes > 0)
@@ -103,10 +90,4 @@ char *blobsig_url_opts(const char *key, const char *base_url, const char *method
         buf_puts(&b, "&once=1");
     buf_printf(&b, "&sig=%s", sig);
     return buf_detach(&b);
-}
-
-char *blobsig_url(const char *key, const char *base_url, const char *method, const char *path,
-                  int64_t now, int64_t ttl)
-{
-    return blobsig_url_opts(key, base_url, method, path, now, ttl, 0, false);
 }

@@ -22,20 +22,10 @@
 #define BLOBSIG_HEX_LEN 64
 
 /* Writes the signature of (method, path, expires) under key into out
- * (BLOBSIG_HEX_LEN hex digits and a NUL): the short form, no max, no once. */
+ * (BLOBSIG_HEX_LEN hex digits and a NUL); max_bytes > 0 also signs that
+ * byte limit (0: none), once signs "may not replace". */
 void blobsig_sign(const char *key, const char *method, const char *path, int64_t expires,
-                  char out[BLOBSIG_HEX_LEN + 1]);
-
-/* The same with the options: max_bytes > 0 signs that byte limit (0: none),
- * once signs "may not replace". With neither it equals blobsig_sign. */
-void blobsig_sign_opts(const char *key, const char *method, const char *path, int64_t expires,
-                       int64_t max_bytes, bool once, char out[BLOBSIG_HEX_LEN + 1]);
-
-/* Whether sig (as received) signs (method, path, expires_str) under key and
- * expires_str (decimal) is at or after now. NULL expires_str or sig: false.
- * Only the short form: a URL with max or once needs blobsig_verify_query. */
-bool blobsig_verify(const char *key, const char *method, const char *path, const char *expires_str,
-                    const char *sig, int64_t now);
+                  int64_t max_bytes, bool once, char out[BLOBSIG_HEX_LEN + 1]);
 
 /* A signed URL's query parameters as received; NULL for one that is absent. */
 struct blobsig_query {
@@ -50,24 +40,20 @@ struct blobsig_grant {
     bool once;         /* may not replace an existing blob */
 };
 
-/* Whether q signs (method, path) under key and has not expired at now (as
- * blobsig_verify), max and once included. A max that is not plain digits
- * or a once other than "1" is never valid. On true, grant (NULL allowed)
- * gets what the URL allows. */
-bool blobsig_verify_query(const char *key, const char *method, const char *path,
-                          const struct blobsig_query *q, int64_t now, struct blobsig_grant *grant);
+/* Whether q signs (method, path) under key and its expires (decimal) is
+ * at or after now, max and once included; NULL expires or sig: false. A
+ * max that is not plain digits or a once other than "1" is never valid.
+ * On true, grant (NULL allowed) gets what the URL allows. */
+bool blobsig_verify(const char *key, const char *method, const char *path,
+                    const struct blobsig_query *q, int64_t now, struct blobsig_grant *grant);
 
-/* A new string "base_url" + path + "?expires=E&sig=S" for a request of
- * method on path, valid for ttl seconds from now. base_url has no trailing
- * '/' and path starts with '/'. Free it with free(). */
+/* A new string base_url + path + "?expires=E[&max=N][&once=1]&sig=S" for
+ * a request of method on path, valid for ttl seconds from now (base_url
+ * has no trailing '/', path starts with '/'). max_bytes > 0 limits the
+ * body to that many bytes (0: no limit of its own; the blobstore's
+ * --max-size applies either way); once makes a PUT refuse (409) to replace
+ * a blob that exists. Free it with free(). */
 char *blobsig_url(const char *key, const char *base_url, const char *method, const char *path,
-                  int64_t now, int64_t ttl);
-
-/* Like blobsig_url, with the options: "...?expires=E[&max=N][&once=1]&sig=S"
- * where max_bytes > 0 limits the body to that many bytes (0: no limit of
- * its own; the blobstore's --max-size applies either way) and once makes a
- * PUT refuse (409) to replace a blob that exists. Free it with free(). */
-char *blobsig_url_opts(const char *key, const char *base_url, const char *method, const char *path,
-                       int64_t now, int64_t ttl, int64_t max_bytes, bool once);
+                  int64_t now, int64_t ttl, int64_t max_bytes, bool once);
 
 #endif

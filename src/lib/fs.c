@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,8 +62,9 @@ int fs_rm_tree(const char *path)
 
 int fs_read_fd(int fd, struct buf *out, size_t max)
 {
-    char chunk[4096];
+    char chunk[8192];
     size_t kept = 0;
+    bool over = false;
     for (;;) {
         ssize_t n = read(fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR)
@@ -70,9 +72,26 @@ int fs_read_fd(int fd, struct buf *out, size_t max)
         if (n < 0)
             return -errno;
         if (n == 0)
-            return 0;
+            return over ? -EFBIG : 0;
         size_t take = max - kept < (size_t)n ? max - kept : (size_t)n;
         buf_append(out, chunk, take);
         kept += take;
+        over = over || take < (size_t)n;
     }
+}
+
+int fs_write_all(int fd, const void *p, size_t len)
+{
+    const char *c = p;
+    while (len > 0) {
+        ssize_t n = write(fd, c, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EIO;
+        c += n, len -= (size_t)n;
+    }
+    return 0;
 }

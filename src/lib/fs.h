@@ -23,9 +23,14 @@ int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
 int fs_rm_tree(const char *path);
 
 struct buf;
-/* Reads fd to its end (a pipe from a child, say), appending to out at most
- * max bytes of it; the rest is read and dropped, so the writer never
- * blocks. Returns 0, or -errno of a failed read. */
+/* Reads fd to its end (a file, or a pipe from a child), appending to out
+ * at most max bytes of it; the rest is read and dropped, so a writer never
+ * blocks. Returns 0, -EFBIG when more than max came (out holds the first
+ * max bytes), or -errno of a failed read. */
 int fs_read_fd(int fd, struct buf *out, size_t max);
+
+/* Writes all of p to fd (again after EINTR and short writes). Returns 0 or
+ * -errno (-EIO when write wrote nothing). */
+int fs_write_all(int fd, const void *p, size_t len);
 
 #endif
