@@ -25,7 +25,7 @@ up: build
 	@scripts/up $(BUILD)
 
 down:
-	@scripts/up --stop
+	@scripts/up --stop $(BUILD)
 
 $(TEST_BUILD)/build.ninja:
 	meson setup $(TEST_BUILD) --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
@@ -34,7 +34,7 @@ test: deps $(TEST_BUILD)/build.ninja
 	ninja -C $(TEST_BUILD)
 	meson test -C $(TEST_BUILD) --suite unit --print-errorlogs
 	tests/fuzz/run $(FUZZ_SECONDS)
-	PIER_BUILD_DIR=$(abspath $(TEST_BUILD)) $(PYTEST) -v tests/e2e
+	PIER_BUILD_DIR=$(abspath $(TEST_BUILD)) $(PYTEST) -n $${PIER_E2E_JOBS:-3} --dist loadfile --timeout 600 -v tests/e2e
 
 unit: deps $(TEST_BUILD)/build.ninja
 	ninja -C $(TEST_BUILD)
@@ -42,7 +42,7 @@ unit: deps $(TEST_BUILD)/build.ninja
 
 e2e: deps $(TEST_BUILD)/build.ninja
 	ninja -C $(TEST_BUILD)
-	PIER_BUILD_DIR=$(abspath $(TEST_BUILD)) $(PYTEST) -v tests/e2e
+	PIER_BUILD_DIR=$(abspath $(TEST_BUILD)) $(PYTEST) -n $${PIER_E2E_JOBS:-3} --dist loadfile --timeout 600 -v tests/e2e
 
 fuzz: deps
 	tests/fuzz/run $(FUZZ_SECONDS)

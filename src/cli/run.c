@@ -268,8 +268,11 @@ static void loop(struct session *s)
         }
         if (r <= 0)
             continue;
-        if (pf[1].revents)
-            handle_signals(s, &out);
+        /* The pipe is read whatever poll said: a signal that came while
+         * poll was returning with stdin ready has its handler run only on
+         * the way out, after revents were filled, and its resize must go
+         * before the keys typed after it. */
+        handle_signals(s, &out);
         if (!s->done && s->stdin_open && pf[2].revents)
             forward_stdin(s, &out);
     }

@@ -9,6 +9,8 @@ Run with `/usr/bin/python3 -m pytest tests/e2e` and PIER_BUILD_DIR set to
 the meson build directory (the one holding `pierd` and `pier`).
 """
 
+import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -28,17 +30,105 @@ SANITIZER_MARKERS = (
 
 _handed_out = set()
 
+# Ports the tests pick. free_port() hands out odd ports of the kernel's
+# ephemeral range, as bind(0) does (the kernel keeps the even ones for the
+# local ends of outgoing connections); free_port_range() hands out blocks
+# of HOST_PORTS, for a host agent's jobs or a `pier up` cluster (below the
+# ephemeral range, above cluster_util's and `make up`'s 10000-20999). Under
+# pytest-xdist each worker takes a slice of its own of both, so two workers never hand out
+# the same port, even one that a test holds unbound for a while; within a
+# slice the walk starts at a random place, so separate runs rarely meet.
+HOST_PORTS = (21000, 32000)
+
+
+def _ephemeral_ports():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+        return lo, hi + 1
+    except (OSError, ValueError):
+        return 32768, 61000
+
+
+FREE_PORTS = _ephemeral_ports()
+
+
+def xdist_worker():
+    """INDEX, COUNT of this pytest-xdist worker; 0, 1 outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not name.startswith("gw") or not name[2:].isdigit() or count < 1:
+        return 0, 1
+    return int(name[2:]) % count, count
+
+
+def _bindable(port, reuse=False):
+    """Whether nothing holds port on loopback or the wildcard address: a
+    listener, or (unless reuse: a server sets SO_REUSEADDR, as pierd and
+    most do) a connection lingering in TIME_WAIT."""
+    for addr in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((addr, port))
+            except OSError:
+                return False
+    return True
+
+
+_free = {}  # the walk of this worker's odd ports: "ports", "next"
+
 
 def free_port():
-    """A loopback TCP port nothing listens on, never the same twice in a run."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
+    """A loopback TCP port nothing listens on, not handed out before in this
+    run (until all of this worker's ports were) nor by another worker."""
+    if not _free:
+        import random
+        index, count = xdist_worker()
+        odd = range(FREE_PORTS[0] | 1, FREE_PORTS[1], 2)
+        size = len(odd) // count
+        _free["ports"] = odd[index * size:(index + 1) * size]
+        _free["next"] = random.randrange(size)
+    ports = _free["ports"]
+    for _ in range(len(ports)):
+        port = ports[_free["next"] % len(ports)]
+        _free["next"] += 1
+        if _free["next"] % len(ports) == 0:
+            _handed_out.clear()  # once round: ports are handed out again
+        if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
     raise RuntimeError("no free loopback port")
+
+
+# The files that take longest (serial seconds, measured with --durations),
+# longest first. Under pytest-xdist with --dist loadfile a file is a unit of
+# work handed to the next free worker in collection order, so these go
+# first: a long file started last would run on alone at the end.
+SLOW_FILES = (
+    "test_git_hook.py",  # 103 s
+    "test_up.py",  # whole `pier up` clusters
+    "test_cli_up.py",
+    "test_git_push.py",  # 71 s
+    "test_controller_events.py",  # 68 s
+    "test_gitreceive_ssh.py",  # 57 s
+    "test_host.py",  # 37 s
+    "test_controller_jobs.py",  # 31 s
+    "test_scheduler.py",  # 31 s
+    "test_gitreceive_http.py",  # 29 s
+    "test_deploy.py",  # 29 s
+    "test_cli_apps.py",  # 26 s
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, the SLOW_FILES first (each file's tests stay
+    together and in their order); run alone, the files' own order."""
+    if xdist_worker()[1] == 1:
+        return
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 
 
 def sanitizer_reports(text):
@@ -239,29 +329,38 @@ def new_host_id():
     return f"t{_host_seq[0]}{os.urandom(3).hex()}"
 
 
-def _bindable(port):
-    for addr in ("127.0.0.1", "0.0.0.0"):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((addr, port))
-            except OSError:
-                return False
-    return True
-
-
 def free_port_range(n=20):
-    """LO, HI of n ports nothing binds now, below the kernel's ephemeral
-    range (where free_port() picks) and never handed out twice in a run."""
+    """LO, HI of n ports nothing binds now: a block aligned to n in this
+    worker's slice of HOST_PORTS (a slice by address, so blocks of any size
+    from two workers never overlap), not handed out before in this run
+    (until all of the slice's blocks of that size were). Waits up to 30 s
+    for one to be free. A port in TIME_WAIT counts as free: the ports of
+    earlier tests' jobs linger so for a minute, and a block of 1000 (a
+    `pier up` cluster's) would seldom be found otherwise."""
     import random
-    for _ in range(200):
-        block = random.randrange(21000 // n, 32000 // n)
-        if block in _port_blocks:
-            continue
-        lo = block * n
-        if all(_bindable(p) for p in range(lo, lo + n)):
-            _port_blocks.add(block)
-            return lo, lo + n - 1
-    raise RuntimeError("no free port range")
+    index, count = xdist_worker()
+    size = (HOST_PORTS[1] - HOST_PORTS[0]) // count
+    start = HOST_PORTS[0] + index * size
+    first, end = -(-start // n), (start + size) // n  # the blocks wholly inside
+    blocks = list(range(first, end))
+    if not blocks:
+        raise RuntimeError(f"no block of {n} ports in {start}-{start + size - 1}")
+    random.shuffle(blocks)
+    deadline = time.monotonic() + 30  # what held a block may be going away
+    while True:
+        for again in (False, True):
+            if again:  # all handed out once: hand them out again
+                _port_blocks.difference_update((b, n) for b in blocks)
+            for block in blocks:
+                lo = block * n
+                if (block, n) not in _port_blocks and \
+                        all(_bindable(p, reuse=True) for p in range(lo, lo + n)):
+                    _port_blocks.add((block, n))
+                    return lo, lo + n - 1
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    raise RuntimeError(f"no free range of {n} ports in {start}-{start + size - 1}")
 
 
 def store_get(store, key):
@@ -434,18 +533,33 @@ STACK_CACHE = Path(os.environ.get("PIER_TEST_STACK", "/var/cache/pier-test/stack
 STACK_PACKAGES = "ca-certificates"
 
 
+@contextlib.contextmanager
+def stack_lock():
+    """Holds an exclusive lock on STACK_CACHE (a file beside it) while the
+    block runs: pytest-xdist workers, and separate runs on one machine,
+    build or check the shared stack one at a time."""
+    STACK_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{STACK_CACHE}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def built_stack(pier_build):
     """A real stack root, built with `pier stack build` once per machine
     (about 30 s from Debian's archive) and reused by later runs: the build
     is idempotent once its marker is written. A folder left half-built by
-    an interrupted run is removed first."""
+    an interrupted run is removed first. Built under stack_lock(), so two
+    workers that want it at once build it once."""
     marker = STACK_CACHE / "etc" / "pier-stack"
-    if STACK_CACHE.exists() and not marker.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(STACK_CACHE)], check=True)
-    STACK_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run([str(pier_build / "pier"), "stack", "build", str(STACK_CACHE),
-                        "--packages", STACK_PACKAGES],
-                       capture_output=True, text=True, timeout=900)
+    with stack_lock():
+        if STACK_CACHE.exists() and not marker.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(STACK_CACHE)], check=True)
+        p = subprocess.run([str(pier_build / "pier"), "stack", "build", str(STACK_CACHE),
+                            "--packages", STACK_PACKAGES],
+                           capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and marker.exists(), p.stderr[-3000:]
     return STACK_CACHE

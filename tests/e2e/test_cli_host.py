@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STACK_CACHE, STACK_PACKAGES, free_port, sanitizer_reports
+from conftest import STACK_CACHE, STACK_PACKAGES, free_port, sanitizer_reports, stack_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -455,7 +455,13 @@ def test_stack_explicit_mirror_and_suite(pier, tmp_path):
 def test_stack_build_real(pier):
     """Builds the stack once per machine (reused afterwards: the marker says
     it is finished), then checks what is in it and that building again is
-    a no-op."""
+    a no-op. Under stack_lock(): another pytest-xdist worker's built_stack
+    fixture builds the same folder."""
+    with stack_lock():
+        stack_build_real(pier)
+
+
+def stack_build_real(pier):
     d = STACK_CACHE
     marker = d / "etc" / "pier-stack"
     if d.exists() and not marker.exists():
