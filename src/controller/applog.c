@@ -458,8 +458,10 @@ static void reply_follow(struct httpd_req *r, struct ctl *c, const char *app_id,
     json_t *rec;
     json_array_foreach(jobs, i, rec) follow_job(f, rec, f->q.lines);
     f->watching = pthread_create(&f->watcher, NULL, watch_run, f) == 0;
-    httpd_reply_stream(r, 200, f->q.sse ? "text/event-stream; charset=utf-8" : "text/plain",
-                       follow_next, follow_done, f);
+    /* An app's log follow never ends by itself (new jobs join it): a drain
+     * ends it, and the client asks again. */
+    httpd_reply_stream_endless(r, 200, f->q.sse ? "text/event-stream; charset=utf-8" : "text/plain",
+                               follow_next, follow_done, f);
 }
 
 /* ---- the route ---- */

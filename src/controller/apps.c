@@ -122,6 +122,17 @@ static bool name_taken(struct ctl *c, const char *name)
     return true;
 }
 
+static bool app_id_taken(struct ctl *c, const char *id)
+{
+    cleanup_buf struct buf key = BUF_INIT;
+    buf_printf(&key, "%s%s", KEYS_APPS, id);
+    json_t *app = NULL;
+    if (ctl_get(c, key.p, &app, NULL, NULL) < 0)
+        return false;
+    json_decref(app);
+    return true;
+}
+
 static void app_create(struct httpd_req *r, void *ud)
 {
     struct ctl *c = ud;
@@ -139,8 +150,15 @@ static void app_create(struct httpd_req *r, void *ud)
                              "100 characters long");
         return;
     }
+    /* As in Flynn, a UUID the client chose is kept (a bootstrap names its
+     * apps before their controller runs); anything else is ignored. */
+    const char *want_id = json_string_value(json_object_get(body, "id"));
+    bool chosen = want_id && uuid_ok(want_id);
     char id[UUID_LEN];
-    uuid_new(id);
+    if (chosen)
+        snprintf(id, sizeof(id), "%s", want_id);
+    else
+        uuid_new(id);
     cleanup_json json_t *app =
         json_pack("{s:s,s:s,s:{},s:s,s:i,s:b}", "id", id, "name", "", "meta", "strategy",
                   "all-at-once", "deploy_timeout", DEFAULT_DEPLOY_TIMEOUT, "protected", 0);
@@ -167,6 +185,11 @@ static void app_create(struct httpd_req *r, void *ud)
         if (ok) {
             log_info("controller", "app created", "id=%s name=%s", id, n);
             httpd_reply_json(r, 200, app_public(app));
+            return;
+        }
+        if (chosen && app_id_taken(c, id)) {
+            err_set(&err, PIER_EEXISTS, "app %s already exists", id);
+            ctl_reply_err(r, PIER_EEXISTS, &err);
             return;
         }
         if (given && !name_taken(c, n)) {

@@ -1,5 +1,7 @@
 /* artifacts: what a release runs (Flynn's /artifacts). Immutable: created
- * once with a server-made id, read many times, never changed. */
+ * once, with the id the client chose or a server-made one, read many
+ * times, never changed. */
+#include <stdio.h>
 #include <string.h>
 
 #include "controller/check.h"
@@ -20,6 +22,31 @@ static bool type_ok(const char *t)
     return strcmp(t, "file") == 0 || strcmp(t, "flynn") == 0 || strcmp(t, "docker") == 0;
 }
 
+/* A flynn artifact's uri: anything for Flynn's images (pier pulls none),
+ * but in pier's own scheme only pier:host, the host's binds as the stack
+ * (jobbuild.h). */
+static int check_flynn_uri(const char *uri, struct pier_err *err)
+{
+    if (strncmp(uri, "pier:", 5) == 0 && strcmp(uri, JOBBUILD_HOST_STACK_URI) != 0)
+        return err_set(err, PIER_EINVAL,
+                       "uri: %.64s is not a pier stack (" JOBBUILD_HOST_STACK_URI
+                       " for the host's binds, or file:///DIR for a stack directory)",
+                       uri);
+    return 0;
+}
+
+/* The id: a UUID the client chose (Flynn lets it, so a bootstrap can name
+ * what it creates before the controller runs), else a new one; anything
+ * else in "id" is ignored, as a read-only field a client echoes back. */
+static void artifact_id(const json_t *body, char id[UUID_LEN])
+{
+    const char *given = json_string_value(json_object_get(body, "id"));
+    if (given && uuid_ok(given))
+        snprintf(id, UUID_LEN, "%s", given);
+    else
+        uuid_new(id);
+}
+
 /* Checks a creation body and builds the record from it (a new reference in
  * *out). */
 static int artifact_from(const json_t *body, json_t **out, struct pier_err *err)
@@ -35,6 +62,8 @@ static int artifact_from(const json_t *body, json_t **out, struct pier_err *err)
         return rc;
     if (!uri || !*uri)
         return err_set(err, PIER_EINVAL, "uri is required");
+    if (strcmp(type, "flynn") == 0 && (rc = check_flynn_uri(uri, err)) < 0)
+        return rc;
     json_t *meta = json_object_get(body, "meta");
     if ((rc = check_strmap(meta, "meta", err)) < 0)
         return rc;
@@ -48,7 +77,7 @@ static int artifact_from(const json_t *body, json_t **out, struct pier_err *err)
         return err_set(err, PIER_EINVAL, "size must be a whole number of bytes");
 
     char id[UUID_LEN];
-    uuid_new(id);
+    artifact_id(body, id);
     json_t *a = json_pack("{s:s,s:s,s:s}", "id", id, "type", type, "uri", uri);
     json_object_set_new(a, "meta",
                         meta && !json_is_null(meta) ? json_deep_copy(meta) : json_object());
@@ -81,6 +110,9 @@ static void artifact_create(struct httpd_req *r, void *ud)
     cleanup_buf struct buf key = BUF_INIT;
     buf_printf(&key, "%s%s", KEYS_ARTIFACTS, json_string_value(json_object_get(a, "id")));
     rc = ctl_put(c, key.p, a, 0, &err);
+    if (rc == PIER_EEXISTS)
+        err_set(&err, rc, "artifact %s already exists",
+                json_string_value(json_object_get(a, "id")));
     if (rc < 0) {
         ctl_reply_err(r, rc, &err);
         return;

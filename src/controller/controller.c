@@ -1,5 +1,7 @@
 #include "controller/controller.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,21 @@
 #include "lib/buf.h"
 #include "lib/daemon.h"
 #include "lib/log.h"
+
+/* At SIGTERM, how long requests in progress (streams included) may run on. */
+#define DRAIN_MS 10000
+
+struct drain {
+    struct httpd *h;
+    bool ok;
+};
+
+static void *drain_thread(void *arg)
+{
+    struct drain *d = arg;
+    d->ok = httpd_drain(d->h, DRAIN_MS);
+    return NULL;
+}
 
 static void ping(struct httpd_req *r, void *ud)
 {
@@ -90,12 +107,31 @@ int controller_main(int argc, char **argv)
     }
     log_info("controller", "listening", "addr=%s store=%s", c.addr, f.store);
     int sig = daemon_wait();
-    log_info("controller", "stopping", "signal=%d", sig);
-    httpd_free(h);
+    log_info("controller", "stopping", "signal=%d drain_ms=%d", sig, DRAIN_MS);
+    /* The server stops taking connections and lets the requests in
+     * progress finish (a thread: streams may hold it up to DRAIN_MS) while
+     * the deployer and the recorder put their work down and the
+     * leadership goes: leader_stop revokes the lease, so the next
+     * controller (the new job of a deploy of the controller itself) leads
+     * at once, not a TTL later. No handler uses the leadership. */
+    struct drain d = {.h = h};
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, drain_thread, &d) == 0;
     ctl_deployer_stop(deployer);
     ctl_worker_stop(recorder);
     leader_stop(c.leader);
+    c.leader = NULL;
+    log_info("controller", "leadership released", "addr=%s", c.addr);
+    if (threaded)
+        pthread_join(t, NULL);
+    else
+        drain_thread(&d);
+    if (!d.ok)
+        log_warn("controller", "requests still running at the drain timeout, cut", "after_ms=%d",
+                 DRAIN_MS);
+    httpd_free(h);
     store_close(c.s);
     free(c.addr);
+    log_info("controller", "stopped", "signal=%d", sig);
     return 0;
 }

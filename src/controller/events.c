@@ -356,7 +356,8 @@ static void stream_start(struct httpd_req *r, struct stream *s, const char *pref
         return;
     }
     s->keepalive_at = clock_now_ms() + KEEPALIVE_MS;
-    httpd_reply_stream(r, 200, SSE_TYPE, stream_next, stream_done, s);
+    /* Endless: a drain ends it and the client resumes with Last-Event-Id. */
+    httpd_reply_stream_endless(r, 200, SSE_TYPE, stream_next, stream_done, s);
 }
 
 static void events_stream(struct httpd_req *r, struct ctl *c, struct filter *f, int64_t count)

@@ -3,7 +3,10 @@
  *
  * Releases are immutable: a new configuration is a new release. A created
  * release gets Flynn's default resources for each process type, so what
- * is stored is what the scheduler and the host agent apply. */
+ * is stored is what the scheduler and the host agent apply; the rest of a
+ * process type (mounts, linux_capabilities, ...) is kept as given, once
+ * the job it makes is one the host agent would run (check_release). */
+#include <stdio.h>
 #include <string.h>
 
 #include "controller/check.h"
@@ -54,8 +57,15 @@ static int release_from(struct ctl *c, const json_t *body, json_t **out, struct 
         if (rc < 0)
             return rc;
     }
+    /* A UUID the client chose, as Flynn allows (a bootstrap names its
+     * releases before the controller runs); else a new one. Anything else
+     * in "id" is ignored, as a read-only field a client echoes back. */
+    const char *given = json_string_value(json_object_get(body, "id"));
     char id[UUID_LEN];
-    uuid_new(id);
+    if (given && uuid_ok(given))
+        snprintf(id, sizeof(id), "%s", given);
+    else
+        uuid_new(id);
     json_object_set_new(rel, "id", json_string(id));
     ctl_set_now(rel, "created_at");
     *out = json_incref(rel);
@@ -79,6 +89,8 @@ static void release_create(struct httpd_req *r, void *ud)
     cleanup_buf struct buf key = BUF_INIT;
     buf_printf(&key, "%s%s", KEYS_RELEASES, id);
     rc = ctl_put(c, key.p, rel, 0, &err);
+    if (rc == PIER_EEXISTS)
+        err_set(&err, rc, "release %s already exists", id);
     if (rc < 0) {
         ctl_reply_err(r, rc, &err);
         return;

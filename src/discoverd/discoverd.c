@@ -17,6 +17,9 @@
  * Flynn's SSE reader skips (a "\n\n"-terminated comment breaks it). */
 #define SSE_KEEPALIVE ":\n"
 #define SSE_KEEPALIVE_MS 30000
+/* At SIGTERM, how long requests in progress may run on (they are short:
+ * the endless event streams do not wait). */
+#define DRAIN_MS 5000
 
 struct discoverd {
     struct store *s;
@@ -154,7 +157,9 @@ static void start_stream(struct httpd_req *r, struct discoverd *d, const char *s
         return;
     }
     es->service = xstrdup(service);
-    httpd_reply_stream(r, 200, "text/event-stream", stream_next, stream_done, es);
+    /* Endless: a drain ends it; the client reconnects and is sent the
+     * current instances again. */
+    httpd_reply_stream_endless(r, 200, "text/event-stream", stream_next, stream_done, es);
 }
 
 /* ---- GET /services/:service/instances and /leader ---- */
@@ -417,7 +422,12 @@ int discoverd_main(int argc, char **argv)
     log_info("discoverd", "listening", "addr=%s port=%d store=%s", f.listen, httpd_port(h),
              f.store);
     int sig = daemon_wait();
-    log_info("discoverd", "stopping", "signal=%d", sig);
+    log_info("discoverd", "stopping", "signal=%d drain_ms=%d", sig, DRAIN_MS);
+    /* Requests in progress finish; the event streams end cleanly at once
+     * (their clients reconnect to another instance). */
+    if (!httpd_drain(h, DRAIN_MS))
+        log_warn("discoverd", "requests still running at the drain timeout, cut", "after_ms=%d",
+                 DRAIN_MS);
     httpd_free(h);
     store_close(d.s);
     return 0;

@@ -145,7 +145,7 @@ static int make_release(struct pipe_run *r, struct pier_err *err)
 {
     const json_t *res = r->result;
     cleanup_buf struct buf uri = BUF_INIT, size = BUF_INIT;
-    buf_printf(&uri, "%s/slugs/%s/%s.tgz", r->p->blobstore, r->p->app_id, r->build_id);
+    buf_printf(&uri, "%s/slugs/%s/%s.tgz", r->p->slug_base, r->p->app_id, r->build_id);
     json_t *sz = json_object_get(res, "slug_size");
     buf_printf(&size, "%lld", json_is_integer(sz) ? (long long)json_integer_value(sz) : 0LL);
     const char *sha = json_string_value(json_object_get(res, "slug_sha256"));

@@ -41,10 +41,15 @@ static int parse_flags(int argc, char **argv, struct flags *f)
     f->ssh = DEFAULT_SSH;
     const struct daemon_opt opts[] = {
         {"dir", "DIR", "repositories, locks and the SSH host key (env PIER_GIT_DIR)", &f->dir},
-        {"controller", "URL", "the controller (env PIER_CONTROLLER)", &f->controller},
-        {"blobstore", "URL", "the blobstore, for sources and slugs (env PIER_BLOBSTORE)",
+        {"controller", "URL",
+         "the controller (env PIER_CONTROLLER; with --store, default: discovery)", &f->controller},
+        {"blobstore", "URL",
+         "the blobstore, for sources and slugs (env PIER_BLOBSTORE; with --store, default: "
+         "discovery)",
          &f->blobstore},
-        {"http", "ADDR", "smart HTTP: where it listens (default " DEFAULT_HTTP ", as --listen)",
+        {"http", "ADDR",
+         "smart HTTP: where it listens (default --listen: " DEFAULT_HTTP ", in a job "
+         "EXTERNAL_IP:PORT)",
          &f->http},
         {"ssh", "ADDR", "SSH: where it listens, or \"off\" (default " DEFAULT_SSH ")", &f->ssh},
         {"ssh-host-key", "FILE", "the SSH host key (default DIR/ssh_host_ed25519_key, made)",
@@ -67,11 +72,20 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         fprintf(stderr, "pierd gitreceive: %s\n", err.msg);
     if (rc != 0)
         return rc;
+    /* With a store, a controller or blobstore not given is found in
+     * discovery at each push (peers.c). */
+    bool store = f->common.store && *f->common.store;
+    if (f->controller && !*f->controller)
+        f->controller = NULL;
+    if (f->blobstore && !*f->blobstore)
+        f->blobstore = NULL;
     const char *missing = !f->dir || !*f->dir                 ? "--dir DIR (or PIER_GIT_DIR)"
                           : !f->common.key || !*f->common.key ? "--key KEY (or PIER_KEY)"
-                          : !f->controller || !*f->controller ? "--controller URL"
-                          : !f->blobstore || !*f->blobstore   ? "--blobstore URL"
-                                                              : NULL;
+                          : !f->controller && !store ? "--controller URL (or --store URL, to find "
+                                                       "it in discovery)"
+                          : !f->blobstore && !store  ? "--blobstore URL (or --store URL, to find "
+                                                       "it in discovery)"
+                                                     : NULL;
     if (missing) {
         fprintf(stderr, "pierd gitreceive: needs %s (see pierd gitreceive --help)\n", missing);
         return PIER_EINVAL;
@@ -189,7 +203,6 @@ static int serve(struct flags *f, struct gitrecv *g)
     struct pier_err err = {0};
     struct gitrecv_http *http = NULL;
     struct gitrecv_ssh *ssh = NULL;
-    struct store *store = NULL;
     struct discover_reg *reg = NULL;
     cleanup_buf struct buf key_file = BUF_INIT;
     if (f->ssh_key)
@@ -202,31 +215,30 @@ static int serve(struct flags *f, struct gitrecv *g)
     if (rc == 0)
         rc = gitrecv_http_start(g, f->http, &http, &err);
     cleanup_free char *ssh_addr = ssh && http ? ssh_reach_addr(ssh, gitrecv_http_addr(http)) : NULL;
-    if (rc == 0 && f->common.store && *f->common.store) {
-        rc = store_open(f->common.store, &store, &err);
+    if (rc == 0 && g->discovery) {
         json_t *meta = json_pack("{s:s}", "ssh", ssh_addr ? ssh_addr : "off");
         const struct discover_reg_opts ro = {.proto = "http", .meta = meta};
-        if (rc == 0)
-            rc = discover_register(store, "gitreceive", gitrecv_http_addr(http), &ro, &reg, &err);
+        rc =
+            discover_register(g->discovery, "gitreceive", gitrecv_http_addr(http), &ro, &reg, &err);
         json_decref(meta);
     }
     if (rc < 0) {
         fprintf(stderr, "pierd gitreceive: %s\n", err.msg);
         discover_unregister(reg);
-        store_close(store);
         gitrecv_ssh_stop(ssh);
         gitrecv_http_stop(http);
         return 1;
     }
-    log_info(COMP, "listening", "http=%s ssh=%s dir=%s controller=%s", gitrecv_http_addr(http),
-             ssh_addr ? ssh_addr : "off", g->dir, g->controller);
+    log_info(COMP, "listening", "http=%s ssh=%s dir=%s controller=%s blobstore=%s",
+             gitrecv_http_addr(http), ssh_addr ? ssh_addr : "off", g->dir,
+             g->controller ? g->controller : "discovery",
+             g->blobstore ? g->blobstore : "discovery");
     int sig = daemon_wait();
     int timeout_ms = (g->build_timeout + GITRECV_DRAIN_EXTRA_S) * 1000;
     log_info(COMP, "stopping: running pushes may finish", "signal=%d timeout_ms=%d", sig,
              timeout_ms);
     discover_unregister(reg);
     shut_down(http, ssh, timeout_ms);
-    store_close(store);
     log_info(COMP, "stopped", "signal=%d", sig);
     return 0;
 }
@@ -248,8 +260,8 @@ int gitreceive_main(int argc, char **argv)
     struct pier_err err = {0};
     cleanup_free char *dir = NULL;
     cleanup_free char *pierd = self_path();
-    cleanup_free char *controller = trim_url(f.controller);
-    cleanup_free char *blobstore = trim_url(f.blobstore);
+    cleanup_free char *controller = f.controller ? trim_url(f.controller) : NULL;
+    cleanup_free char *blobstore = f.blobstore ? trim_url(f.blobstore) : NULL;
     if (!pierd) {
         fprintf(stderr, "pierd gitreceive: cannot read /proc/self/exe: %s\n", strerror(errno));
         return 1;
@@ -267,5 +279,12 @@ int gitreceive_main(int argc, char **argv)
         .pierd = pierd,
         .build_timeout = timeout,
     };
-    return serve(&f, &g);
+    if (g.store && store_open(g.store, &g.discovery, &err) < 0) {
+        fprintf(stderr, "pierd gitreceive: %s\n", err.msg);
+        return 1;
+    }
+    rc = serve(&f, &g);
+    store_close(g.discovery);
+    gitrecv_peers_cleanup();
+    return rc;
 }

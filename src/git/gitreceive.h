@@ -23,15 +23,20 @@
  * many seconds more. */
 #define GITRECV_DRAIN_EXTRA_S 60
 
+struct store;
+
 /* The daemon's settings, read-only once it serves. */
 struct gitrecv {
-    const char *dir;        /* DIR: repos/, locks/, tmp/, the SSH host key */
-    const char *controller; /* the controller's URL, no trailing '/' */
-    const char *key;        /* the cluster key */
-    const char *blobstore;  /* the blobstore's URL, no trailing '/' */
-    const char *store;      /* the store's URL (discovery), or NULL */
-    const char *pierd;      /* absolute path of this pierd (for the hooks) */
-    int build_timeout;      /* seconds, PIER_BUILD_TIMEOUT */
+    const char *dir; /* DIR: repos/, locks/, tmp/, the SSH host key */
+    /* --controller: the controller's URL, no trailing '/'; NULL: the
+     * discovery service "controller" (gitrecv_controller) */
+    const char *controller;
+    const char *key;         /* the cluster key */
+    const char *blobstore;   /* --blobstore, no trailing '/', or NULL (discovery only) */
+    const char *store;       /* the store's URL (discovery), or NULL */
+    struct store *discovery; /* that store, opened, or NULL */
+    const char *pierd;       /* absolute path of this pierd (for the hooks) */
+    int build_timeout;       /* seconds, PIER_BUILD_TIMEOUT */
 };
 
 /* An app as the controller knows it. */
@@ -40,12 +45,28 @@ struct gitrecv_app {
     char name[101]; /* its name, for messages and PIER_APP */
 };
 
-struct store;
+/* The URL (no trailing '/') of the instance of service that leads in
+ * discovery in st: its meta.url when it has one, else http://ADDR. 0 with
+ * *url new; PIER_EUNAVAIL when none is registered, with the message "the
+ * SERVICE is not registered in discovery (service SERVICE); is it running?
+ * Try: pier status"; PIER_EINVAL when st is NULL; or the store's error. */
+int gitrecv_discover(struct store *st, const char *service, char **url, struct pier_err *err);
+
 /* The blobstore's URL (no trailing '/'): the one discovery in st leads
- * with (its meta.url, else http://ADDR), else fallback (also when st is
- * NULL or discovery does not answer). *from says which, for messages.
- * Returns a new string. */
-char *gitrecv_blobstore(struct store *st, const char *fallback, const char **from);
+ * with (gitrecv_discover), else fallback (also when st is NULL or
+ * discovery does not answer). *from says which, for messages. Returns a
+ * new string, or NULL with err when there is neither (fallback NULL or
+ * ""). */
+char *gitrecv_blobstore(struct store *st, const char *fallback, const char **from,
+                        struct pier_err *err);
+
+/* The controller's URL for the receiver's own questions (apps, SSH keys):
+ * g->controller when given, else gitrecv_discover(g->discovery,
+ * "controller"), kept for 2 s at most. 0 with *url new, or
+ * gitrecv_discover's errors. Thread-safe. */
+int gitrecv_controller(const struct gitrecv *g, char **url, struct pier_err *err);
+/* Frees what gitrecv_controller keeps (at exit). */
+void gitrecv_peers_cleanup(void);
 
 /* Whether name is a valid app name (the controller's rule). An app id (a
  * lower-case UUID) passes too. */
@@ -74,8 +95,10 @@ int gitrecv_repo_prepare(const struct gitrecv *g, const char *ref, struct gitrec
  * and git http-backend serving app: this process's environment without
  * its GIT_* variables (a GIT_DIR or GIT_CONFIG_* meant for the daemon must
  * not steer the git it runs), plus PIER_APP (the name), PIER_APP_ID,
- * PIER_CONTROLLER, PIER_KEY, PIER_BLOBSTORE, PIER_GIT_DIR and
- * PIER_BUILD_TIMEOUT. Free with gitrecv_env_free(). */
+ * PIER_CONTROLLER, PIER_KEY, PIER_BLOBSTORE (both empty when not given as
+ * flags: the hook looks them up in discovery), PIER_GIT_DIR,
+ * PIER_BUILD_TIMEOUT and PIER_STORE (with a store). Free with
+ * gitrecv_env_free(). */
 char **gitrecv_env(const struct gitrecv *g, const struct gitrecv_app *app);
 void gitrecv_env_free(char **env);
 

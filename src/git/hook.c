@@ -29,6 +29,7 @@
 #include "git/pipeline.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
+#include "lib/discover.h"
 #include "lib/httpc.h"
 #include "lib/jsonx.h"
 #include "lib/keys.h"
@@ -64,15 +65,22 @@ static bool id_ok(const char *id)
            strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") == n;
 }
 
-/* The settings from the environment gitrecv_env() made. */
+/* The settings from the environment gitrecv_env() made. PIER_CONTROLLER
+ * and PIER_BLOBSTORE may be empty when PIER_STORE is set: discovery has
+ * them (setup). */
 static int settings(struct pipeline *p)
 {
     static const char *const names[] = {"PIER_APP", "PIER_CONTROLLER", "PIER_KEY", "PIER_BLOBSTORE",
                                         "PIER_GIT_DIR"};
+    const char *store = getenv("PIER_STORE");
+    p->store_url = store && *store ? store : NULL;
     const char *v[5];
     for (int i = 0; i < 5; i++) {
         v[i] = getenv(names[i]);
-        if (!v[i] || !*v[i])
+        if (v[i] && !*v[i])
+            v[i] = NULL;
+        bool discovered = (i == 1 || i == 3) && p->store_url;
+        if (!v[i] && !discovered)
             return pipe_fail("pierd gitreceive hook: %s is not set (pierd gitreceive runs "
                              "this hook with it)",
                              names[i]);
@@ -84,8 +92,6 @@ static int settings(struct pipeline *p)
     p->key = v[2];
     p->flag_blobstore = v[3];
     p->dir = v[4];
-    const char *store = getenv("PIER_STORE");
-    p->store_url = store && *store ? store : NULL;
     const char *id = getenv("PIER_APP_ID");
     if (id && *id) {
         if (!id_ok(id))
@@ -121,24 +127,46 @@ static int find_app_id(struct pipeline *p)
     return 0;
 }
 
+/* The controller, when the receiver was given none: discovery's, looked
+ * up now, at the start of the push, so a controller redeployed since the
+ * last push is found where it is. Nothing has changed when it fails. */
+static int find_controller(struct pipeline *p)
+{
+    if (p->controller)
+        return 0;
+    struct pier_err err = {0};
+    if (gitrecv_discover(p->store, "controller", &p->found_controller, &err) < 0)
+        return pipe_fail("%s", err.msg);
+    p->controller = p->found_controller;
+    return 0;
+}
+
 /* The blobstore: discovery's when there is a store, else the receiver's. */
 static int find_blobstore(struct pipeline *p)
 {
     struct pier_err err = {0};
-    if (p->store_url && store_open(p->store_url, &p->store, &err) < 0)
-        return pipe_fail("PIER_STORE: %s", err.msg);
-    p->found = gitrecv_blobstore(p->store, p->flag_blobstore, &p->blobstore_from);
+    p->found = gitrecv_blobstore(p->store, p->flag_blobstore, &p->blobstore_from, &err);
+    if (!p->found)
+        return pipe_fail("%s", err.msg);
     p->blobstore = p->found;
+    /* Without a flag the blobstore can only have come from discovery. */
+    p->slug_base = p->flag_blobstore ? p->blobstore : "http://blobstore" DISCOVER_URL_DOMAIN;
     return 0;
 }
 
-/* The settings, the app's id, the blobstore: 0, or 1 (printed). */
-static int setup(struct pipeline *p)
+/* The settings, the store, the controller (when needed: a pre-receive
+ * hook always asks it), the app's id, the blobstore: 0, or 1 (printed). */
+static int setup(struct pipeline *p, bool need_controller)
 {
     p->h = httpc_new();
     if (settings(p) != 0)
         return 1;
     httpc_basic_auth(&p->auth, p->key);
+    struct pier_err err = {0};
+    if (p->store_url && store_open(p->store_url, &p->store, &err) < 0)
+        return pipe_fail("PIER_STORE: %s", err.msg);
+    if ((need_controller || !*p->app_id) && find_controller(p) != 0)
+        return 1;
     if (find_app_id(p) != 0)
         return 1;
     return find_blobstore(p);
@@ -151,6 +179,7 @@ static void setup_free(struct pipeline *p)
     httpc_free(p->h);
     buf_free(&p->auth);
     free(p->found);
+    free(p->found_controller);
 }
 
 /* ---- git ---- */
@@ -408,7 +437,7 @@ static int pre_receive(void)
     if (!*rev)
         return 0;
     struct pipeline p = {0};
-    int rc = setup(&p);
+    int rc = setup(&p, true);
     if (rc == 0) {
         pipeline_signals();
         rc = deploy(&p, deploy_ref, old_rev, rev);
@@ -431,7 +460,7 @@ static int post_receive(void)
     int fd = -1;
     bool waited = false;
     cleanup_buf struct buf name = BUF_INIT;
-    int rc = setup(&p);
+    int rc = setup(&p, false);
     if (rc == 0) {
         /* One archive of an app at a time, so the last one to arrive is
          * the newest: each is made after its push's refs moved. */

@@ -697,6 +697,8 @@ int pipeline_run(struct pipeline *p, const char *rev)
     uuid_new(r.build_id);
     pipe_say("Receiving push");
     pipe_detail("Blobstore: %s (%s)", p->blobstore, p->blobstore_from);
+    if (p->found_controller)
+        pipe_detail("Controller: %s (from discovery)", p->controller);
     cleanup_buf struct buf blob = BUF_INIT;
     int rc = source_and_build(&r);
     buf_printf(&blob, "/sources/%s/%s.tar", p->app_id, r.build_id);

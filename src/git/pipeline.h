@@ -29,12 +29,16 @@
 /* The settings git hands the hook (gitrecv_env()), and what hook.c
  * found from them before the push starts. */
 struct pipeline {
-    const char *app;              /* PIER_APP */
-    const char *controller;       /* PIER_CONTROLLER, no trailing '/' */
+    const char *app; /* PIER_APP */
+    /* PIER_CONTROLLER, else (with PIER_STORE) the discovery service
+     * "controller" at the start of the push; no trailing '/'. NULL in a
+     * post-receive hook that needs none. */
+    const char *controller;
+    char *found_controller;       /* owns controller when discovery gave it */
     const char *key;              /* PIER_KEY, the cluster key */
     const char *dir;              /* PIER_GIT_DIR */
     const char *store_url;        /* PIER_STORE, or NULL */
-    const char *flag_blobstore;   /* PIER_BLOBSTORE, no trailing '/' */
+    const char *flag_blobstore;   /* PIER_BLOBSTORE, no trailing '/', or NULL */
     int build_timeout;            /* PIER_BUILD_TIMEOUT seconds */
     char app_id[PIPE_ID_MAX + 1]; /* PIER_APP_ID, else from GET /apps/<app> */
     /* The blobstore used for everything (no trailing '/'): with PIER_STORE
@@ -43,9 +47,15 @@ struct pipeline {
     const char *blobstore;
     const char *blobstore_from; /* how it was chosen, for the pusher */
     char *found;                /* owns blobstore */
-    struct store *store;        /* PIER_STORE opened, or NULL */
-    struct httpc *h;            /* to the controller and the blobstore */
-    struct buf auth;            /* httpc_basic_auth() of the key */
+    /* What the release's artifact records the slug under (no trailing
+     * '/'): with the blobstore from discovery and no PIER_BLOBSTORE, its
+     * discovery name "http://blobstore.discoverd", which the host agents
+     * resolve at each fetch, so the record outlives the blobstore's moves
+     * (docs/gitreceive.md); else blobstore, as given. */
+    const char *slug_base;
+    struct store *store; /* PIER_STORE opened, or NULL */
+    struct httpc *h;     /* to the controller and the blobstore */
+    struct buf auth;     /* httpc_basic_auth() of the key */
     /* hook.c's lease on the app's lock in the store (NULL: none): a lost
      * lease stops the push before it releases anything. */
     struct store_keeper *lock;

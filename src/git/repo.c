@@ -85,17 +85,22 @@ static struct httpc *http_client(void)
 }
 
 /* GET CONTROLLER<path> with the cluster key; fills *status, and *body (a
- * new reference, may be NULL) with the answer of a 200. */
+ * new reference, may be NULL) with the answer of a 200. The controller is
+ * gitrecv_controller's: when discovery has none, that is the error. */
 static int controller_get(const struct gitrecv *g, const char *path, long *status, json_t **body,
                           struct pier_err *err)
 {
+    cleanup_free char *base = NULL;
+    int rc = gitrecv_controller(g, &base, err);
+    if (rc < 0)
+        return rc;
     cleanup_buf struct buf url = BUF_INIT;
     cleanup_buf struct buf auth = BUF_INIT;
-    buf_printf(&url, "%s%s", g->controller, path);
+    buf_printf(&url, "%s%s", base, path);
     httpc_basic_auth(&auth, g->key);
     const char *headers[] = {auth.p, "Accept: application/json", NULL};
     cleanup_buf struct buf name = BUF_INIT;
-    buf_printf(&name, "controller at %s", g->controller);
+    buf_printf(&name, "controller at %s", base);
     struct httpc_req req = {
         .url = url.p,
         .name = name.p,
@@ -104,7 +109,7 @@ static int controller_get(const struct gitrecv *g, const char *path, long *statu
         .max_body = 1 << 20,
     };
     struct httpc_resp resp = {0};
-    int rc = httpc_do(http_client(), &req, &resp, err);
+    rc = httpc_do(http_client(), &req, &resp, err);
     if (rc < 0) {
         /* Whatever broke on the way (its message says what), the
          * controller could not be asked: try again later. */
@@ -118,13 +123,12 @@ static int controller_get(const struct gitrecv *g, const char *path, long *statu
     httpc_resp_release(&resp);
     if (*status == 401 || *status == 403)
         return err_set(err, PIER_EUNAVAIL, "controller at %s refused the cluster key (HTTP %ld)",
-                       g->controller, *status);
+                       base, *status);
     if (*status != 200 && *status != 404)
-        return err_set(err, PIER_EUNAVAIL, "controller at %s answered HTTP %ld", g->controller,
-                       *status);
+        return err_set(err, PIER_EUNAVAIL, "controller at %s answered HTTP %ld", base, *status);
     if (rc < 0)
-        return err_set(err, PIER_EUNAVAIL, "controller at %s: GET %s: not a JSON object",
-                       g->controller, path);
+        return err_set(err, PIER_EUNAVAIL, "controller at %s: GET %s: not a JSON object", base,
+                       path);
     return 0;
 }
 
@@ -234,8 +238,8 @@ static int app_lookup(const struct gitrecv *g, const char *ref, struct gitrecv_a
     const char *id = json_string_value(json_object_get(body, "id"));
     const char *name = json_string_value(json_object_get(body, "name"));
     if (!id || !id_ok(id) || !name || !gitrecv_app_name_ok(name))
-        return err_set(err, PIER_EPROTO, "controller at %s: GET /apps/%s: no usable id and name",
-                       g->controller, ref);
+        return err_set(err, PIER_EPROTO, "the controller: GET /apps/%s: no usable id and name",
+                       ref);
     snprintf(app->id, sizeof(app->id), "%s", id);
     snprintf(app->name, sizeof(app->name), "%s", name);
     return 0;
@@ -429,31 +433,6 @@ static int write_all(const char *data, size_t len, void *ud)
     return 0;
 }
 
-char *gitrecv_blobstore(struct store *st, const char *fallback, const char **from)
-{
-    *from = "the receiver's --blobstore";
-    struct discover_list *l = NULL;
-    struct pier_err err = {0};
-    if (!st || discover_list(st, "blobstore", &l, &err) < 0)
-        return xstrdup(fallback);
-    if (l->n == 0) {
-        discover_list_free(l);
-        *from = "none in discovery: the receiver's --blobstore";
-        return xstrdup(fallback);
-    }
-    const char *url = json_string_value(json_object_get(l->v[0].meta, "url"));
-    struct buf b = BUF_INIT;
-    if (url && *url)
-        buf_puts(&b, url);
-    else
-        buf_printf(&b, "http://%s", l->v[0].addr);
-    while (b.len > 0 && b.p[b.len - 1] == '/')
-        b.p[--b.len] = '\0';
-    discover_list_free(l);
-    *from = "from discovery";
-    return buf_detach(&b);
-}
-
 /* GET BLOBSTORE/repos/<id>.tar into the file tar: 0 when it came,
  * PIER_ENOTFOUND when the blobstore has none, else an error naming it. */
 static int archive_fetch(const struct gitrecv *g, const struct gitrecv_app *app, const char *tar,
@@ -466,12 +445,11 @@ static int archive_fetch(const struct gitrecv *g, const struct gitrecv_app *app,
     cleanup_buf struct buf auth = BUF_INIT;
     cleanup_buf struct buf name = BUF_INIT;
     /* The blobstore the hook archives to: discovery's, when there is a store. */
-    struct store *st = NULL;
     const char *from;
-    if (g->store && store_open(g->store, &st, err) < 0)
-        return err->code;
-    cleanup_free char *blobstore = gitrecv_blobstore(st, g->blobstore, &from);
-    store_close(st);
+    struct pier_err e = {0};
+    cleanup_free char *blobstore = gitrecv_blobstore(g->discovery, g->blobstore, &from, &e);
+    if (!blobstore)
+        return err_set(err, e.code < 0 ? e.code : PIER_EUNAVAIL, "%s", e.msg);
     buf_printf(&url, "%s/repos/%s.tar", blobstore, app->id);
     buf_printf(&name, "blobstore at %s", blobstore);
     httpc_basic_auth(&auth, g->key);
@@ -491,8 +469,8 @@ static int archive_fetch(const struct gitrecv *g, const struct gitrecv_app *app,
     if (status == 404)
         return PIER_ENOTFOUND;
     if (status != 200)
-        return err_set(err, PIER_EUNAVAIL, "blobstore at %s: GET %s answered HTTP %ld",
-                       g->blobstore, url.p, status);
+        return err_set(err, PIER_EUNAVAIL, "blobstore at %s: GET %s answered HTTP %ld", blobstore,
+                       url.p, status);
     return 0;
 }
 
@@ -541,8 +519,8 @@ static int archive_restore(const struct gitrecv *g, const struct gitrecv_app *ap
         return rc;
     *root = archive_root(dir);
     if (!*root)
-        return err_set(err, PIER_EPROTO, "blobstore at %s: repos/%s.tar holds no git repository",
-                       g->blobstore, app->id);
+        return err_set(err, PIER_EPROTO, "the blobstore's repos/%s.tar holds no git repository",
+                       app->id);
     return 0;
 }
 
@@ -631,8 +609,7 @@ int gitrecv_repo_prepare(const struct gitrecv *g, const char *ref, struct gitrec
                              strerror(e));
         } else if (rc == 0) {
             log_info("gitreceive", restored ? "repository restored" : "repository made",
-                     "app=%s app_id=%s path=%s%s%s", app->name, app->id, final.p,
-                     restored ? " from=" : "", restored ? g->blobstore : "");
+                     "app=%s app_id=%s path=%s", app->name, app->id, final.p);
         }
         if (tmp)
             fs_rm_tree(tmp);

@@ -262,9 +262,12 @@ static int on_auth_pubkey(ssh_session session, const char *user, struct ssh_key_
         } else if (rc < 0 && rc != PIER_ENOTFOUND) {
             log_error(COMP, "ssh key check failed", "peer=%s fingerprint=%s reason=\"%s\"", c->peer,
                       fp, err.msg);
-            if (!c->banner_sent)
-                banner(session, "pier: cannot check SSH keys now: the controller did not "
-                                "answer; try again\r\n");
+            if (!c->banner_sent) {
+                char msg[600];
+                snprintf(msg, sizeof msg, "pier: cannot check SSH keys now: %s; try again\r\n",
+                         err.msg);
+                banner(session, msg);
+            }
             c->banner_sent = true;
         }
     }

@@ -445,7 +445,12 @@ static void job_log(struct httpd_req *r, void *ud)
         ls->type = type && *type ? xstrdup(type) : NULL;
         json_decref(job);
     }
-    httpd_reply_stream(r, 200, "text/plain", log_next, log_stream_free, ls);
+    /* A follow of a running job only ends when the job does: endless (a
+     * drain ends it; the client asks again). */
+    if (ls->follow && !job_ended(ls))
+        httpd_reply_stream_endless(r, 200, "text/plain", log_next, log_stream_free, ls);
+    else
+        httpd_reply_stream(r, 200, "text/plain", log_next, log_stream_free, ls);
 }
 
 /* ---- attach ----

@@ -121,7 +121,7 @@ static bool env_has(const json_t *env, const char *name)
 
 /* Whether the agent sets the variable of entry ("NAME=value") itself: its
  * value then wins over the spec's. */
-static bool agent_var(const char *entry, size_t n_ports)
+static bool agent_var(const char *entry, size_t n_ports, bool host_ip)
 {
     char name[32], port[32];
     size_t nl = strcspn(entry, "=");
@@ -130,6 +130,8 @@ static bool agent_var(const char *entry, size_t n_ports)
     memcpy(name, entry, nl);
     name[nl] = '\0';
     if (strcmp(name, "PIER_JOB_ID") == 0 || strcmp(name, "PIER_HOST_ID") == 0)
+        return true;
+    if (host_ip && strcmp(name, "EXTERNAL_IP") == 0)
         return true;
     if (n_ports > 0 && strcmp(name, "PORT") == 0)
         return true;
@@ -146,7 +148,7 @@ static json_t *build_env(const struct jobspec *spec, const struct bundle_opts *o
     json_t *env = json_array();
     char s[64];
     for (size_t i = 0; i < spec->n_env; i++)
-        if (!agent_var(spec->env[i], spec->n_ports))
+        if (!agent_var(spec->env[i], spec->n_ports, opts->host_ip != NULL))
             json_array_append_new(env, json_string(spec->env[i]));
     if (spec->n_ports > 0) {
         snprintf(s, sizeof(s), "PORT=%d", opts->ports[0]);
@@ -162,6 +164,11 @@ static json_t *build_env(const struct jobspec *spec, const struct bundle_opts *o
     buf_reset(&b);
     buf_printf(&b, "PIER_HOST_ID=%s", opts->host_id ? opts->host_id : spec->host_id);
     json_array_append_new(env, json_string(b.p));
+    if (opts->host_ip) { /* Flynn's name: the address the job's ports are reached at */
+        buf_reset(&b);
+        buf_printf(&b, "EXTERNAL_IP=%s", opts->host_ip);
+        json_array_append_new(env, json_string(b.p));
+    }
     if (!env_has(env, "HOME"))
         json_array_append_new(env, json_string("HOME=/app"));
     if (!env_has(env, "PATH"))
@@ -171,29 +178,60 @@ static json_t *build_env(const struct jobspec *spec, const struct bundle_opts *o
     return env;
 }
 
+/* Whether the array of strings a holds s. */
+static bool has_str(const json_t *a, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(a, i, v)
+    {
+        if (strcmp(json_string_value(v), s) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The three capabilities Docker and `crun spec` keep for a plain
+ * container, plus the spec's linux_capabilities. A non-root user loses
+ * its effective and permitted capabilities at exec unless they are
+ * ambient (and an ambient one must be inheritable too): so the spec's are
+ * in every set, while the three kept ones only bound what a setuid-free
+ * job could ever get. */
+static json_t *build_caps(const struct jobspec *spec)
+{
+    cleanup_json json_t *kept =
+        str_array("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", NULL);
+    json_t *extra = json_array();
+    for (size_t i = 0; i < spec->n_caps; i++) {
+        if (!has_str(kept, spec->caps[i]))
+            json_array_append_new(kept, json_string(spec->caps[i]));
+        json_array_append_new(extra, json_string(spec->caps[i]));
+    }
+    json_t *caps = json_object();
+    const char *sets[] = {"bounding", "effective", "permitted"};
+    for (size_t i = 0; i < sizeof(sets) / sizeof(*sets); i++)
+        json_object_set_new(caps, sets[i], json_deep_copy(kept));
+    if (spec->n_caps > 0)
+        json_object_set_new(caps, "ambient", json_deep_copy(extra));
+    json_object_set_new(caps, "inheritable", extra); /* steals extra */
+    return caps;
+}
+
 static json_t *build_process(const struct jobspec *spec, const struct bundle_opts *opts)
 {
     json_t *args = json_array();
     if (spec->init) {
         json_array_append_new(args, json_string("/dev/init"));
+        json_array_append_new(args, json_string("-g")); /* signals to the job's process group */
         json_array_append_new(args, json_string("--"));
     }
     for (size_t i = 0; i < spec->n_args; i++)
         json_array_append_new(args, json_string(spec->args[i]));
-    /* The three capabilities Docker and `crun spec` keep for a plain
-     * container. A non-root user loses effective and permitted ones at
-     * exec anyway (no ambient set); the bounding set is what matters. */
-    json_t *caps = json_object();
-    const char *sets[] = {"bounding", "effective", "permitted"};
-    for (size_t i = 0; i < sizeof(sets) / sizeof(*sets); i++)
-        json_object_set_new(caps, sets[i],
-                            str_array("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", NULL));
-    json_object_set_new(caps, "inheritable", json_array());
     json_t *p =
         json_pack("{s:b, s:{s:I, s:I}, s:o, s:o, s:s, s:o, s:[{s:s, s:I, s:I}], s:b}", "terminal",
                   spec->tty, "user", "uid", (json_int_t)opts->uid, "gid", (json_int_t)opts->gid,
                   "args", args, "env", build_env(spec, opts), "cwd", spec->working_dir,
-                  "capabilities", caps, "rlimits", "type", "RLIMIT_NOFILE", "hard",
+                  "capabilities", build_caps(spec), "rlimits", "type", "RLIMIT_NOFILE", "hard",
                   (json_int_t)spec->max_fd, "soft", (json_int_t)spec->max_fd, "noNewPrivileges", 1);
     if (spec->tty)
         json_object_set_new(
@@ -392,6 +430,9 @@ static json_t *build_linux(const struct jobspec *spec)
 
 /* ---- bundle_write ---- */
 
+static int add_user_mounts(const struct jobspec *spec, const struct bundle_opts *opts,
+                           const char *root, json_t *mounts, struct pier_err *err);
+
 static int check_opts(const struct jobspec *spec, const struct bundle_opts *opts,
                       struct pier_err *err)
 {
@@ -478,10 +519,15 @@ int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, str
     if ((rc = make_dir(path.p, 0700, err)) < 0 || (rc = write_etc_files(spec, path.p, err)) < 0)
         return rc;
 
-    cleanup_json json_t *cfg = json_pack(
-        "{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o}", "ociVersion", "1.0.2", "process",
-        build_process(spec, opts), "root", "path", root, "readonly", 1, "hostname", spec->id,
-        "mounts", build_mounts(spec, opts, job_dir), "linux", build_linux(spec));
+    json_t *mounts = build_mounts(spec, opts, job_dir);
+    if ((rc = add_user_mounts(spec, opts, root, mounts, err)) < 0) {
+        json_decref(mounts);
+        return rc;
+    }
+    cleanup_json json_t *cfg =
+        json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o}", "ociVersion", "1.0.2", "process",
+                  build_process(spec, opts), "root", "path", root, "readonly", 1, "hostname",
+                  spec->id, "mounts", mounts, "linux", build_linux(spec));
     if (!cfg)
         return err_set(err, PIER_EINTERNAL, "job %s: cannot build config.json", spec->id);
     cleanup_free char *text = json_dumps(cfg, JSON_INDENT(1));
@@ -579,6 +625,104 @@ unsigned bundle_stack_points(const char *dir)
     if (root >= 0 && has_in_root(root, ".pier/buildpacks", S_IFDIR))
         points |= BUNDLE_HAS_BUILDPACKS;
     return points;
+}
+
+/* ---- the spec's mounts ---- */
+
+/* Whether target lies under one of the host directories the host binds
+ * put in the root (/usr/..., /etc/...): its mount point is then in the
+ * host's own directory, seen through that bind, and must already exist. */
+static bool under_host_dir(const char *target)
+{
+    for (size_t i = 0; i < sizeof(host_dirs) / sizeof(*host_dirs); i++) {
+        size_t n = strlen(host_dirs[i]);
+        if (strncmp(target + 1, host_dirs[i], n) == 0 && target[1 + n] == '/')
+            return true;
+    }
+    return false;
+}
+
+/* Makes the mount point of target (a directory, or a file when !dir) in
+ * the agent's host root: every missing component a directory of mode
+ * 0755. The host root is the agent's own, so this writes nowhere jobs
+ * could. */
+static int make_point(const char *host_root, const char *target, bool dir, struct pier_err *err)
+{
+    cleanup_buf struct buf p = BUF_INIT;
+    buf_puts(&p, host_root);
+    for (const char *c = target + 1;;) {
+        size_t n = strcspn(c, "/");
+        buf_putc(&p, '/');
+        buf_append(&p, c, n);
+        if (c[n] == '\0')
+            return dir ? make_dir(p.p, 0755, err) : make_file(p.p, err);
+        int rc = make_dir(p.p, 0755, err);
+        if (rc < 0)
+            return rc;
+        c += n + 1;
+    }
+}
+
+/* Checks that target exists in the stack at root_fd as the container will
+ * see it, of the kind the location is. */
+static int check_point(int root_fd, const char *root, const char *target, bool dir, size_t i,
+                       struct pier_err *err)
+{
+    cleanup_close int fd = open_in_root(root_fd, target + 1);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return err_set(err, PIER_ENOTFOUND,
+                       "mounts[%zu].target %s: not in the stack %s, and the agent never writes "
+                       "into a stack jobs share: add the %s to the stack (%s %s%s)",
+                       i, target, root, dir ? "directory" : "file", dir ? "mkdir -p" : "touch",
+                       root, target);
+    if (dir != S_ISDIR(st.st_mode))
+        return err_set(err, PIER_EINVAL, "mounts[%zu].target %s: in the stack %s it is %s", i,
+                       target, root,
+                       dir ? "not a directory, but the location is one"
+                           : "a directory, but the location is not");
+    return 0;
+}
+
+/* Appends the spec's mounts to mounts, after checking that each location
+ * exists and making (host root) or checking (stack) its mount point. */
+static int add_user_mounts(const struct jobspec *spec, const struct bundle_opts *opts,
+                           const char *root, json_t *mounts, struct pier_err *err)
+{
+    if (spec->n_mounts == 0)
+        return 0;
+    cleanup_close int root_fd = -1;
+    if (opts->root && (root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return err_set(err, -errno, "stack %s: %s", root, strerror(errno));
+    for (size_t i = 0; i < spec->n_mounts; i++) {
+        const struct jobspec_mount *m = &spec->mounts[i];
+        char src[PATH_MAX];
+        struct stat st;
+        if (!realpath(m->location, src) || stat(src, &st) < 0)
+            return err_set(err, PIER_ENOTFOUND, "mounts[%zu].location %s: %s on this host", i,
+                           m->location, strerror(errno));
+        bool dir = S_ISDIR(st.st_mode);
+        int rc;
+        if (opts->root)
+            rc = check_point(root_fd, root, m->target, dir, i, err);
+        else if (under_host_dir(m->target))
+            rc = stat(m->target, &st) == 0 && dir == S_ISDIR(st.st_mode)
+                     ? 0
+                     : err_set(err, PIER_ENOTFOUND,
+                               "mounts[%zu].target %s: under a directory of the host's bound "
+                               "read-only into the job, and not a %s there",
+                               i, m->target, dir ? "directory" : "file");
+        else
+            rc = make_point(root, m->target, dir, err);
+        if (rc < 0)
+            return rc == PIER_ENOTFOUND || rc == PIER_EINVAL
+                       ? rc
+                       : err_wrap(err, rc, "mounts[%zu].target %s", i, m->target);
+        json_t *opt = m->writeable ? str_array("rbind", "rw", "nosuid", "nodev", NULL)
+                                   : str_array("rbind", "ro", "rro", "nosuid", "nodev", NULL);
+        add_mount(mounts, m->target, "bind", src, opt);
+    }
+    return 0;
 }
 
 /* ---- slugs ---- */

@@ -17,7 +17,9 @@
  * RLIMIT_NOFILE of max_fd, no new privileges, a reduced capability set, a
  * seccomp profile that refuses the system calls a job has no business with
  * (mounts, modules, kexec, bpf, keyrings, ptrace of others, clock setting,
- * ...), and the app running as an unprivileged user.
+ * ...), and the app running as an unprivileged user. The spec's mounts
+ * (host paths bound in) and linux_capabilities (added to the kept set, and
+ * made ambient) come on top.
  *
  * The root: a stack directory (made by `pier stack build`), or, for the
  * "host" stack, read-only binds of the host's /usr, /bin, /sbin, /lib,
@@ -43,6 +45,7 @@ struct bundle_opts {
     gid_t gid;
     const char *init_path;  /* host path of tini-static, bound at /dev/init when spec->init */
     const char *host_id;    /* for PIER_HOST_ID */
+    const char *host_ip;    /* for EXTERNAL_IP (the host record's ip); NULL: not set */
     const char *pierslug;   /* host path bound read-only at /.pier/pierslug; NULL: left out */
     const char *buildpacks; /* host dir bound read-only at /.pier/buildpacks; NULL: left out */
     bool build_tmp;         /* a build job: /tmp is job_dir/tmp on disk (made here, mode
@@ -51,9 +54,20 @@ struct bundle_opts {
 
 /* Writes bundle/, hosts, resolv.conf and app/ for spec into opts->job_dir.
  * The environment is the spec's plus PORT (the first port), PORT_0..n,
- * PIER_JOB_ID, PIER_HOST_ID, HOME=/app and a PATH when the spec sets none.
- * Returns 0 or a negative error with a message (an unwritable directory, a
- * stack that is not a directory). Writing twice replaces the files. */
+ * PIER_JOB_ID, PIER_HOST_ID, EXTERNAL_IP, HOME=/app and a PATH when the
+ * spec sets none. The spec's mounts become binds (rbind, nosuid, nodev,
+ * read-only unless writeable) of each location, which must exist; with the
+ * host binds their mount points are made in opts->host_root (a target
+ * under one of the host's bound directories must exist there already),
+ * while on a stack each target must already exist, as a directory when the
+ * location is one and a file otherwise: nothing is ever written into a
+ * stack that jobs share. The spec's capabilities join the three every job
+ * has in the bounding, effective and permitted sets, and the inheritable
+ * and ambient ones, so that a job running as an unprivileged user holds
+ * them. Returns 0 or a negative error with a message (an unwritable
+ * directory, a stack that is not a directory, a mount's location or target
+ * missing, named as "mounts[N].location ..."). Writing twice replaces the
+ * files. */
 int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, struct pier_err *err);
 
 /* Makes dir an empty root with the mount points the host binds need (usr,

@@ -21,6 +21,7 @@
 #include "host/shim.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
+#include "lib/discover.h"
 #include "lib/fs.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
@@ -229,6 +230,7 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         .gid = t->cfg.gid,
         .init_path = t->cfg.init_path,
         .host_id = t->cfg.host_id,
+        .host_ip = t->cfg.host_ip,
         /* The git receiver's build jobs (meta "pier.build"). */
         .build_tmp = json_is_string(json_object_get(json_object_get(rec, "meta"), "pier.build")),
     };
@@ -238,8 +240,17 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
     if (spec->slug) {
         buf_reset(&path);
         buf_printf(&path, "%s/app", dir);
-        rc =
-            bundle_fetch_slug(spec->slug, path.p, t->cfg.uid, t->cfg.gid, SLUG_MAX_BYTES, sha, err);
+        /* A slug named by a discovery name (http://blobstore.discoverd/...,
+         * what the git receiver records) is looked up now, so a blobstore
+         * restarted on another port since the build is still found. When
+         * there is none the job fails; the scheduler's restart tries
+         * again later. */
+        cleanup_free char *url = NULL;
+        if ((rc = discover_resolve_url(t->store, spec->slug, &url, err)) < 0)
+            return err_wrap(err, rc, "fetching the slug %s", spec->slug);
+        if (strcmp(url, spec->slug) != 0)
+            log_debug("host", "slug resolved", "job=%s url=%s at=%s", j->id, spec->slug, url);
+        rc = bundle_fetch_slug(url, path.p, t->cfg.uid, t->cfg.gid, SLUG_MAX_BYTES, sha, err);
         if (rc < 0)
             return err_wrap(err, rc, "bad artifact");
     }
@@ -260,6 +271,7 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         .tty_lines = spec->tty_lines,
         .stdin_open = spec->stdin_open || spec->tty,
         .no_log = spec->disable_log,
+        .init = spec->init,
         .log_max_bytes = t->cfg.log_max_bytes,
         .log_max_files = t->cfg.log_max_files,
         .timeout_ms = 90000, /* over the shim's own 60 s for crun */

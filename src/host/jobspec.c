@@ -471,6 +471,175 @@ static int parse_artifact(const json_t *rec, struct jobspec *s, struct pier_err 
     return 0;
 }
 
+/* ---- mounts and capabilities ---- */
+
+/* Whether p is an absolute path written once, plainly: no "." or ".."
+ * component, no "//", no trailing '/' (but for "/" itself), no control
+ * characters. Such a path means what it says to crun and to a reader. */
+static bool normal_abs_path(const char *p)
+{
+    if (p[0] != '/' || !plain_abs_path(p))
+        return false;
+    for (const char *c = p; *c; c++) {
+        if ((unsigned char)*c < ' ' || *c == 0x7f)
+            return false;
+        if (c[0] == '/' && (c[1] == '/' || (c[1] == '\0' && c != p)))
+            return false;
+    }
+    return true;
+}
+
+/* Whether path is dir or lies under it ("/procx" is not under "/proc"). */
+static bool path_under(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* Targets a mount may not take: the kernel's file systems, and what the
+ * agent itself mounts (the slug, /tmp, pierslug and the buildpacks). */
+static const char *const reserved_targets[] = {"/proc", "/sys", "/dev", "/app", "/tmp", "/.pier"};
+
+static int parse_mount_path(const json_t *m, const char *key, const char *at, char **out,
+                            struct pier_err *err)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "%s.%s", at, key);
+    int rc = get_string(m, key, path, MAX_PATH, out, err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return err_set(err, PIER_EINVAL, "%s: required (an absolute path)", path);
+    if (!normal_abs_path(*out))
+        return err_set(err, PIER_EINVAL,
+                       "%s: \"%.64s\" must be an absolute path without ., .., // or a trailing /",
+                       path, *out);
+    return 0;
+}
+
+static int parse_mount(const json_t *m, struct jobspec_mount *out, size_t i, struct pier_err *err)
+{
+    char at[32];
+    snprintf(at, sizeof(at), "mounts[%zu]", i);
+    if (!json_is_object(m))
+        return err_set(err, PIER_EINVAL,
+                       "%s: must be an object {location, target, writeable}, got %s", at,
+                       type_name(m));
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)m, k, v)
+    {
+        if (strcmp(k, "location") != 0 && strcmp(k, "target") != 0 && strcmp(k, "writeable") != 0)
+            return err_set(
+                err, PIER_EINVAL,
+                "%s.%.32s: not supported (a mount is a bind: location, target, writeable)", at, k);
+    }
+    int rc = parse_mount_path(m, "location", at, &out->location, err);
+    if (rc == 0)
+        rc = parse_mount_path(m, "target", at, &out->target, err);
+    if (rc < 0)
+        return rc;
+    if (strcmp(out->target, "/") == 0)
+        return err_set(err, PIER_EINVAL, "%s.target: must not be /", at);
+    for (size_t r = 0; r < sizeof(reserved_targets) / sizeof(*reserved_targets); r++)
+        if (path_under(out->target, reserved_targets[r]))
+            return err_set(
+                err, PIER_EINVAL,
+                "%s.target: %.64s%s%s is reserved (/proc, /sys, /dev, /app, /tmp and "
+                "/.pier are the kernel's or the agent's)",
+                at, out->target, strcmp(out->target, reserved_targets[r]) == 0 ? "" : ": under ",
+                strcmp(out->target, reserved_targets[r]) == 0 ? "" : reserved_targets[r]);
+    json_t *w = field(m, "writeable");
+    if (w && !json_is_boolean(w))
+        return err_set(err, PIER_EINVAL, "%s.writeable: must be true or false, got %s", at,
+                       type_name(w));
+    out->writeable = json_is_true(w);
+    return 0;
+}
+
+static int parse_mounts(const json_t *rec, struct jobspec *s, struct pier_err *err)
+{
+    json_t *mounts = field(rec, "mounts");
+    if (!mounts)
+        return 0;
+    if (!json_is_array(mounts))
+        return err_set(err, PIER_EINVAL, "mounts: must be an array, got %s", type_name(mounts));
+    size_t n = json_array_size(mounts);
+    if (n > JOBSPEC_MAX_MOUNTS)
+        return err_set(err, PIER_EINVAL, "mounts: %zu entries, the limit is %d", n,
+                       JOBSPEC_MAX_MOUNTS);
+    s->mounts = xcalloc(n ? n : 1, sizeof(*s->mounts));
+    for (size_t i = 0; i < n; i++) {
+        struct jobspec_mount *m = &s->mounts[i];
+        s->n_mounts++;
+        int rc = parse_mount(json_array_get(mounts, i), m, i, err);
+        if (rc < 0)
+            return rc;
+        /* One inside another would have crun make the inner mount point in
+         * whatever the outer one binds: a host directory. */
+        for (size_t j = 0; j < i; j++)
+            if (path_under(m->target, s->mounts[j].target) ||
+                path_under(s->mounts[j].target, m->target))
+                return err_set(err, PIER_EINVAL,
+                               "mounts[%zu].target: %.64s overlaps mounts[%zu].target %.64s", i,
+                               m->target, j, s->mounts[j].target);
+    }
+    return 0;
+}
+
+/* The capabilities Docker keeps for a container by default. A job may ask
+ * for these and no others: none of them reaches beyond the container the
+ * way CAP_SYS_ADMIN, CAP_NET_ADMIN or CAP_SYS_PTRACE would. */
+static const char *const allowed_caps[] = {
+    "CAP_CHOWN",   "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",
+    "CAP_MKNOD",   "CAP_NET_RAW",      "CAP_SETGID",           "CAP_SETUID",
+    "CAP_SETFCAP", "CAP_SETPCAP",      "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+    "CAP_KILL",    "CAP_AUDIT_WRITE"};
+
+bool jobspec_cap_ok(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof(allowed_caps) / sizeof(*allowed_caps); i++)
+        if (strcmp(name, allowed_caps[i]) == 0)
+            return true;
+    return false;
+}
+
+static int parse_caps(const json_t *rec, struct jobspec *s, struct pier_err *err)
+{
+    json_t *caps = field(rec, "linux_capabilities");
+    if (!caps)
+        return 0;
+    if (!json_is_array(caps))
+        return err_set(err, PIER_EINVAL, "linux_capabilities: must be an array of names, got %s",
+                       type_name(caps));
+    size_t n = json_array_size(caps), max = sizeof(allowed_caps) / sizeof(*allowed_caps);
+    if (n > max)
+        return err_set(err, PIER_EINVAL, "linux_capabilities: %zu entries, the limit is %zu", n,
+                       max);
+    s->caps = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_array_get(caps, i);
+        char path[40];
+        snprintf(path, sizeof(path), "linux_capabilities[%zu]", i);
+        int rc = check_string(c, path, 64, err);
+        if (rc < 0)
+            return rc;
+        const char *name = json_string_value(c);
+        if (!jobspec_cap_ok(name))
+            return err_set(err, PIER_EINVAL,
+                           "%s: \"%.64s\" is not one a job may have (Docker's default set: "
+                           "CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER, CAP_MKNOD, "
+                           "CAP_NET_RAW, CAP_SETGID, CAP_SETUID, CAP_SETFCAP, CAP_SETPCAP, "
+                           "CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE)",
+                           path, name);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(s->caps[j], name) == 0)
+                return err_set(err, PIER_EINVAL, "%s: %s is listed twice", path, name);
+        s->caps[s->n_caps++] = xstrdup(name);
+    }
+    return 0;
+}
+
 /* resources.<name>.limit in Flynn's shape; "request" and unknown names are
  * another component's business. */
 static int get_limit(const json_t *res, const char *name, int64_t min, int64_t max,
@@ -664,6 +833,10 @@ int jobspec_parse(const json_t *rec, struct jobspec **out, struct pier_err *err)
     if (rc == 0)
         rc = parse_artifact(rec, s, err);
     if (rc == 0)
+        rc = parse_mounts(rec, s, err);
+    if (rc == 0)
+        rc = parse_caps(rec, s, err);
+    if (rc == 0)
         rc = parse_resources(rec, s, err);
     if (rc == 0)
         rc = parse_ports(rec, s, err);
@@ -701,5 +874,13 @@ void jobspec_free(struct jobspec *s)
         free(s->ports[i].check.path);
     }
     free(s->ports);
+    for (size_t i = 0; i < s->n_mounts; i++) {
+        free(s->mounts[i].location);
+        free(s->mounts[i].target);
+    }
+    free(s->mounts);
+    for (size_t i = 0; i < s->n_caps; i++)
+        free(s->caps[i]);
+    free(s->caps);
     free(s);
 }

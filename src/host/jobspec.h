@@ -27,6 +27,7 @@
 #define JOBSPEC_MAX_STRING 131072  /* one arg or one env value (Linux's MAX_ARG_STRLEN) */
 #define JOBSPEC_MAX_EXEC (1 << 20) /* args + env together, in bytes */
 #define JOBSPEC_MAX_PORTS 16
+#define JOBSPEC_MAX_MOUNTS 16
 #define JOBSPEC_MAX_TTY 10000        /* columns or lines, as pierd-shim takes them */
 #define JOBSPEC_MIN_MEMORY (4 << 20) /* below this nothing starts */
 
@@ -56,6 +57,17 @@ struct jobspec_port {
     struct jobspec_check check; /* service.check */
 };
 
+/* A bind of a host path into the job (Flynn's host.Mount names). Both
+ * paths are absolute and normalised (no "." or "..", no "//", no trailing
+ * '/'); the target is not "/", not under /proc, /sys or /dev, not /app,
+ * /tmp or /.pier or under them, and no target lies inside another. That
+ * the location exists is checked when the job starts (bundle_write). */
+struct jobspec_mount {
+    char *location; /* the host path */
+    char *target;   /* where the job sees it */
+    bool writeable; /* default false: read-only */
+};
+
 /* The spec part of a job record. Strings are owned by the struct. */
 struct jobspec {
     char *id;                   /* "<host id>-<uuid>" */
@@ -78,6 +90,12 @@ struct jobspec {
     int64_t max_fd;    /* resources.max_fd.limit */
     int64_t max_procs; /* resources.max_procs.limit */
 
+    struct jobspec_mount *mounts; /* "mounts": at most JOBSPEC_MAX_MOUNTS, in order */
+    size_t n_mounts;
+    char **caps; /* "linux_capabilities": names of Docker's default set ("CAP_NET_RAW"), each
+                    once, beyond the three every job has (jobspec_cap_ok); NULL-terminated */
+    size_t n_caps;
+
     struct jobspec_port *ports; /* ports absent: one port picked by the agent; []: none */
     size_t n_ports;
 
@@ -98,6 +116,13 @@ void jobspec_free(struct jobspec *s);
 /* Whether id is a valid job id for host_id: "<host_id>-" followed by 1..
  * characters of [A-Za-z0-9_.-], JOBSPEC_MAX_ID in all. */
 bool jobspec_id_ok(const char *id, const char *host_id);
+
+/* Whether name is a capability a job may ask for in linux_capabilities:
+ * one of the set Docker keeps by default (CAP_CHOWN, CAP_DAC_OVERRIDE,
+ * CAP_FSETID, CAP_FOWNER, CAP_MKNOD, CAP_NET_RAW, CAP_SETGID, CAP_SETUID,
+ * CAP_SETFCAP, CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL,
+ * CAP_AUDIT_WRITE). */
+bool jobspec_cap_ok(const char *name);
 
 /* Parses a duration: a number of seconds (JSON number) or a string like
  * "250ms", "2s", "1m", "1h". Returns 0 and *ms, or PIER_EINVAL. */

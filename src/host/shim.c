@@ -47,7 +47,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: pierd-shim --dir JOBDIR --id JOBID [--crun PATH] [--crun-root DIR]\n"
                     "                  [--tty COLSxROWS] [--stdin] [--log-max-bytes N]\n"
-                    "                  [--log-max-files N] [--no-log]\n"
+                    "                  [--log-max-files N] [--no-log] [--init]\n"
                     "Runs one job's container (started by the host agent).\n");
 }
 
@@ -62,6 +62,8 @@ static int parse_args(int argc, char **argv, struct shim_opts *o, struct pier_er
             takes = false, o->stdin_open = true;
         } else if (strcmp(a, "--no-log") == 0) {
             takes = false, o->no_log = true;
+        } else if (strcmp(a, "--init") == 0) {
+            takes = false, o->init = true;
         } else if (!v) {
             return err_set(err, -1, "%s needs a value", a);
         } else if (strcmp(a, "--dir") == 0) {
@@ -161,11 +163,18 @@ static bool read_oom(struct shim *s)
     return kills > 0;
 }
 
-/* Sends sig to every process of the container (and to its init). */
+/* Sends sig to every process of the container, as Heroku's dyno manager
+ * does, each once: a daemon that takes a second SIGTERM as "stop now"
+ * (lib/daemon.h) must not get two for one stop. When the init is tini
+ * (--init), it alone gets any signal but SIGKILL: it passes it on to the
+ * job's process group (tini -g), which a second copy from here would
+ * duplicate. */
 static void kill_all(struct shim *s, int sig)
 {
     if (s->init > 0 && !s->exited)
         kill(s->init, sig);
+    if (s->o.init && sig != SIGKILL)
+        return;
     FILE *f = cgroup_file(s, "pids", "cgroup.procs");
     if (!f)
         f = cgroup_file(s, "memory", "cgroup.procs");
@@ -175,7 +184,7 @@ static void kill_all(struct shim *s, int sig)
         return;
     int pid;
     while (fscanf(f, "%d", &pid) == 1)
-        if (pid > 1)
+        if (pid > 1 && pid != s->init)
             kill(pid, sig);
     fclose(f);
 }

@@ -171,6 +171,8 @@ static void shim_argv(const struct shim_spawn_opts *o, const char **argv, char n
         argv[n++] = "--stdin";
     if (o->no_log)
         argv[n++] = "--no-log";
+    if (o->init)
+        argv[n++] = "--init";
     if (o->log_max_bytes) {
         snprintf(nums[1], 32, "%zu", o->log_max_bytes);
         argv[n++] = "--log-max-bytes";

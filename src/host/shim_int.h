@@ -22,6 +22,7 @@
 struct shim_opts {
     const char *dir, *id, *crun, *crun_root;
     bool tty, stdin_open, no_log;
+    bool init; /* --init: the container's init is tini, which passes signals on */
     unsigned short cols, rows;
     size_t log_max_bytes;
     int log_max_files;

@@ -1,7 +1,9 @@
 #include "lib/daemon.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,8 @@ static void usage(const struct daemon_spec *spec)
         snprintf(right, sizeof(right), "%s%s%s%s", common[i].help, common[i].env ? " (env " : "",
                  common[i].env ? common[i].env : "", common[i].env ? ")" : "");
         if (common[i].bit == DAEMON_USES_LISTEN && spec->default_listen)
-            snprintf(right, sizeof(right), "%s (default %s)", common[i].help, spec->default_listen);
+            snprintf(right, sizeof(right), "%s (default %s; in a job, EXTERNAL_IP:PORT)",
+                     common[i].help, spec->default_listen);
         printf("  %-22s %s\n", left, right);
     }
     printf("  %-22s %s\n", "--log-level LEVEL", "debug, info, warn or error (env PIER_LOG_LEVEL)");
@@ -58,6 +61,36 @@ static const char **common_slot(struct daemon_flags *f, const char *name, unsign
     return NULL;
 }
 
+/* A job's address (lib/daemon.h): ${EXTERNAL_IP:-127.0.0.1}:$PORT. One
+ * process parses its flags once, so one buffer holds it for its life. */
+static char job_listen[300];
+
+static int listen_from_job(const char *port, struct daemon_flags *f, struct pier_err *err)
+{
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(port, &end, 10);
+    if (errno || end == port || *end || port[0] < '0' || port[0] > '9' || n < 1 || n > 65535)
+        return err_set(err, PIER_EINVAL,
+                       "PORT \"%.40s\" in the environment is not a port (1-65535); "
+                       "give --listen HOST:PORT or unset PORT",
+                       port);
+    const char *ip = getenv("EXTERNAL_IP");
+    if (!ip || !*ip)
+        ip = "127.0.0.1";
+    if (strlen(ip) > 255 ||
+        strspn(ip, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.:-[]%") !=
+            strlen(ip))
+        return err_set(err, PIER_EINVAL,
+                       "EXTERNAL_IP \"%.80s\" in the environment is not an "
+                       "address; give --listen HOST:PORT",
+                       ip);
+    bool v6 = strchr(ip, ':') && ip[0] != '[';
+    snprintf(job_listen, sizeof(job_listen), "%s%s%s:%ld", v6 ? "[" : "", ip, v6 ? "]" : "", n);
+    f->listen = job_listen;
+    return 0;
+}
+
 int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct daemon_flags *f,
                  struct pier_err *err)
 {
@@ -74,6 +107,7 @@ int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct d
     f->data_dir = spec->uses & DAEMON_USES_DATA_DIR ? getenv("PIER_DATA_DIR") : NULL;
     f->key = spec->uses & DAEMON_USES_KEY ? getenv("PIER_KEY") : NULL;
     f->log_level = getenv("PIER_LOG_LEVEL");
+    const char *listen_given = NULL;
 
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -110,6 +144,14 @@ int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct d
         } else {
             return err_set(err, PIER_EINVAL, "flag \"--%s\" needs a value", key);
         }
+        if (slot == &f->listen)
+            listen_given = *slot;
+    }
+    const char *port = getenv("PORT");
+    if ((spec->uses & DAEMON_USES_LISTEN) && !listen_given && port && *port) {
+        int rc = listen_from_job(port, f, err);
+        if (rc < 0)
+            return rc;
     }
     if (f->log_level) {
         enum log_level lvl;

@@ -7,7 +7,10 @@
 #include "lib/err.h"
 
 struct daemon_flags {
-    const char *listen;    /* --listen HOST:PORT */
+    /* --listen HOST:PORT; without it, in a job (PORT in the environment,
+     * as the host agent gives every job) ${EXTERNAL_IP:-127.0.0.1}:$PORT;
+     * else daemon_spec.default_listen */
+    const char *listen;
     const char *store;     /* --store URL[,URL...] or PIER_STORE */
     const char *data_dir;  /* --data-dir DIR or PIER_DATA_DIR */
     const char *key;       /* --key KEY or PIER_KEY */
@@ -43,9 +46,11 @@ struct daemon_spec {
 
 /* Blocks SIGINT and SIGTERM in the calling thread (call before starting any
  * thread, so that daemon_wait can take them), fills f from defaults, the
- * environment and argv, and sets the log level. Returns 0, 1 when --help was
- * printed (the caller exits 0), or PIER_EINVAL with a message naming the
- * bad flag. */
+ * environment and argv, and sets the log level. The strings in f are
+ * borrowed from argv or the environment (the job address: static, for the
+ * process's life). Returns 0, 1 when --help was printed (the caller exits
+ * 0), or PIER_EINVAL with a message naming the bad flag (or the bad PORT or
+ * EXTERNAL_IP variable). */
 int daemon_parse(const struct daemon_spec *spec, int argc, char **argv, struct daemon_flags *f,
                  struct pier_err *err);
 

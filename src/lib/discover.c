@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "lib/cleanup.h"
@@ -639,4 +640,115 @@ void discover_watch_close(struct discover_watch *w)
     free(w->service);
     free(w->prefix);
     free(w);
+}
+
+/* ---- discovery names in URLs ---- */
+
+/* Where the pieces of a URL are: scheme [0, scheme), then "://", the
+ * authority [auth, auth_end) holding user info [auth, host) and the host
+ * [host, host_end), then ":port" up to auth_end; the rest follows. */
+struct url_parts {
+    size_t scheme, auth, host, host_end, auth_end;
+};
+
+static bool url_split(const char *url, struct url_parts *p)
+{
+    const char *sep = strstr(url, "://");
+    if (!sep || sep == url)
+        return false;
+    size_t n = (size_t)(sep - url);
+    for (size_t i = 0; i < n; i++) {
+        char c = url[i];
+        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        bool more = (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+        if (!alpha && !(i > 0 && more))
+            return false;
+    }
+    p->scheme = n;
+    p->auth = n + 3;
+    p->auth_end = p->auth + strcspn(url + p->auth, "/?#");
+    p->host = p->auth;
+    for (size_t i = p->auth; i < p->auth_end; i++)
+        if (url[i] == '@')
+            p->host = i + 1;
+    p->host_end = p->host;
+    while (p->host_end < p->auth_end && url[p->host_end] != ':')
+        p->host_end++;
+    return true;
+}
+
+int discover_url_service(const char *url, char *service, size_t size, struct pier_err *err)
+{
+    struct url_parts p;
+    if (!url_split(url, &p))
+        return 0;
+    const size_t dn = strlen(DISCOVER_URL_DOMAIN);
+    size_t hn = p.host_end - p.host;
+    if (hn <= dn || strncasecmp(url + p.host_end - dn, DISCOVER_URL_DOMAIN, dn) != 0)
+        return 0;
+    size_t sn = hn - dn;
+    if (sn >= size || sn > 128)
+        return err_set(err, PIER_EINVAL, "URL %.200s: the service name before %s is too long", url,
+                       DISCOVER_URL_DOMAIN);
+    for (size_t i = p.host_end + 1; i < p.auth_end; i++)
+        if (url[i] < '0' || url[i] > '9' || i - p.host_end > 5)
+            return err_set(err, PIER_EINVAL, "URL %.200s: the port is not a number", url);
+    for (size_t i = 0; i < sn; i++) {
+        char c = url[p.host + i];
+        service[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    service[sn] = '\0';
+    struct pier_err e = {0};
+    if (discover_check_service(service, &e) < 0)
+        return err_set(err, PIER_EINVAL, "URL %.200s: %s", url, e.msg);
+    return 1;
+}
+
+char *discover_url_at(const char *url, const struct discover_instance *in)
+{
+    struct url_parts p = {0}, m;
+    url_split(url, &p);
+    struct buf b = BUF_INIT;
+    const char *meta_url = json_string_value(json_object_get(in->meta, "url"));
+    bool use_meta = meta_url && url_split(meta_url, &m) && m.host_end > m.host;
+    buf_append(&b, use_meta ? meta_url : url, use_meta ? m.scheme : p.scheme);
+    buf_puts(&b, "://");
+    buf_append(&b, url + p.auth, p.host - p.auth); /* user info, with its '@' */
+    if (use_meta)
+        buf_append(&b, meta_url + m.host, m.auth_end - m.host);
+    else
+        buf_puts(&b, in->addr);
+    buf_puts(&b, url + p.auth_end);
+    return buf_detach(&b);
+}
+
+int discover_resolve_url(struct store *s, const char *url, char **out, struct pier_err *err)
+{
+    *out = NULL;
+    char service[129];
+    int rc = discover_url_service(url, service, sizeof(service), err);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        *out = xstrdup(url);
+        return 0;
+    }
+    if (!s)
+        return err_set(err, PIER_EINVAL,
+                       "URL %.200s names service %s in discovery, and there is no store to "
+                       "look it up in",
+                       url, service);
+    struct discover_list *l = NULL;
+    struct pier_err e = {0};
+    if ((rc = discover_list(s, service, &l, &e)) < 0)
+        return err_set(err, rc, "looking service %s up in discovery: %s", service, e.msg);
+    if (l->n == 0) {
+        discover_list_free(l);
+        return err_set(err, PIER_EUNAVAIL,
+                       "no instance of service %s in discovery; is the %s running?", service,
+                       service);
+    }
+    *out = discover_url_at(url, &l->v[0]);
+    discover_list_free(l);
+    return 0;
 }

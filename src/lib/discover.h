@@ -147,4 +147,34 @@ void discover_watch_close(struct discover_watch *w);
 void discover_event_free(struct discover_event *e);
 void discover_instance_free(struct discover_instance *in); /* frees a heap instance */
 
+/* --- discovery names in URLs ---- */
+
+/* A URL may name a service instead of an address, as Flynn's artifacts
+ * do: http://blobstore.discoverd/slugs/x.tgz. Whoever fetches it resolves
+ * the name at that moment, so a record outlives the service's moves (a
+ * job restarted on another port). The host is "<service>.discoverd" (any
+ * case; a port after it is ignored). */
+#define DISCOVER_URL_DOMAIN ".discoverd"
+
+/* Whether url's host is "<service>.discoverd": 1 with the service (lower
+ * case) in service (size bytes, at least 129), 0 for any other URL
+ * (another host, no "scheme://"), or PIER_EINVAL with a message when the
+ * name is not a service name or the port is not a number. */
+int discover_url_service(const char *url, char *service, size_t size, struct pier_err *err);
+
+/* url with its scheme://host[:port] replaced by where in is reached: the
+ * scheme://host:port of its meta.url when it has one (any path there is
+ * dropped), else url's own scheme with in->addr. User info, path, query
+ * and fragment are kept. Returns a new string (free). url must be one for
+ * which discover_url_service returned 1. */
+char *discover_url_at(const char *url, const struct discover_instance *in);
+
+/* Resolves url now: one naming "<service>.discoverd" is rewritten
+ * (discover_url_at) to the service's leader, its oldest live instance
+ * (v[0] of discover_list); any other URL comes back unchanged. *out is a
+ * new string (free) either way. Errors: PIER_EUNAVAIL "no instance of
+ * service X in discovery; is the X running?", PIER_EINVAL for a bad name,
+ * PIER_EINVAL when s is NULL and the URL needs it, else the store's. */
+int discover_resolve_url(struct store *s, const char *url, char **out, struct pier_err *err);
+
 #endif

@@ -81,6 +81,7 @@ struct httpd_req {
     struct buf body;
     bool too_big;
     bool replied;
+    bool closes;     /* the reply went out with "Connection: close" (a drain) */
     size_t received; /* body bytes seen, kept or not */
     size_t nparams;
     const char *pnames[MAX_PARAMS];
@@ -121,6 +122,7 @@ struct stream {
     bool ended;
     bool sized; /* httpd_reply_stream_sized: exactly size bytes */
     uint64_t size;
+    bool endless; /* httpd_reply_stream_endless: a drain ends it */
 };
 
 /* ---- routing ---- */
@@ -306,8 +308,10 @@ static void queue(struct httpd_req *r, int status, struct MHD_Response *resp)
     r->replied = true;
     for (size_t i = 0; i + 1 < r->nhdrs; i += 2)
         MHD_add_response_header(resp, r->hdrs[i], r->hdrs[i + 1]);
-    if (atomic_load(&r->h->draining))
+    if (atomic_load(&r->h->draining)) {
         MHD_add_response_header(resp, "Connection", "close");
+        r->closes = true;
+    }
     if (r->in_headers) {
         /* An upload route's handler answered before the body: the reply
          * waits until the body has been read (on_request). */
@@ -406,10 +410,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (atomic_load(&s->h->stopping) || peer_gone(s->c))
             return MHD_CONTENT_READER_END_WITH_ERROR;
-        int rc = s->next(s->ud, &s->pending, STREAM_POLL_MS);
+        /* A drain ends an endless stream: one last next() that does not
+         * wait gathers what is ready, then the stream ends as if next()
+         * had ended it (the last chunk goes out: a clean end). */
+        bool last = s->endless && atomic_load(&s->h->draining);
+        int rc = s->next(s->ud, &s->pending, last ? 0 : STREAM_POLL_MS);
         if (rc < 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (rc == 0)
+        if (rc == 0 || last)
             s->ended = true;
     }
     size_t n = s->pending.len < max ? s->pending.len : max;
@@ -430,9 +438,11 @@ static void stream_free(void *cls)
 }
 
 static void reply_stream(struct httpd_req *r, int status, const char *content_type, bool sized,
-                         uint64_t size, httpd_stream_next next, httpd_stream_done done, void *ud)
+                         uint64_t size, bool endless, httpd_stream_next next,
+                         httpd_stream_done done, void *ud)
 {
     struct stream *s = xcalloc(1, sizeof(*s));
+    s->endless = endless;
     s->h = r->h;
     s->c = r->c;
     s->next = next;
@@ -458,14 +468,20 @@ static void reply_stream(struct httpd_req *r, int status, const char *content_ty
 void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
                         httpd_stream_next next, httpd_stream_done done, void *ud)
 {
-    reply_stream(r, status, content_type, false, 0, next, done, ud);
+    reply_stream(r, status, content_type, false, 0, false, next, done, ud);
+}
+
+void httpd_reply_stream_endless(struct httpd_req *r, int status, const char *content_type,
+                                httpd_stream_next next, httpd_stream_done done, void *ud)
+{
+    reply_stream(r, status, content_type, false, 0, true, next, done, ud);
 }
 
 void httpd_reply_stream_sized(struct httpd_req *r, int status, const char *content_type,
                               uint64_t size, httpd_stream_next next, httpd_stream_done done,
                               void *ud)
 {
-    reply_stream(r, status, content_type, true, size, next, done, ud);
+    reply_stream(r, status, content_type, true, size, false, next, done, ud);
 }
 
 /* ---- upgrades ----
@@ -800,15 +816,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
 }
 
+/* A reply whose headers went out before a drain began (a stream that
+ * ended in it) promised keep-alive. Its client would send its next request,
+ * a reconnect, on this connection to a server on its way out: half-closing
+ * it instead (after the reply, already in the socket) sends it elsewhere.
+ * Only the write side: a close with unread input could reset the
+ * connection and lose the reply's end. */
+static void end_keepalive(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        shutdown(ci->connect_fd, SHUT_WR);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)c;
-    (void)toe;
     struct httpd *h = cls;
     struct httpd_req *r = *con_cls;
     if (!r)
         return;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->closes && !r->upgrade &&
+        atomic_load(&h->draining))
+        end_keepalive(c);
     if (r->deferred)
         MHD_destroy_response(r->deferred);
     if (r->body_ops && r->body_ops->done)

@@ -64,9 +64,11 @@ char *httpd_reach_addr(const struct httpd *h);
 void httpd_set_data(struct httpd *h, void *data, void (*free_fn)(void *data));
 void *httpd_data(const struct httpd *h);
 /* Stops taking new connections and waits up to timeout_ms for the
- * requests in progress to end (streams and bodies still being read
- * included; idle keep-alive connections do not count). Replies sent from
- * then on close their connection. Returns true when none is left; either
+ * requests in progress to end (finite streams and bodies still being read
+ * included; idle keep-alive connections do not count). Endless streams
+ * (httpd_reply_stream_endless) are ended at once, cleanly, within about
+ * 250 ms. Replies sent from then on close their connection, and so does
+ * the end of a reply begun before. Returns true when none is left; either
  * way, call httpd_free next. For a graceful stop on SIGTERM. */
 bool httpd_drain(struct httpd *h, int timeout_ms);
 /* Stops serving: waits for running handlers; open streams end within
@@ -134,6 +136,16 @@ typedef int (*httpd_stream_next)(void *ud, struct buf *out, int timeout_ms);
 typedef void (*httpd_stream_done)(void *ud);
 void httpd_reply_stream(struct httpd_req *r, int status, const char *content_type,
                         httpd_stream_next next, httpd_stream_done done, void *ud);
+
+/* Like httpd_reply_stream, for a stream that ends only when its client
+ * leaves (server-sent events, a log follow of a running job), whose clients
+ * reconnect and resume where they were: httpd_drain does not wait for it
+ * but ends it at once, cleanly (what next() has ready, from one last call
+ * with timeout_ms 0, goes out, then the chunked end), and the client
+ * reconnects elsewhere. Finite streams (a download, a log that ends) use
+ * httpd_reply_stream, which a drain lets finish. */
+void httpd_reply_stream_endless(struct httpd_req *r, int status, const char *content_type,
+                                httpd_stream_next next, httpd_stream_done done, void *ud);
 
 /* Like httpd_reply_stream, for a body of a known size: the reply carries
  * "Content-Length: size" rather than chunked encoding and no Cache-Control,

@@ -524,14 +524,30 @@ static void c_on_data(struct rstream *s, char *buf, size_t n)
     }
 }
 
+/* The client's read side ended. A FIN cannot say whether the client shut
+ * only its write side (printf ... | nc, waiting for its answers) or closed
+ * the socket and left (a browser tab, a killed curl): on the wire both
+ * are the same, and a client that left is only revealed by the reset its
+ * kernel sends back to the next bytes written to it, which a quiet
+ * stream (server-sent events between two events, a long download
+ * stalled at the backend) may not write for minutes. So what the EOF
+ * means depends on when it comes:
+ *
+ *   - before the response to the request in flight has begun (or between
+ *     requests), it is a half-close: every request the client sent in
+ *     full is answered, in order, with the bytes already queued for it;
+ *     then the connection closes;
+ *   - while a response streams from the backend, the client has left:
+ *     the response and its backend connection close at once (as nginx
+ *     and Go's server treat it), so an endless stream neither holds a
+ *     backend connection nor keeps a drain alive. A response already
+ *     read whole from its backend is only being written, and still goes
+ *     out (C_LINGER or C_HEAD with bytes queued).
+ *
+ * A reset, or an EOF in the middle of a request body, always aborts. */
 static void c_on_end(struct rstream *s, int why)
 {
     struct cconn *c = s->data;
-    /* A client that only shut its write side still gets the answer to
-     * every request it sent in full (printf ... | nc), in order, and the
-     * bytes already queued for it; then the connection closes. One that
-     * leaves mid-request or resets aborts it, and the backend connection
-     * closes too. */
     if (why != RSTREAM_EOF) {
         c_close(c);
         return;
@@ -545,8 +561,13 @@ static void c_on_end(struct rstream *s, int why)
         break;
     case C_CONNECT:
     case C_PROXY:
-        if (!c->req_done && (c->state == C_PROXY || !body_buffered(c)))
+        if (c->resp_started) {
+            log_debug("router", "client left during the response", "backend=%s bytes=%llu",
+                      c->last_be ? c->last_be->addr : "-", (unsigned long long)c->bytes);
+            c_abort(c);
+        } else if (!c->req_done && (c->state == C_PROXY || !body_buffered(c))) {
             c_close(c);
+        }
         break;
     default: break;
     }
@@ -636,6 +657,54 @@ void http_stopping(struct hworker *hw)
         }
     }
     pool_close_all(&hw->pool);
+}
+
+/* What a connection is doing, in the drain log's words. */
+enum dstate { D_IDLE, D_READING, D_WAITING, D_STREAMING, D_WRITING, D_CLOSING, D_N };
+static const char *const dstate_names[D_N] = {"idle",      "reading", "waiting",
+                                              "streaming", "writing", "closing"};
+
+static enum dstate drain_state(const struct cconn *c)
+{
+    switch (c->state) {
+    case C_HEAD: return c->hlen ? D_READING : D_IDLE;
+    case C_PROXY: return c->resp_started ? D_STREAMING : D_WAITING;
+    case C_LINGER: return rstream_queued(c->s) ? D_WRITING : D_CLOSING;
+    default: return D_WAITING; /* C_CONNECT */
+    }
+}
+
+/* A "drain cut" line for the request in flight on c. */
+static void drain_log_one(const struct cconn *c, enum dstate st)
+{
+    /* host and path point into c->hb, and last_be is held by c->table,
+     * while the request is in flight; a finished one shows "-". */
+    bool req = c->active_req;
+    struct str host = req && c->host.len ? span_str(c, c->host) : STR_LIT("-");
+    struct str path = req && c->path.len ? span_str(c, c->path) : STR_LIT("-");
+    int hl = host.len > 200 ? 200 : (int)host.len, pl = path.len > 200 ? 200 : (int)path.len;
+    uint64_t age = req ? (uv_hrtime() - c->t0_ns) / 1000000 : 0;
+    log_warn("router", "drain cut", "worker=%d state=%s host=%.*s path=%.*s backend=%s age_ms=%llu",
+             c->hw->w->index, dstate_names[st], hl, host.p, pl, path.p,
+             req && c->last_be ? c->last_be->addr : "-", (unsigned long long)age);
+}
+
+void http_drain_log(struct hworker *hw, const char *msg, bool each)
+{
+    unsigned n[D_N] = {0}, listed = 0;
+    for (struct cconn *c = hw->conns; c; c = c->next) {
+        enum dstate st = drain_state(c);
+        n[st]++;
+        if (each && st != D_IDLE && ++listed <= DRAIN_LOG_MAX)
+            drain_log_one(c, st);
+    }
+    if (listed > DRAIN_LOG_MAX)
+        log_warn("router", "drain cut", "worker=%d more=%u", hw->w->index, listed - DRAIN_LOG_MAX);
+    log_emit(each ? LOG_WARN : LOG_INFO, "router", msg,
+             "worker=%d after_ms=%llu reading=%u waiting=%u streaming=%u writing=%u closing=%u "
+             "tunnels=%zu",
+             hw->w->index, (unsigned long long)(now_ms(hw) - hw->stop_ms), n[D_READING],
+             n[D_WAITING], n[D_STREAMING], n[D_WRITING], n[D_CLOSING], rsplice_count(hw->w));
 }
 
 void http_close_all(struct hworker *hw)

@@ -151,8 +151,11 @@ static void teardown(struct hworker *hw)
 
 void worker_check_done(struct hworker *hw)
 {
-    if (hw->w->stopping && !hw->torn_down && hw->nconns == 0 && !hw->w->splices)
+    if (hw->w->stopping && !hw->torn_down && hw->nconns == 0 && !hw->w->splices) {
+        log_info("router", "drained", "worker=%d after_ms=%llu", hw->w->index,
+                 (unsigned long long)(uv_now(&hw->w->loop) - hw->stop_ms));
         teardown(hw);
+    }
 }
 
 static void begin_stop(struct hworker *hw)
@@ -163,6 +166,9 @@ static void begin_stop(struct hworker *hw)
     close_listeners(hw);
     tcp_stop_listening(w);
     http_stopping(hw);
+    /* What the drain waits for (nothing: it ends at once, below). */
+    if (hw->conns || w->splices)
+        http_drain_log(hw, "draining", false);
     worker_check_done(hw);
 }
 
@@ -175,6 +181,7 @@ static void on_sweep(uv_timer_t *t)
     alog_flush(&hw->log);
     if (w->stopping && !hw->torn_down) {
         if (now - hw->stop_ms >= (uint64_t)w->router->cfg.shutdown_timeout_ms) {
+            http_drain_log(hw, "shutdown timeout passed", true);
             http_close_all(hw);
             rsplice_close_all(w);
         }

@@ -279,6 +279,13 @@ void http_accept(struct listener *l);
 void http_sweep(struct hworker *hw, uint64_t now);
 /* Shutdown began: idle connections close, the others after their response. */
 void http_stopping(struct hworker *hw);
+/* One log line msg (info; warn when each) counting what the worker's
+ * drain still waits for, by what each connection is doing (reading a
+ * head, waiting for a backend, streaming a response, writing its queued
+ * end, closing) and its tunnels. each: first a "drain cut" line per
+ * request in flight (host, path, backend, age), DRAIN_LOG_MAX at most. */
+#define DRAIN_LOG_MAX 16
+void http_drain_log(struct hworker *hw, const char *msg, bool each);
 /* The shutdown timeout passed: closes every connection. */
 void http_close_all(struct hworker *hw);
 void c_abort(struct cconn *c);

@@ -269,6 +269,14 @@ struct rsplice *rsplice_start(struct rworker *w, struct rstream *a, struct rstre
     return sp;
 }
 
+size_t rsplice_count(const struct rworker *w)
+{
+    size_t n = 0;
+    for (const struct rsplice *sp = w->splices; sp; sp = sp->next)
+        n++;
+    return n;
+}
+
 void rsplice_close_all(struct rworker *w)
 {
     while (w->splices)

@@ -28,6 +28,9 @@ struct rsplice *rsplice_start(struct rworker *w, struct rstream *a, struct rstre
                               const char *a_pending, size_t a_n, const char *b_pending, size_t b_n,
                               int idle_ms, rsplice_done_fn done, void *ud);
 
+/* How many tunnels of w are open. */
+size_t rsplice_count(const struct rworker *w);
+
 /* Ends every open tunnel of w at once (a forced shutdown). */
 void rsplice_close_all(struct rworker *w);
 

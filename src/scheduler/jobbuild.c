@@ -148,10 +148,16 @@ static int add_artifact(json_t *out, const json_t *a, const char *id, bool *slug
     if (!kind || !uri)
         return err_set(err, PIER_EINVAL, "artifact %s has no type or uri", id);
     if (strcmp(kind, "flynn") == 0) {
+        /* pier:host: the host's own binds, whatever the agent's --stack
+         * (system apps: pierd needs the host's shared libraries). */
+        if (strcmp(uri, JOBBUILD_HOST_STACK_URI) == 0) {
+            json_object_set_new(out, "stack", json_string("host"));
+            return 0;
+        }
         if (strncmp(uri, "file:///", 8) != 0)
             return err_set(err, PIER_EINVAL,
-                           "artifact %s: a flynn artifact's uri must be file:///DIR (a stack), "
-                           "not %s",
+                           "artifact %s: a flynn artifact's uri must be file:///DIR (a stack) "
+                           "or " JOBBUILD_HOST_STACK_URI " (the host's binds), not %s",
                            id, uri);
         json_object_set_new(out, "stack", json_string(uri + 7));
         return 0;
@@ -341,6 +347,19 @@ static int build_ports(const json_t *app, const json_t *ptype, const char *type,
     return 0;
 }
 
+/* The process type's host binds and capabilities, as given: the agent
+ * checks them (docs/host.md), and the controller refuses a release whose
+ * jobs the agent would refuse. */
+static void build_host_fields(const json_t *ptype, json_t *job)
+{
+    static const char *const copy[] = {"mounts", "linux_capabilities"};
+    for (size_t i = 0; ptype && i < sizeof(copy) / sizeof(*copy); i++) {
+        json_t *v = json_object_get(ptype, copy[i]); /* borrowed */
+        if (v && !json_is_null(v))
+            json_object_set_new(job, copy[i], json_deep_copy(v));
+    }
+}
+
 static void build_oneoff_fields(const struct jobbuild_oneoff *o, json_t *job)
 {
     json_object_set_new(job, "oneoff", json_true());
@@ -407,6 +426,7 @@ int jobbuild_spec(const json_t *app, const json_t *release, const json_t *artifa
         rc = build_ports(app, ptype, type, oneoff != NULL, job, err);
     if (rc < 0)
         return rc;
+    build_host_fields(ptype, job);
     if (oneoff)
         build_oneoff_fields(oneoff, job);
     json_object_set_new(job, "restarts", json_integer(0));

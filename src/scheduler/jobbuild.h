@@ -10,7 +10,8 @@
  *    FLYNN_PROCESS_TYPE, FLYNN_JOB_ID, APP_NAME and DYNO ("web.3", or
  *    "run.<n>" for a one-off);
  *  - artifact: from the release's artifacts (a "flynn" artifact whose uri
- *    is file:///DIR gives the stack DIR; a "file" artifact gives the slug
+ *    is file:///DIR gives the stack DIR, and one whose uri is "pier:host"
+ *    the stack "host", the agent's host binds; a "file" artifact gives the slug
  *    URL, and its meta.sha256, when there is one, as slug_sha256, which
  *    the agent checks the download against); a "file" artifact with
  *    meta.slugrunner "true" (a slug pier built) also puts
@@ -24,6 +25,9 @@
  *    number asked for is not kept: jobs share the host's network in this
  *    version, so the agent picks a free port of its range (and passes it as
  *    PORT). Other types without ports, and one-off jobs, get none;
+ *  - mounts and linux_capabilities: the process type's, copied as they
+ *    are (the agent checks them: host paths bound in, and capabilities of
+ *    Docker's default set given to the job's unprivileged user);
  *  - labels: app (id), release, type, meta; desired_state "up"; created_at;
  *    restarts 0; and "oneoff": true for a one-off job, which the service
  *    scheduler then never counts, stops or replaces;
@@ -38,6 +42,9 @@
 #include <stdbool.h>
 
 #include "lib/err.h"
+
+/* The uri of a "flynn" artifact that runs jobs on the host's own binds. */
+#define JOBBUILD_HOST_STACK_URI "pier:host"
 
 struct jobbuild_oneoff {
     const json_t *args; /* array of strings replacing the type's args; NULL: the type's */

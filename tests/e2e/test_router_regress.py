@@ -548,3 +548,140 @@ def test_counters_over_workers(renv):
     assert c1["responses_4xx"] - c0["responses_4xx"] == 10
     conns = st["connections"]
     assert 1 <= conns["idle_backend"] == conns["backend"], conns
+
+
+# ---- 12. a client leaving an endless streamed response ----
+
+EVENTS_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def sse_chunk(text):
+    data = f"data: {text}\n\n".encode()
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class EventsBackend(ScriptedBackend):
+    """An endless server-sent events stream, chunked like the controller's
+    GET /events: one event at once, then a keep-alive comment every
+    `every` seconds, forever. closed_at[i] is when connection i's peer
+    closed or reset it (time.monotonic)."""
+
+    def __init__(self, every=5.0):
+        self.every = every
+        self.closed_at = {}
+        super().__init__(EventsBackend.serve)
+
+    def serve(self, sock, r, i):
+        if self.read_request(r, i) is None:
+            return
+        sock.sendall(EVENTS_HEAD + sse_chunk("hello"))
+        while True:
+            # a read wakes as soon as the router closes the connection
+            sock.settimeout(self.every)
+            try:
+                got = sock.recv(4096)
+            except socket.timeout:
+                sock.sendall(b"%x\r\n: ping\n\r\n" % len(b": ping\n"))
+                continue
+            except OSError:
+                got = b""
+            if not got:
+                with self.lock:
+                    self.closed_at[i] = time.monotonic()
+                return
+
+    def closed(self, i):
+        with self.lock:
+            return self.closed_at.get(i)
+
+
+def open_events(port, host, timeout=10.0):
+    """A client of the stream (retried while the route is not yet known)
+    that has its head and first event and has read every byte sent so
+    far, so its close() sends a FIN, not a reset."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = PConn(port)
+        c.send(request_bytes("GET", "/events", host, [("Accept", "text/event-stream")]))
+        status, fields, _ = c.head()
+        if status == 200 or time.monotonic() > deadline:
+            break
+        c.close()
+        time.sleep(0.05)
+    assert status == 200 and "chunked" in tokens(fields, "transfer-encoding"), (status, fields)
+    assert c.r.read_until(b"\n\n\r\n").endswith(b"data: hello\n\n\r\n")
+    c.sock.setblocking(False)
+    try:
+        while c.sock.recv(65536):
+            pass
+    except BlockingIOError:
+        pass
+    return c
+
+
+def test_client_leaving_a_stream_closes_the_backend(env):
+    """The backend is silent between events: nothing written to the client
+    would reveal that it left. Its FIN alone must end the stream, and the
+    backend connection with it, at once."""
+    be = env.add("events.test", "events", EventsBackend(), wait=False)
+    c = open_events(env.port, "events.test")
+    assert be.n == 1
+    time.sleep(0.2)
+    c.close()
+    t0 = time.monotonic()
+    wait_until(lambda: be.closed(0), timeout=5, what="the backend connection to close")
+    took = be.closed(0) - t0
+    assert took < 1.0, f"the backend connection closed {took:.2f}s after the client left"
+    # the router is fine and the next client is served
+    assert PConn(env.port).request("GET", "/after", "raw.test")[0] == 200
+
+
+def test_drain_ends_when_the_last_stream_client_leaves(start_pierd):
+    """SIGTERM with one stream open: the router waits for it (up to the
+    30 s shutdown timeout), but once its client leaves nothing is left and
+    the router exits at once."""
+    e = Env(start_pierd, router_args=["--shutdown-timeout-ms", "30000"])
+    be = e.add("events.test", "events", EventsBackend(), wait=False)
+    try:
+        c = open_events(e.port, "events.test")
+        e.router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert e.router.running(), "the router dropped a stream in flight"
+        c.close()
+        t0 = time.monotonic()
+        e.router.proc.wait(timeout=40)
+        took = time.monotonic() - t0
+        assert e.router.proc.returncode == 0, e.router.stderr_tail()
+        assert took < 2.0, f"the router exited {took:.2f}s after the last client left"
+        assert be.closed(0) is not None
+    finally:
+        e.close()
+
+
+def test_drain_timeout_names_the_stream_it_waited_for(start_pierd):
+    """A stream whose client stays and whose backend never ends it keeps
+    the drain until --shutdown-timeout-ms, no longer; the log says what was
+    still open then."""
+    e = Env(start_pierd, router_args=["--shutdown-timeout-ms", "1000"])
+    e.add("events.test", "events", EventsBackend(), wait=False)
+    try:
+        c = open_events(e.port, "events.test")
+        t0 = time.monotonic()
+        e.router.proc.send_signal(signal.SIGTERM)
+        e.router.proc.wait(timeout=15)
+        took = time.monotonic() - t0
+        assert e.router.proc.returncode == 0, e.router.stderr_tail()
+        assert 0.9 <= took < 3.0, f"the router exited after {took:.2f}s"
+        c.sock.setblocking(True)
+        _, closed = c.r.read_to_close(2)
+        assert closed
+        text = e.router.stderr_text()
+        left = [logfmt(x) for x in text.splitlines() if "shutdown timeout passed" in x]
+        assert left, e.router.stderr_tail()
+        assert left[0].get("streaming") == "1", left[0]
+        waiting = [logfmt(x) for x in text.splitlines() if "drain cut" in x]
+        assert [x for x in waiting if x.get("host") == "events.test"
+                and x.get("path") == "/events"], text[-3000:]
+    finally:
+        e.close()

@@ -290,10 +290,11 @@ static void test_config(void **state)
     assert_int_equal(json_integer_value(json_object_get(user, "gid")), NOBODY);
     assert_null(json_object_get(user, "additionalGids"));
     json_t *args = json_object_get(p, "args");
-    assert_int_equal(json_array_size(args), 4);
+    assert_int_equal(json_array_size(args), 5);
     assert_string_equal(json_string_value(json_array_get(args, 0)), "/dev/init");
-    assert_string_equal(json_string_value(json_array_get(args, 1)), "--");
-    assert_string_equal(json_string_value(json_array_get(args, 2)), "/bin/app");
+    assert_string_equal(json_string_value(json_array_get(args, 1)), "-g");
+    assert_string_equal(json_string_value(json_array_get(args, 2)), "--");
+    assert_string_equal(json_string_value(json_array_get(args, 3)), "/bin/app");
     assert_string_equal(json_string_value(json_object_get(p, "cwd")), "/app/web");
     assert_true(json_is_true(json_object_get(p, "noNewPrivileges")));
     json_t *env = json_object_get(p, "env");
@@ -490,6 +491,137 @@ static void test_config_build(void **state)
     assert_int_equal(stat("/etc", &st), 0);
     assert_int_equal(st.st_mode & 01000, 0);
     jobspec_free(spec);
+}
+
+/* The spec's mounts, capabilities and EXTERNAL_IP in config.json. */
+static void test_config_mounts_caps(void **state)
+{
+    (void)state;
+    struct pier_err err = {0};
+    cleanup_free char *root = path_of("hostroot");
+    cleanup_free char *job = path_of("t1-mnt");
+    cleanup_free char *data = path_of("data-dir");
+    cleanup_free char *file = path_of("data-file");
+    assert_int_equal(bundle_host_root(root, &err), 0);
+    sh("mkdir -p %s %s && touch %s", job, data, file);
+    cleanup_buf struct buf text = BUF_INIT;
+    buf_printf(&text,
+               "{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+               "\"env\":{\"EXTERNAL_IP\":\"6.6.6.6\"},"
+               "\"mounts\":[{\"location\":\"%s\",\"target\":\"/srv/data\",\"writeable\":true},"
+               "{\"location\":\"%s\",\"target\":\"/var/lib/f\"},"
+               "{\"location\":\"/usr/share\",\"target\":\"/usr/share\"}],"
+               "\"linux_capabilities\":[\"CAP_NET_BIND_SERVICE\",\"CAP_CHOWN\"]}",
+               data, data);
+    struct jobspec *spec = spec_of(text.p);
+    struct bundle_opts o = {.job_dir = job,
+                            .host_root = root,
+                            .uid = NOBODY,
+                            .gid = NOBODY,
+                            .host_id = "t1",
+                            .host_ip = "10.1.2.3"};
+    assert_int_equal(bundle_write(spec, &o, &err), 0);
+    cleanup_free char *cfg_path = path_of("t1-mnt/bundle/config.json");
+    cleanup_json json_t *cfg = load_json(cfg_path);
+    json_t *m = find_mount(cfg, "/srv/data");
+    assert_non_null(m);
+    assert_string_equal(json_string_value(json_object_get(m, "type")), "bind");
+    assert_string_equal(json_string_value(json_object_get(m, "source")), data);
+    json_t *opts = json_object_get(m, "options");
+    assert_true(has_string(opts, "rbind") && has_string(opts, "rw"));
+    assert_true(has_string(opts, "nosuid") && has_string(opts, "nodev"));
+    assert_false(has_string(opts, "ro"));
+    m = find_mount(cfg, "/var/lib/f");
+    assert_string_equal(json_string_value(json_object_get(m, "source")), data);
+    opts = json_object_get(m, "options");
+    assert_true(has_string(opts, "ro") && has_string(opts, "rbind"));
+    assert_false(has_string(opts, "rw"));
+    assert_non_null(find_mount(cfg, "/usr/share"));
+    /* The mount points are in the host root; none under the host's /usr. */
+    struct stat st;
+    cleanup_free char *pt = path_of("hostroot/srv/data");
+    assert_int_equal(lstat(pt, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    cleanup_free char *pt2 = path_of("hostroot/usr/share");
+    assert_int_equal(lstat(pt2, &st), -1);
+
+    json_t *p = json_object_get(cfg, "process");
+    json_t *env = json_object_get(p, "env");
+    assert_true(has_string(env, "EXTERNAL_IP=10.1.2.3"));
+    assert_false(has_string(env, "EXTERNAL_IP=6.6.6.6"));
+    json_t *caps = json_object_get(p, "capabilities");
+    const char *sets[] = {"bounding", "effective", "permitted"};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *set = json_object_get(caps, sets[i]);
+        assert_int_equal(json_array_size(set), 4); /* the three kept + CAP_CHOWN */
+        assert_true(has_string(set, "CAP_CHOWN") && has_string(set, "CAP_KILL"));
+    }
+    const char *amb[] = {"ambient", "inheritable"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *set = json_object_get(caps, amb[i]);
+        assert_int_equal(json_array_size(set), 2);
+        assert_true(has_string(set, "CAP_CHOWN") && has_string(set, "CAP_NET_BIND_SERVICE"));
+    }
+    jobspec_free(spec);
+
+    /* A file location gets a file mount point. */
+    buf_reset(&text);
+    buf_printf(&text,
+               "{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+               "\"mounts\":[{\"location\":\"%s\",\"target\":\"/etc2/conf\"}]}",
+               file);
+    spec = spec_of(text.p);
+    assert_int_equal(bundle_write(spec, &o, &err), 0);
+    cleanup_free char *pt3 = path_of("hostroot/etc2/conf");
+    assert_int_equal(lstat(pt3, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    jobspec_free(spec);
+
+    /* A missing location is named. */
+    spec = spec_of("{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+                   "\"mounts\":[{\"location\":\"/nonexistent/pier\",\"target\":\"/data\"}]}");
+    assert_int_equal(bundle_write(spec, &o, &err), PIER_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "mounts[0].location /nonexistent/pier"));
+    jobspec_free(spec);
+
+    /* Under a bound host directory, the mount point must be there already:
+     * the agent never makes one in the host's /usr. */
+    spec = spec_of("{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+                   "\"mounts\":[{\"location\":\"/usr\",\"target\":\"/usr/pier-nothing\"}]}");
+    assert_int_equal(bundle_write(spec, &o, &err), PIER_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "mounts[0].target /usr/pier-nothing"));
+    assert_int_equal(lstat("/usr/pier-nothing", &st), -1);
+    jobspec_free(spec);
+
+    /* On a stack: the target must exist, of the location's kind; nothing is
+     * made in it. */
+    cleanup_free char *stack = path_of("mstack");
+    sh("mkdir -p %s/data %s/etc && touch %s/etc/f", stack, stack, stack);
+    o.root = stack;
+    buf_reset(&text);
+    buf_printf(&text,
+               "{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+               "\"mounts\":[{\"location\":\"%s\",\"target\":\"/data\"},"
+               "{\"location\":\"%s\",\"target\":\"/etc/f\"}]}",
+               data, file);
+    spec = spec_of(text.p);
+    assert_int_equal(bundle_write(spec, &o, &err), 0);
+    jobspec_free(spec);
+    const char *bad[][2] = {{"/srv/x", "not in the stack"}, {"/etc/f", "not a directory"}};
+    for (size_t i = 0; i < 2; i++) {
+        buf_reset(&text);
+        buf_printf(&text,
+                   "{\"id\":\"t1-mnt\",\"host_id\":\"t1\",\"args\":[\"x\"],\"ports\":[],"
+                   "\"mounts\":[{\"location\":\"%s\",\"target\":\"%s\"}]}",
+                   data, bad[i][0]);
+        spec = spec_of(text.p);
+        assert_true(bundle_write(spec, &o, &err) < 0);
+        if (!strstr(err.msg, bad[i][1]) || !strstr(err.msg, "mounts[0].target"))
+            fprintf(stderr, "message: %s\n", err.msg), fail();
+        jobspec_free(spec);
+    }
+    cleanup_free char *made = path_of("mstack/srv");
+    assert_int_equal(lstat(made, &st), -1);
 }
 
 static void test_write_refused(void **state)
@@ -1029,13 +1161,13 @@ static void test_slug_bad(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_host_root),    cmocka_unit_test(test_check_stack),
-        cmocka_unit_test(test_stack_points), cmocka_unit_test(test_config),
-        cmocka_unit_test(test_config_build), cmocka_unit_test(test_write_refused),
-        cmocka_unit_test(test_crun_run),     cmocka_unit_test(test_crun_run_init),
-        cmocka_unit_test(test_crun_stack),   cmocka_unit_test(test_crun_build_tmp),
-        cmocka_unit_test(test_slug_file),    cmocka_unit_test(test_slug_http),
-        cmocka_unit_test(test_slug_bad),
+        cmocka_unit_test(test_host_root),      cmocka_unit_test(test_check_stack),
+        cmocka_unit_test(test_stack_points),   cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config_build),   cmocka_unit_test(test_config_mounts_caps),
+        cmocka_unit_test(test_write_refused),  cmocka_unit_test(test_crun_run),
+        cmocka_unit_test(test_crun_run_init),  cmocka_unit_test(test_crun_stack),
+        cmocka_unit_test(test_crun_build_tmp), cmocka_unit_test(test_slug_file),
+        cmocka_unit_test(test_slug_http),      cmocka_unit_test(test_slug_bad),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

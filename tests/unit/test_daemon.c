@@ -94,6 +94,44 @@ static void test_unused_common_flags(void **state)
     unsetenv("PIER_KEY");
 }
 
+static void test_port_from_a_job(void **state)
+{
+    (void)state;
+    struct daemon_flags f;
+    struct pier_err err = {0};
+    setenv("PORT", "20003", 1);
+    unsetenv("EXTERNAL_IP");
+    assert_int_equal(parse(0, NULL, &f, &err), 0);
+    assert_string_equal(f.listen, "127.0.0.1:20003");
+    setenv("EXTERNAL_IP", "10.0.0.7", 1);
+    assert_int_equal(parse(0, NULL, &f, &err), 0);
+    assert_string_equal(f.listen, "10.0.0.7:20003");
+    setenv("EXTERNAL_IP", "fd00::7", 1);
+    assert_int_equal(parse(0, NULL, &f, &err), 0);
+    assert_string_equal(f.listen, "[fd00::7]:20003");
+    /* An explicit --listen wins. */
+    char *argv[] = {"--listen", "127.0.0.1:5"};
+    assert_int_equal(parse(2, argv, &f, &err), 0);
+    assert_string_equal(f.listen, "127.0.0.1:5");
+    /* A bad PORT is an error naming it. */
+    const char *bad[] = {"0", "65536", "12x", "-1", " 80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("PORT", bad[i], 1);
+        assert_int_equal(parse(0, NULL, &f, &err), PIER_EINVAL);
+        assert_non_null(strstr(err.msg, "PORT"));
+    }
+    setenv("PORT", "80", 1);
+    setenv("EXTERNAL_IP", "1.2.3.4 evil", 1);
+    assert_int_equal(parse(0, NULL, &f, &err), PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "EXTERNAL_IP"));
+    /* A subcommand without --listen ignores PORT. */
+    setenv("PORT", "bad", 1);
+    assert_int_equal(daemon_parse(&narrow, 0, NULL, &f, &err), 0);
+    assert_null(f.listen);
+    unsetenv("PORT");
+    unsetenv("EXTERNAL_IP");
+}
+
 static void test_help(void **state)
 {
     (void)state;
@@ -109,6 +147,7 @@ int main(void)
         cmocka_unit_test(test_defaults_and_env),
         cmocka_unit_test(test_bad_flags),
         cmocka_unit_test(test_unused_common_flags),
+        cmocka_unit_test(test_port_from_a_job),
         cmocka_unit_test(test_help),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,9 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -60,12 +63,94 @@ static void test_instance_json(void **state)
     assert_string_equal(discover_event_kind_name(DISCOVER_CURRENT), "current");
 }
 
+/* The service a URL names, if any. */
+static int url_service(const char *url, char out[129])
+{
+    struct pier_err err = {0};
+    int rc = discover_url_service(url, out, 129, &err);
+    if (rc < 0)
+        assert_true(err.msg[0] != '\0');
+    return rc;
+}
+
+static void test_url_service(void **state)
+{
+    (void)state;
+    char s[129];
+    assert_int_equal(url_service("http://blobstore.discoverd/slugs/x.tgz", s), 1);
+    assert_string_equal(s, "blobstore");
+    assert_int_equal(url_service("https://Blob-Store.DiscoverD:1600/a?b=c", s), 1);
+    assert_string_equal(s, "blob-store");
+    assert_int_equal(url_service("http://key@controller.discoverd", s), 1);
+    assert_string_equal(s, "controller");
+    assert_int_equal(url_service("http://app.web.discoverd/", s), 1);
+    assert_string_equal(s, "app.web");
+    /* Not a discovery name: left alone. */
+    assert_int_equal(url_service("http://127.0.0.1:1600/slugs/x.tgz", s), 0);
+    assert_int_equal(url_service("http://discoverd/x", s), 0);
+    assert_int_equal(url_service("http://.discoverd/x", s), 0);
+    assert_int_equal(url_service("http://blobstore.discoverd.example.com/x", s), 0);
+    assert_int_equal(url_service("http://example.com/blobstore.discoverd", s), 0);
+    assert_int_equal(url_service("file:///var/slug.tgz", s), 0);
+    assert_int_equal(url_service("blobstore.discoverd/x", s), 0);
+    assert_int_equal(url_service("", s), 0);
+    assert_int_equal(url_service("http://[::1]:80/x", s), 0);
+    /* A discovery name that is not a service name, or a bad port. */
+    assert_int_equal(url_service("http://-blob.discoverd/x", s), PIER_EINVAL);
+    assert_int_equal(url_service("http://blobstore.discoverd:http/x", s), PIER_EINVAL);
+    assert_int_equal(url_service("http://blobstore.discoverd:1234567/x", s), PIER_EINVAL);
+    char big[300];
+    snprintf(big, sizeof(big), "http://%0200d.discoverd/x", 0);
+    assert_int_equal(url_service(big, s), PIER_EINVAL);
+}
+
+static void test_url_at(void **state)
+{
+    (void)state;
+    struct discover_instance in = {.addr = "127.0.0.1:20005", .meta = NULL};
+    cleanup_free char *a = discover_url_at("http://blobstore.discoverd/slugs/x.tgz", &in);
+    assert_string_equal(a, "http://127.0.0.1:20005/slugs/x.tgz");
+    /* The port in the name is ignored; query, fragment and user info stay. */
+    cleanup_free char *b = discover_url_at("http://u:p@blobstore.discoverd:80/a?x=1#f", &in);
+    assert_string_equal(b, "http://u:p@127.0.0.1:20005/a?x=1#f");
+    cleanup_free char *c = discover_url_at("http://blobstore.discoverd", &in);
+    assert_string_equal(c, "http://127.0.0.1:20005");
+    /* meta.url wins: its scheme, host and port, not its path. */
+    in.meta = json_pack("{s:s}", "url", "https://10.0.0.1:443/base");
+    cleanup_free char *d = discover_url_at("http://blobstore.discoverd/slugs/x.tgz", &in);
+    assert_string_equal(d, "https://10.0.0.1:443/slugs/x.tgz");
+    json_decref(in.meta);
+    /* A meta.url that is no URL is passed over for addr. */
+    in.meta = json_pack("{s:s}", "url", "nonsense");
+    cleanup_free char *e = discover_url_at("http://blobstore.discoverd/y", &in);
+    assert_string_equal(e, "http://127.0.0.1:20005/y");
+    json_decref(in.meta);
+}
+
+static void test_resolve_url_without_store(void **state)
+{
+    (void)state;
+    struct pier_err err = {0};
+    char *out = NULL;
+    /* Other URLs come back unchanged, no store needed. */
+    assert_int_equal(discover_resolve_url(NULL, "http://127.0.0.1:1/x", &out, &err), 0);
+    assert_string_equal(out, "http://127.0.0.1:1/x");
+    free(out);
+    assert_int_equal(discover_resolve_url(NULL, "http://blobstore.discoverd/x", &out, &err),
+                     PIER_EINVAL);
+    assert_null(out);
+    assert_non_null(strstr(err.msg, "blobstore"));
+    assert_int_equal(discover_resolve_url(NULL, "http://Bad_.discoverd:x/", &out, &err),
+                     PIER_EINVAL);
+    assert_null(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_service_names),
-        cmocka_unit_test(test_instance_id),
-        cmocka_unit_test(test_instance_json),
+        cmocka_unit_test(test_service_names), cmocka_unit_test(test_instance_id),
+        cmocka_unit_test(test_instance_json), cmocka_unit_test(test_url_service),
+        cmocka_unit_test(test_url_at),        cmocka_unit_test(test_resolve_url_without_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -547,6 +547,114 @@ static void test_listen_errors(void **state)
     }
 }
 
+/* ---- httpd_drain: endless streams end, finite ones finish ---- */
+
+/* Never ends: "hello\n" at first, then nothing (a quiet event stream); a
+ * last call that may not wait (timeout 0, the drain's) adds "bye\n". */
+static int endless_next(void *ud, struct buf *out, int timeout_ms)
+{
+    bool *started = ud;
+    if (!*started) {
+        *started = true;
+        buf_puts(out, "hello\n");
+    } else if (timeout_ms == 0) {
+        buf_puts(out, "bye\n");
+    } else {
+        usleep((useconds_t)timeout_ms * 1000);
+    }
+    return 1;
+}
+
+static void endless(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    httpd_reply_stream_endless(r, 200, "text/plain", endless_next, free, xcalloc(1, sizeof(bool)));
+}
+
+/* Eight lines, 100 ms apart: a finite stream still going when the drain
+ * begins. */
+static int slow_next(void *ud, struct buf *out, int timeout_ms)
+{
+    (void)timeout_ms;
+    int *n = ud;
+    if (*n == 8)
+        return 0;
+    if (*n)
+        usleep(100 * 1000);
+    buf_printf(out, "%d\n", (*n)++);
+    return 1;
+}
+
+static void slow(struct httpd_req *r, void *ud)
+{
+    (void)ud;
+    httpd_reply_stream(r, 200, "text/plain", slow_next, free, xcalloc(1, sizeof(int)));
+}
+
+/* Reads fd to EOF (or its 5 s timeout) into got; whether EOF came. */
+static bool read_to_eof(int fd, struct buf *got)
+{
+    char b[1024];
+    ssize_t n;
+    while ((n = read(fd, b, sizeof(b))) > 0)
+        buf_append(got, b, (size_t)n);
+    return n == 0;
+}
+
+static void test_drain_streams(void **state)
+{
+    (void)state;
+    struct httpd_options o = {.listen = "127.0.0.1:0", .comp = "test"};
+    struct httpd *h = httpd_new(&o);
+    httpd_route(h, "GET", "/endless", endless, NULL, false);
+    httpd_route(h, "GET", "/slow", slow, NULL, false);
+    struct pier_err err = {0};
+    assert_int_equal(httpd_start(h, &err), 0);
+    int port = httpd_port(h);
+    cleanup_buf struct buf eh = BUF_INIT;
+    cleanup_buf struct buf eb = BUF_INIT;
+    cleanup_buf struct buf sh = BUF_INIT;
+    cleanup_buf struct buf sb = BUF_INIT;
+    cleanup_buf struct buf ih = BUF_INIT;
+    cleanup_buf struct buf ib = BUF_INIT;
+    int efd = raw_request(port, "GET /endless HTTP/1.1\r\nHost: x\r\n\r\n", &eh, &eb);
+    int sfd = raw_request(port, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n", &sh, &sb);
+    /* An idle keep-alive connection: its request is over. */
+    int ifd = raw_request(port, "GET /.well-known/status HTTP/1.1\r\nHost: x\r\n\r\n", &ih, &ib);
+    assert_null(strstr(ih.p, "onnection: close"));
+    read_until(efd, &eb, 6);
+    assert_non_null(strstr(eb.p, "hello"));
+    /* The status request is done server side too (a reply still going out
+     * when the drain begins closes its connection after it). */
+    usleep(200 * 1000);
+
+    int64_t t0 = clock_now_ms();
+    assert_true(httpd_drain(h, 5000));
+    int64_t took = clock_now_ms() - t0;
+    /* Held by the finite stream only (its ~700 ms), not to the timeout. */
+    assert_true(took < 2500);
+    /* The endless stream ended cleanly, with what was ready, and its
+     * connection closed; the finite one is whole. */
+    assert_true(read_to_eof(efd, &eb));
+    assert_non_null(strstr(eb.p, "bye\n"));
+    assert_true(eb.len >= 5 && memcmp(eb.p + eb.len - 5, "0\r\n\r\n", 5) == 0);
+    assert_true(read_to_eof(sfd, &sb));
+    assert_non_null(strstr(sb.p, "7\n"));
+    assert_true(sb.len >= 5 && memcmp(sb.p + sb.len - 5, "0\r\n\r\n", 5) == 0);
+    /* A request on a kept connection during the drain is answered, with
+     * Connection: close. */
+    const char again[] = "GET /.well-known/status HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_true(write_all(ifd, again, strlen(again)));
+    buf_reset(&ib);
+    assert_true(read_to_eof(ifd, &ib));
+    assert_non_null(strstr(ib.p, " 200 "));
+    assert_non_null(strstr(ib.p, "Connection: close"));
+    close(efd);
+    close(sfd);
+    close(ifd);
+    httpd_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -561,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_refused),
         cmocka_unit_test(test_upgrade_free),
         cmocka_unit_test(test_listen_errors),
+        cmocka_unit_test(test_drain_streams),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -153,6 +153,45 @@ static void test_artifacts(void **state)
     assert_non_null(strstr(err.msg, "file:///DIR"));
 }
 
+/* A type's mounts and linux_capabilities are copied as they are; a
+ * pier:host flynn artifact runs the job on the host's binds. */
+static void test_host_fields(void **state)
+{
+    (void)state;
+    const char *rel = "{\"id\":\"r1\",\"artifacts\":[\"h1\",\"g1\"],\"processes\":{"
+                      "\"app\":{\"args\":[\"x\"],\"mounts\":[{\"location\":\"/srv/d\","
+                      "\"target\":\"/data\",\"writeable\":true}],"
+                      "\"linux_capabilities\":[\"CAP_NET_BIND_SERVICE\"]},"
+                      "\"plain\":{\"args\":[\"y\"],\"mounts\":null}}}";
+    const char *arts = "[{\"id\":\"h1\",\"type\":\"flynn\",\"uri\":\"pier:host\"},"
+                       "{\"id\":\"g1\",\"type\":\"file\",\"uri\":\"file:///s/p.tgz\"}]";
+    cleanup_json json_t *job = build_ok(rel, arts, "app", NULL);
+    cleanup_json json_t *want_mounts =
+        parse("[{\"location\":\"/srv/d\",\"target\":\"/data\",\"writeable\":true}]");
+    assert_true(json_equal(json_object_get(job, "mounts"), want_mounts));
+    cleanup_json json_t *want_caps = parse("[\"CAP_NET_BIND_SERVICE\"]");
+    assert_true(json_equal(json_object_get(job, "linux_capabilities"), want_caps));
+    json_t *a = json_object_get(job, "artifact");
+    assert_string_equal(json_string_value(json_object_get(a, "stack")), "host");
+    assert_string_equal(json_string_value(json_object_get(a, "slug")), "file:///s/p.tgz");
+    /* A copy: the release is not shared with the job. */
+    json_array_clear(json_object_get(job, "mounts"));
+    cleanup_json json_t *again = build_ok(rel, arts, "app", NULL);
+    assert_int_equal(json_array_size(json_object_get(again, "mounts")), 1);
+
+    cleanup_json json_t *plain = build_ok(rel, arts, "plain", NULL);
+    assert_null(json_object_get(plain, "mounts"));
+    assert_null(json_object_get(plain, "linux_capabilities"));
+
+    struct pier_err err = {0};
+    assert_int_equal(build_err("{\"id\":\"r1\",\"artifacts\":[\"d1\"],\"processes\":{\"web\":{"
+                               "\"args\":[\"x\"]}}}",
+                               "[{\"id\":\"d1\",\"type\":\"flynn\",\"uri\":\"pier:other\"}]", "web",
+                               NULL, &err),
+                     PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "pier:host"));
+}
+
 /* A slug pier built (meta.slugrunner "true") runs under pierslug: service
  * and one-off jobs alike; other slugs and pierslug's own commands as they
  * are. */
@@ -338,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_artifacts),   cmocka_unit_test(test_slugrunner),
         cmocka_unit_test(test_resources),   cmocka_unit_test(test_ports),
         cmocka_unit_test(test_oneoff),      cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_host_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

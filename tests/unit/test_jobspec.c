@@ -335,6 +335,102 @@ static void test_artifact_resources_refused(void **state)
     jobspec_free(s);
 }
 
+static void test_mounts_caps(void **state)
+{
+    (void)state;
+    struct jobspec *s = parsed("{\"mounts\":[{\"location\":\"/srv/data\",\"target\":\"/data\","
+                               "\"writeable\":true},{\"location\":\"/etc/ssl\",\"target\":"
+                               "\"/var/ssl\"}],\"linux_capabilities\":[\"CAP_NET_BIND_SERVICE\","
+                               "\"CAP_CHOWN\"]}");
+    assert_int_equal(s->n_mounts, 2);
+    assert_string_equal(s->mounts[0].location, "/srv/data");
+    assert_string_equal(s->mounts[0].target, "/data");
+    assert_true(s->mounts[0].writeable);
+    assert_string_equal(s->mounts[1].target, "/var/ssl");
+    assert_false(s->mounts[1].writeable);
+    assert_int_equal(s->n_caps, 2);
+    assert_string_equal(s->caps[0], "CAP_NET_BIND_SERVICE");
+    assert_string_equal(s->caps[1], "CAP_CHOWN");
+    assert_null(s->caps[2]);
+    jobspec_free(s);
+    s = parsed("{\"mounts\":[],\"linux_capabilities\":[]}");
+    assert_int_equal(s->n_mounts, 0);
+    assert_int_equal(s->n_caps, 0);
+    jobspec_free(s);
+    s = parsed("{\"mounts\":null,\"linux_capabilities\":null,"
+               "\"mounts2\":[{\"target\":\"/proc\"}]}"); /* null is absent; others ignored */
+    assert_int_equal(s->n_mounts, 0);
+    jobspec_free(s);
+
+    assert_true(jobspec_cap_ok("CAP_SETPCAP"));
+    assert_false(jobspec_cap_ok("CAP_SYS_ADMIN"));
+    assert_false(jobspec_cap_ok("cap_chown"));
+    assert_false(jobspec_cap_ok(NULL));
+
+    refused("{\"mounts\":{}}", "mounts: must be an array, got an object");
+    refused("{\"mounts\":[\"/a:/b\"]}", "mounts[0]: must be an object");
+    refused("{\"mounts\":[{\"target\":\"/b\"}]}", "mounts[0].location: required");
+    refused("{\"mounts\":[{\"location\":\"/a\"}]}", "mounts[0].target: required");
+    refused("{\"mounts\":[{\"location\":\"a\",\"target\":\"/b\"}]}",
+            "mounts[0].location: \"a\" must be an absolute path");
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"b\"}]}", "mounts[0].target: \"b\"");
+    const char *bad_paths[] = {"/x/../y", "/x/..", "/..", "/x/./y",
+                               "/x//y",   "/x/",   "//x", "/x\\ny"};
+    for (size_t i = 0; i < sizeof(bad_paths) / sizeof(*bad_paths); i++) {
+        char rec[128];
+        snprintf(rec, sizeof(rec), "{\"mounts\":[{\"location\":\"/a\",\"target\":\"%s\"}]}",
+                 bad_paths[i]);
+        refused(rec, "mounts[0].target: ");
+        snprintf(rec, sizeof(rec), "{\"mounts\":[{\"location\":\"%s\",\"target\":\"/b\"}]}",
+                 bad_paths[i]);
+        refused(rec, "mounts[0].location: ");
+    }
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/\"}]}",
+            "mounts[0].target: must not be /");
+    const char *reserved[] = {"/proc",  "/proc/x", "/sys/fs",  "/dev",   "/dev/shm",         "/app",
+                              "/app/x", "/tmp",    "/tmp/a/b", "/.pier", "/.pier/buildpacks"};
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved); i++) {
+        char rec[128];
+        snprintf(rec, sizeof(rec), "{\"mounts\":[{\"location\":\"/a\",\"target\":\"%s\"}]}",
+                 reserved[i]);
+        refused(rec, "is reserved");
+    }
+    /* A name that only starts like a reserved one is fine. */
+    s = parsed("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/procs\"},"
+               "{\"location\":\"/a\",\"target\":\"/apps\"},"
+               "{\"location\":\"/a\",\"target\":\"/tmpx/y\"}]}");
+    assert_int_equal(s->n_mounts, 3);
+    jobspec_free(s);
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/b\",\"writeable\":\"yes\"}]}",
+            "mounts[0].writeable: must be true or false, got a string");
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/b\",\"device\":\"ext4\"}]}",
+            "mounts[0].device: not supported");
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/b\"},"
+            "{\"location\":\"/c\",\"target\":\"/b/c\"}]}",
+            "mounts[1].target: /b/c overlaps mounts[0].target /b");
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/b/c\"},"
+            "{\"location\":\"/c\",\"target\":\"/b\"}]}",
+            "mounts[1].target: /b overlaps");
+    refused("{\"mounts\":[{\"location\":\"/a\",\"target\":\"/b\"},"
+            "{\"location\":\"/c\",\"target\":\"/b\"}]}",
+            "overlaps");
+    cleanup_buf struct buf many = BUF_INIT;
+    buf_puts(&many, "{\"mounts\":[");
+    for (int i = 0; i <= JOBSPEC_MAX_MOUNTS; i++)
+        buf_printf(&many, "%s{\"location\":\"/a\",\"target\":\"/m%d\"}", i ? "," : "", i);
+    buf_puts(&many, "]}");
+    refused(many.p, "mounts: 17 entries, the limit is 16");
+
+    refused("{\"linux_capabilities\":\"CAP_CHOWN\"}",
+            "linux_capabilities: must be an array of names, got a string");
+    refused("{\"linux_capabilities\":[1]}", "linux_capabilities[0]: must be a string");
+    refused("{\"linux_capabilities\":[\"CAP_CHOWN\",\"CAP_SYS_ADMIN\"]}",
+            "linux_capabilities[1]: \"CAP_SYS_ADMIN\" is not one a job may have");
+    refused("{\"linux_capabilities\":[\"NET_BIND_SERVICE\"]}", "is not one a job may have");
+    refused("{\"linux_capabilities\":[\"CAP_KILL\",\"CAP_KILL\"]}",
+            "linux_capabilities[1]: CAP_KILL is listed twice");
+}
+
 static void test_ports_tty_refused(void **state)
 {
     (void)state;
@@ -486,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_identity_refused),
         cmocka_unit_test(test_exec_refused),
         cmocka_unit_test(test_artifact_resources_refused),
+        cmocka_unit_test(test_mounts_caps),
         cmocka_unit_test(test_ports_tty_refused),
         cmocka_unit_test(test_id_ok),
         cmocka_unit_test(test_duration),
