@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "blobstore/blobstore.h"
+#include "bootstrap/bootstrap.h"
 #include "controller/controller.h"
 #include "discoverd/discoverd.h"
 #include "git/gitreceive.h"
@@ -31,6 +32,8 @@ static const struct subcommand subcommands[] = {
     {"blobstore", blobstore_main, "slugs, sources and build caches over HTTP, checked by SHA-256"},
     {"gitreceive", gitreceive_main,
      "the git receiver: git push over SSH and HTTP builds and deploys the app"},
+    {"bootstrap", bootstrap_main,
+     "starts the system apps of a manifest as jobs and records them in their controller"},
     {"store-migrate", store_migrate_main,
      "move the cluster's state to another store (pierd store <-> etcd)"},
 };

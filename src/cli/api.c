@@ -20,7 +20,14 @@
 #define USER_AGENT "User-Agent: pier/" PIER_VERSION
 #define RETRY_FOR_MS 10000
 #define RETRY_EVERY_MS 100
-#define RECONNECT_FOR_MS 20000
+#define CALL_TIMEOUT_MS 60000
+#define RECONNECT_FOR_MS 30000
+#define RECONNECT_OPEN_MS 10000 /* the controller sends the headers at once */
+#define CATCH_UP_MS 5000        /* one look at the event list */
+#define QUIET_MIN_MS 2000       /* the first look after that long without an event */
+#define QUIET_MAX_MS 16000      /* the looks back off to this */
+#define STALE_MS 45000          /* no byte, not even the 30 s keep-alive: the stream is dead */
+#define SAY_EVERY_MS 10000      /* "reconnecting" at most this often */
 #define ERROR_BODY_MAX (64 * 1024)
 #define ATTACH_WAIT_MS 120000
 
@@ -242,7 +249,7 @@ static void common_headers(const struct api *a, const char **h, bool accept_json
 }
 
 static int call(struct api *a, const char *method, const char *path, const json_t *body,
-                json_t **out, bool need_json, struct pier_err *err)
+                json_t **out, bool need_json, long timeout_ms, struct pier_err *err)
 {
     if (out)
         *out = NULL;
@@ -260,7 +267,7 @@ static int call(struct api *a, const char *method, const char *path, const json_
         .headers = headers,
         .body = body ? text.p : NULL,
         .body_len = text.len,
-        .timeout_ms = 60000,
+        .timeout_ms = timeout_ms,
     };
     int64_t deadline = clock_now_ms() + RETRY_FOR_MS;
     for (;;) {
@@ -297,13 +304,13 @@ static int call(struct api *a, const char *method, const char *path, const json_
 
 int api_get(struct api *a, const char *path, json_t **out, struct pier_err *err)
 {
-    return call(a, "GET", path, NULL, out, true, err);
+    return call(a, "GET", path, NULL, out, true, CALL_TIMEOUT_MS, err);
 }
 
 int api_send(struct api *a, const char *method, const char *path, const json_t *body, json_t **out,
              struct pier_err *err)
 {
-    return call(a, method, path, body, out, false, err);
+    return call(a, method, path, body, out, false, CALL_TIMEOUT_MS, err);
 }
 
 void api_app_path(const struct api *a, struct buf *out, const char *suffix)
@@ -338,7 +345,8 @@ static int collect(const char *data, size_t len, void *ud)
 /* Opens a stream into *in and checks its status; a non-200 answer is read
  * whole (up to a cap) and turned into an error. */
 static int stream_open(struct api *a, const char *path, const char *accept, int64_t last_id,
-                       struct buf *in, struct httpc_stream **out, struct pier_err *err)
+                       long timeout_ms, struct buf *in, struct httpc_stream **out,
+                       struct pier_err *err)
 {
     cleanup_buf struct buf url = BUF_INIT, name = BUF_INIT, acc = BUF_INIT, last = BUF_INIT;
     buf_printf(&url, "%s%s", a->base, path);
@@ -353,7 +361,8 @@ static int stream_open(struct api *a, const char *path, const char *accept, int6
         headers[n++] = last.p;
     }
     headers[n] = NULL;
-    struct httpc_req req = {.url = url.p, .name = name.p, .headers = headers, .timeout_ms = 60000};
+    struct httpc_req req = {
+        .url = url.p, .name = name.p, .headers = headers, .timeout_ms = timeout_ms};
     struct httpc_stream *s = NULL;
     int rc = httpc_stream_open(a->h, &req, collect, in, &s, err);
     if (rc < 0)
@@ -374,27 +383,112 @@ static int stream_open(struct api *a, const char *path, const char *accept, int6
     return rc;
 }
 
+/* Waiting on an event stream must survive the path to the controller
+ * going away under it: the router that carried it stopped (a scale of the
+ * router itself), the controller job replaced, a proxy that holds the
+ * connection open but no longer forwards anything. So:
+ *
+ * - Every event handed out moves last_id on; an event at or below it is
+ *   never handed out twice. A stream without past=true starts last_id at
+ *   the newest matching event when it opened (one GET of the list), so a
+ *   resume from it loses nothing even before the first event came.
+ * - When the stream ends, breaks, or sends not a byte for STALE_MS (the
+ *   controller's keep-alive comes every 30 s), it is opened again with
+ *   Last-Event-Id = last_id, retrying with a backoff for RECONNECT_FOR_MS,
+ *   and "reconnecting to the controller..." goes to stderr.
+ * - After a reconnect, and whenever no event came for a while (2 s, then
+ *   doubling up to 16 s), the events after last_id are read with a plain
+ *   GET of the same filter (since_id) and queued: the state as it is now,
+ *   whatever the stream is doing. A failed look is only tried again later.
+ * The caller sees the same events in the same order either way. */
 struct api_events {
     struct api *a;
     char *path;
-    struct httpc_stream *s;
-    struct buf in;   /* received, not yet parsed */
-    struct buf data; /* the data lines of the block being read */
+    struct httpc_stream *s; /* NULL while reconnecting */
+    struct buf in;          /* received, not yet parsed */
+    struct buf data;        /* the data lines of the block being read */
     bool has_data, is_error;
-    bool ended; /* the server ended the stream (or it broke): resume once in is parsed */
-    int64_t last_id;
+    bool ended;          /* the stream ended, broke or went stale: resume once in is parsed */
+    json_t *queue;       /* events read by a look at the list, oldest first, not handed out */
+    int64_t last_id;     /* the newest event handed out (or the newest when it opened) */
+    int64_t rx_ms;       /* when bytes last arrived */
+    int64_t look_at_ms;  /* when to look at the list if no event comes before */
+    int64_t look_every;  /* the current quiet interval */
+    int64_t down_since;  /* when the stream went away; 0 while it is open */
+    int64_t retry_at_ms; /* the next reconnect attempt */
+    int64_t retry_wait;
+    int64_t said_ms; /* when "reconnecting" was last printed */
 };
+
+/* Appends the stream's filter with one more query parameter. */
+static void list_path(const struct api_events *e, struct buf *out, const char *param,
+                      long long value)
+{
+    buf_printf(out, "%s%c%s=%lld", e->path, strchr(e->path, '?') ? '&' : '?', param, value);
+}
+
+/* The newest matching event's id (0: none, or the list could not be read). */
+static int64_t newest_id(struct api_events *e)
+{
+    cleanup_buf struct buf path = BUF_INIT;
+    list_path(e, &path, "count", 1);
+    cleanup_json json_t *list = NULL;
+    struct pier_err perr = {0};
+    if (call(e->a, "GET", path.p, NULL, &list, true, CATCH_UP_MS, &perr) < 0)
+        return 0;
+    return json_integer_value(json_object_get(json_array_get(list, 0), "id"));
+}
+
+static void quiet_reset(struct api_events *e)
+{
+    e->look_every = QUIET_MIN_MS;
+    e->look_at_ms = clock_now_ms() + QUIET_MIN_MS;
+}
+
+/* Looks at the events after last_id with a plain GET and queues those not
+ * queued yet. */
+static void look(struct api_events *e)
+{
+    e->look_at_ms = clock_now_ms() + e->look_every;
+    e->look_every = e->look_every * 2 > QUIET_MAX_MS ? QUIET_MAX_MS : e->look_every * 2;
+    int64_t after = e->last_id;
+    size_t nq = json_array_size(e->queue);
+    if (nq > 0)
+        after = json_integer_value(json_object_get(json_array_get(e->queue, nq - 1), "id"));
+    cleanup_buf struct buf path = BUF_INIT;
+    list_path(e, &path, "since_id", (long long)after);
+    cleanup_json json_t *list = NULL;
+    struct pier_err perr = {0};
+    if (call(e->a, "GET", path.p, NULL, &list, true, CATCH_UP_MS, &perr) < 0)
+        return;
+    for (size_t i = json_array_size(list); i-- > 0;) { /* the list is newest first */
+        json_t *ev = json_array_get(list, i);
+        int64_t id = json_integer_value(json_object_get(ev, "id"));
+        if (!json_is_object(ev) || id <= after)
+            continue;
+        json_array_append(e->queue, ev);
+        after = id;
+    }
+    if (json_array_size(e->queue) > nq)
+        quiet_reset(e);
+}
 
 int api_events_open(struct api *a, const char *path, struct api_events **out, struct pier_err *err)
 {
     struct api_events *e = xcalloc(1, sizeof(*e));
     e->a = a;
     e->path = xstrdup(path);
-    int rc = stream_open(a, path, "text/event-stream", 0, &e->in, &e->s, err);
+    e->queue = json_array();
+    int rc = stream_open(a, path, "text/event-stream", 0, CALL_TIMEOUT_MS, &e->in, &e->s, err);
     if (rc < 0) {
         api_events_close(e);
         return rc;
     }
+    /* After the subscription: whatever comes after this id is the stream's. */
+    if (!strstr(path, "past=true"))
+        e->last_id = newest_id(e);
+    e->rx_ms = clock_now_ms();
+    quiet_reset(e);
     *out = e;
     return 0;
 }
@@ -406,19 +500,36 @@ void api_events_close(struct api_events *e)
     httpc_stream_close(e->s);
     buf_free(&e->in);
     buf_free(&e->data);
+    json_decref(e->queue);
     free(e->path);
     free(e);
 }
 
-/* Ends the current block: 1 with *ev when it held data, 0 when it was
- * empty, negative for an error event or data that is not JSON. */
+/* Takes ev as the next event unless it was handed out already: 1 (with
+ * *out, a new reference), or 0. */
+static int hand_out(struct api_events *e, json_t *ev, json_t **out)
+{
+    json_t *id = json_object_get(ev, "id");
+    if (json_is_integer(id)) {
+        if (json_integer_value(id) <= e->last_id)
+            return 0;
+        e->last_id = json_integer_value(id);
+    }
+    *out = json_incref(ev);
+    quiet_reset(e);
+    return 1;
+}
+
+/* Ends the current block: 1 with *ev when it held a new event, 0 when it
+ * was empty or held one handed out already, negative for an error event
+ * or data that is not JSON. */
 static int dispatch(struct api_events *e, json_t **ev, struct pier_err *err)
 {
     if (!e->has_data)
         return 0;
     bool is_error = e->is_error;
     e->has_data = e->is_error = false;
-    json_t *j = NULL;
+    cleanup_json json_t *j = NULL;
     int rc = jsonx_parse(e->data.p ? e->data.p : "", e->data.len, &j, NULL);
     if (is_error) {
         cleanup_buf struct buf m = BUF_INIT;
@@ -426,20 +537,13 @@ static int dispatch(struct api_events *e, json_t **ev, struct pier_err *err)
                           : json_is_object(j) ? json_string_value(json_object_get(j, "message"))
                                               : NULL;
         api_put_clean(&m, msg ? msg : (e->data.p ? e->data.p : "?"));
-        json_decref(j);
         buf_reset(&e->data);
         return err_set(err, PIER_EUNAVAIL, "the controller's event stream failed: %s", m.p);
     }
     buf_reset(&e->data);
-    if (rc < 0 || !json_is_object(j)) {
-        json_decref(j);
+    if (rc < 0 || !json_is_object(j))
         return err_set(err, PIER_EPROTO, "the controller sent an event that is not a JSON object");
-    }
-    json_t *id = json_object_get(j, "id");
-    if (json_is_integer(id))
-        e->last_id = json_integer_value(id);
-    *ev = j;
-    return 1;
+    return hand_out(e, j, ev);
 }
 
 /* Parses complete lines in e->in until one event is complete. */
@@ -476,24 +580,56 @@ static int parse_events(struct api_events *e, json_t **ev, struct pier_err *err)
     return rc;
 }
 
-/* The stream ended or broke: opens it again from the last event seen,
- * retrying for RECONNECT_FOR_MS. A 404 (or another answer) is final. */
-static int reconnect(struct api_events *e, struct pier_err *err)
+/* Whether a failed reopen is worth another try: the controller (or the
+ * router before it) may be on its way back. A 404, a refused key or a bad
+ * request will not change. */
+static bool reopen_retryable(int rc)
 {
-    httpc_stream_close(e->s);
-    e->s = NULL;
-    buf_reset(&e->in);
-    buf_reset(&e->data);
-    e->has_data = e->is_error = false;
-    int64_t deadline = clock_now_ms() + RECONNECT_FOR_MS;
-    int wait = 100;
-    for (;;) {
-        int rc = stream_open(e->a, e->path, "text/event-stream", e->last_id, &e->in, &e->s, err);
-        if (rc == 0 || !httpc_not_sent(rc) || clock_now_ms() + wait > deadline)
-            return rc;
-        usleep((useconds_t)wait * 1000);
-        wait = wait * 2 > 1000 ? 1000 : wait * 2;
+    return rc != PIER_ENOTFOUND && rc != API_EAUTH && rc != PIER_EINVAL;
+}
+
+/* One step of getting the stream back, waiting at most until deadline:
+ * 1 when it is open again, 0 when not yet, or the final error. */
+static int reconnect_step(struct api_events *e, int64_t deadline, struct pier_err *err)
+{
+    int64_t now = clock_now_ms();
+    if (e->down_since == 0) {
+        httpc_stream_close(e->s);
+        e->s = NULL;
+        buf_reset(&e->in);
+        buf_reset(&e->data);
+        e->has_data = e->is_error = false;
+        e->down_since = now;
+        e->retry_wait = 100;
+        /* a server that keeps closing at once must not spin us */
+        e->retry_at_ms = now + e->retry_wait;
+        if (e->said_ms == 0 || now - e->said_ms >= SAY_EVERY_MS) {
+            fprintf(stderr, "reconnecting to the controller...\n");
+            fflush(stderr);
+            e->said_ms = now;
+        }
     }
+    if (now < e->retry_at_ms) {
+        int64_t until = e->retry_at_ms < deadline ? e->retry_at_ms : deadline;
+        if (until > now)
+            usleep((useconds_t)(until - now) * 1000);
+        return 0;
+    }
+    int rc = stream_open(e->a, e->path, "text/event-stream", e->last_id, RECONNECT_OPEN_MS, &e->in,
+                         &e->s, err);
+    if (rc == 0) {
+        e->down_since = 0;
+        e->ended = false;
+        e->rx_ms = clock_now_ms();
+        look(e); /* also when the server cannot resume from last_id */
+        return 1;
+    }
+    e->s = NULL;
+    if (!reopen_retryable(rc) || clock_now_ms() - e->down_since >= RECONNECT_FOR_MS)
+        return rc;
+    e->retry_at_ms = clock_now_ms() + e->retry_wait;
+    e->retry_wait = e->retry_wait * 2 > 1000 ? 1000 : e->retry_wait * 2;
+    return 0;
 }
 
 int api_events_next(struct api_events *e, int timeout_ms, json_t **ev, struct pier_err *err)
@@ -502,22 +638,42 @@ int api_events_next(struct api_events *e, int timeout_ms, json_t **ev, struct pi
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : clock_now_ms() + timeout_ms;
     for (;;) {
         /* What arrived is handed out before the end of the stream is acted on. */
+        while (json_array_size(e->queue) > 0) {
+            cleanup_json json_t *q = json_incref(json_array_get(e->queue, 0));
+            json_array_remove(e->queue, 0);
+            if (hand_out(e, q, ev))
+                return 1;
+        }
         int rc = parse_events(e, ev, err);
         if (rc != 0)
             return rc;
+        int64_t now = clock_now_ms();
+        if (!e->ended && now - e->rx_ms >= STALE_MS)
+            e->ended = true;
         if (e->ended) {
-            usleep(100 * 1000); /* a server that keeps closing at once must not spin us */
-            e->ended = false;
-            rc = reconnect(e, err);
+            rc = reconnect_step(e, deadline, err);
             if (rc < 0)
                 return rc;
+            if (rc == 0 && clock_now_ms() >= deadline)
+                return 0;
             continue;
         }
-        int64_t left = deadline == INT64_MAX ? -1 : deadline - clock_now_ms();
-        if (deadline != INT64_MAX && left <= 0)
+        if (now >= e->look_at_ms) {
+            look(e);
+            continue;
+        }
+        if (now >= deadline)
             return 0;
+        int64_t wait = e->look_at_ms - now;
+        if (deadline - now < wait)
+            wait = deadline - now;
+        if (wait > 1000)
+            wait = 1000;
+        size_t before = e->in.len;
         struct pier_err perr = {0};
-        rc = httpc_stream_poll(e->s, left < 0 ? 1000 : (int)(left > 1000 ? 1000 : left), &perr);
+        rc = httpc_stream_poll(e->s, (int)wait, &perr);
+        if (e->in.len > before)
+            e->rx_ms = clock_now_ms();
         if (rc <= 0)
             e->ended = true;
     }
@@ -561,7 +717,7 @@ int api_lines(struct api *a, const char *path, api_line_fn fn, void *ud, struct 
 {
     cleanup_buf struct buf in = BUF_INIT;
     struct httpc_stream *s = NULL;
-    int rc = stream_open(a, path, NULL, 0, &in, &s, err);
+    int rc = stream_open(a, path, NULL, 0, CALL_TIMEOUT_MS, &in, &s, err);
     if (rc < 0)
         return rc;
     struct lines l = {fn, ud, false};

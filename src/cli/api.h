@@ -100,8 +100,16 @@ int api_events_open(struct api *a, const char *path, struct api_events **out, st
 /* The next event (the JSON of one data: block, new reference), waiting up
  * to timeout_ms (-1: no limit). Returns 1 with *ev set, 0 when the time ran
  * out, or a negative error (an "event: error" block, a block that is not
- * JSON). When the server closes the stream it reconnects with
- * Last-Event-Id (the id of the last event seen), retrying for 20 s. */
+ * JSON, a stream that could not be opened again for 30 s).
+ * Robust against the path to the controller going away (a router or the
+ * controller stopped, a proxy that stops forwarding): when the stream ends,
+ * breaks or sends nothing for 45 s (the controller's keep-alive comes every
+ * 30 s), it is opened again with Last-Event-Id (the newest event handed
+ * out, or the newest matching one when it opened), saying "reconnecting to
+ * the controller..." on stderr; and after a reconnect or a quiet while
+ * (2 s, backing off to 16 s) the events after that id are read with a
+ * plain GET of the same filter (since_id). No event is handed out twice,
+ * none is skipped, so a caller waiting for one event needs nothing more. */
 int api_events_next(struct api_events *e, int timeout_ms, json_t **ev, struct pier_err *err);
 void api_events_close(struct api_events *e);
 

@@ -11,8 +11,12 @@ struct cli {
 
 /* pier cluster [add|remove|default] ... */
 int cli_cluster(struct cli *c);
-/* pier status: asks the cluster's controller how it is. */
+/* pier status [--json]: the controller, the system apps, the local daemons. */
 int cli_status(struct cli *c);
+/* pier up [...]: a single-host cluster from a state dir (up.c). */
+int cli_up(struct cli *c);
+/* pier down [--state-dir DIR]: stops it, as a reboot would (down.c). */
+int cli_down(struct cli *c);
 /* pier host list|jobs HOST: host and job records, read from the store. */
 int cli_host(struct cli *c);
 /* pier stack build DIR: a stack root made with debootstrap. */

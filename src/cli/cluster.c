@@ -1,9 +1,13 @@
 /* pier cluster ..., pier status */
+#include <ctype.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/api.h"
 #include "cli/cli.h"
 #include "cli/config.h"
+#include "cli/daemons.h"
 #include "cli/git.h"
 #include "cli/ui.h"
 #include "lib/cleanup.h"
@@ -44,17 +48,6 @@ static int list(struct config *cfg)
     return 0;
 }
 
-static bool valid_name(const char *n)
-{
-    if (!*n || strlen(n) > 63)
-        return false;
-    for (const char *p = n; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.'))
-            return false;
-    return true;
-}
-
 static int add(struct config *cfg, int argc, char **argv)
 {
     bool make_default = false;
@@ -83,7 +76,7 @@ static int add(struct config *cfg, int argc, char **argv)
     if (git_flag && git_url_check(git_flag, &git_url, &gerr) < 0)
         return ui_usage("cluster", "%s", gerr.msg);
     const char *name = pos[0], *url = pos[1], *key = pos[2];
-    if (!valid_name(name))
+    if (!config_name_ok(name))
         return ui_usage("cluster",
                         "cluster name \"%s\" may hold only letters, digits, '-', '_' "
                         "and '.' (at most 63)",
@@ -218,17 +211,214 @@ int cli_cluster(struct cli *c)
     return rc;
 }
 
-int cli_status(struct cli *c)
+/* ---- pier status ---- */
+
+/* The controller URL `pier up` gives the cluster of cs (up.c's rule). */
+static void state_url(const struct cluster_state *cs, struct buf *out)
 {
-    if (c->argc != 0)
-        return ui_usage("status", "status takes no arguments");
-    struct config cfg;
-    struct pier_err err = {0};
-    const char *url = NULL, *key = NULL;
-    if (config_load(&cfg, &err) < 0 || config_pick(&cfg, c->cluster, &url, &key, &err) < 0) {
-        config_free(&cfg);
-        return ui_fail(NULL, "%s", err.msg);
+    buf_printf(out, "http://controller.%s", cs->domain);
+    if (cs->http != 80)
+        buf_printf(out, ":%d", cs->http);
+}
+
+/* Whether the state dir holds the cluster a talks to; *cs gets its
+ * cluster.json when it does. */
+static bool state_holds(const struct api *a, const char *state, struct cluster_state *cs)
+{
+    if (cluster_state_load(state, cs, NULL) < 0)
+        return false;
+    cleanup_buf struct buf url = BUF_INIT;
+    state_url(cs, &url);
+    if (strcmp(url.p, a->base) == 0)
+        return true;
+    cluster_state_free(cs);
+    return false;
+}
+
+/* The state dir of a running `pierd store|host --data-dir STATE/NAME`
+ * (pid's command line), or NULL; a new string. */
+static char *proc_state_dir(const char *pid)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "/proc/%s/cmdline", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    char b[8192];
+    size_t n = fread(b, 1, sizeof(b) - 1, f);
+    fclose(f);
+    b[n] = '\0';
+    const char *args[64];
+    size_t na = 0;
+    for (size_t off = 0; off < n && na < 64; off += strlen(b + off) + 1)
+        args[na++] = b + off;
+    if (na < 4)
+        return NULL;
+    const char *base = strrchr(args[0], '/');
+    base = base ? base + 1 : args[0];
+    if (strcmp(base, "pierd") != 0 || (strcmp(args[1], "store") && strcmp(args[1], "host")))
+        return NULL;
+    for (size_t i = 2; i + 1 < na; i++) {
+        if (strcmp(args[i], "--data-dir") != 0)
+            continue;
+        const char *dir = args[i + 1], *slash = strrchr(dir, '/');
+        if (!slash || slash == dir || strcmp(slash + 1, args[1]) != 0)
+            return NULL;
+        char *state = xstrdup(dir);
+        state[slash - dir] = '\0';
+        return state;
     }
+    return NULL;
+}
+
+/* The state dir on this machine that holds the cluster a talks to, as a
+ * new string with its cluster.json in *cs, or NULL. With --state-dir only
+ * that one; else $PIER_HOME or the default (as `pier up`), else the state
+ * dir of a running store or host agent of this cluster (one started with
+ * `pier up --state-dir DIR`). */
+static char *local_state(const struct api *a, const char *flag, struct cluster_state *cs)
+{
+    if (flag && *flag)
+        return state_holds(a, flag, cs) ? xstrdup(flag) : NULL;
+    char *state = state_dir_resolve(NULL);
+    if (state_holds(a, state, cs))
+        return state;
+    free(state);
+    DIR *d = opendir("/proc");
+    if (!d)
+        return NULL;
+    state = NULL;
+    struct dirent *de;
+    while (!state && (de = readdir(d))) {
+        if (!isdigit((unsigned char)de->d_name[0]))
+            continue;
+        state = proc_state_dir(de->d_name);
+        if (state && !state_holds(a, state, cs)) {
+            free(state);
+            state = NULL;
+        }
+    }
+    closedir(d);
+    return state;
+}
+
+/* The daemons of the local state dir (cs read from it): adds them to out
+ * and says whether both run and answer. */
+static bool local_daemons(const char *state, const struct cluster_state *cs, json_t *out)
+{
+    cleanup_buf struct buf store_dir = BUF_INIT, host_dir = BUF_INIT;
+    buf_printf(&store_dir, "%s/store", state);
+    buf_printf(&host_dir, "%s/host", state);
+    const char *names[] = {"store", "host"}, *dirs[] = {store_dir.p, host_dir.p};
+    int ports[] = {cs->store, cs->host};
+    bool ok = true;
+    for (int i = 0; i < 2; i++) {
+        char u[128];
+        snprintf(u, sizeof(u), "http://%s:%d", cs->listen_ip, ports[i]);
+        struct pierd_daemon d = {.name = names[i], .state = state, .data_dir = dirs[i], .url = u};
+        pid_t pid = pierd_daemon_running(&d);
+        bool up = pid && status_answers(u, 2000);
+        ok = ok && up;
+        json_array_append_new(out, json_pack("{s:s,s:s,s:i,s:b,s:b,s:s}", "name", names[i], "url",
+                                             u, "pid", (int)pid, "running", pid != 0, "healthy", up,
+                                             "state_dir", state));
+    }
+    return ok;
+}
+
+/* Each system app (meta flynn-system-app "true") and its live jobs; an
+ * app with no job up is unhealthy. Adds them to out. */
+static int system_apps(struct api *a, json_t *out, struct pier_err *err)
+{
+    cleanup_json json_t *apps = NULL;
+    int rc = api_get(a, "/apps", &apps, err);
+    if (rc < 0)
+        return rc == PIER_ENOTFOUND ? 0 : rc; /* not a controller: nothing more to show */
+    size_t i;
+    json_t *app;
+    json_array_foreach(apps, i, app)
+    {
+        json_t *meta = json_object_get(app, "meta");
+        const char *sys = json_string_value(json_object_get(meta, "flynn-system-app"));
+        const char *id = json_string_value(json_object_get(app, "id"));
+        const char *name = json_string_value(json_object_get(app, "name"));
+        if (!sys || strcmp(sys, "true") != 0 || !id || !name)
+            continue;
+        cleanup_buf struct buf path = BUF_INIT;
+        buf_puts(&path, "/apps/");
+        api_escape(&path, id);
+        buf_puts(&path, "/jobs");
+        cleanup_json json_t *jobs = NULL;
+        if ((rc = api_get(a, path.p, &jobs, err)) < 0)
+            return rc;
+        json_t *live = json_array(), *job;
+        bool any_up = false;
+        size_t k;
+        json_array_foreach(jobs, k, job)
+        {
+            const char *st = json_string_value(json_object_get(job, "state"));
+            if (!st || !(strcmp(st, "up") == 0 || strcmp(st, "starting") == 0 ||
+                         strcmp(st, "pending") == 0))
+                continue;
+            any_up = any_up || strcmp(st, "up") == 0;
+            json_array_append_new(live,
+                                  json_pack("{s:O?,s:O?,s:s}", "id", json_object_get(job, "id"),
+                                            "type", json_object_get(job, "type"), "state", st));
+        }
+        json_array_append_new(out, json_pack("{s:s,s:s,s:b,s:o}", "name", name, "id", id, "healthy",
+                                             any_up, "jobs", live));
+    }
+    return 0;
+}
+
+static void print_status(const json_t *st)
+{
+    size_t i, k;
+    json_t *d, *app, *job;
+    json_array_foreach(json_object_get(st, "daemons"), i, d)
+    {
+        if (i == 0)
+            printf("state dir %s\n", json_string_value(json_object_get(d, "state_dir")));
+        int pid = (int)json_integer_value(json_object_get(d, "pid"));
+        bool up = json_is_true(json_object_get(d, "healthy"));
+        printf("%-12s %s", json_string_value(json_object_get(d, "name")), up ? "up" : "DOWN");
+        if (pid)
+            printf(" (pid %d%s)", pid, up ? "" : ", not answering");
+        else
+            printf(" (not running)");
+        printf(" %s\n", json_string_value(json_object_get(d, "url")));
+    }
+    const char *url = json_string_value(json_object_get(st, "controller"));
+    if (json_is_true(json_object_get(st, "controller_healthy")))
+        printf("%s: healthy\n", url);
+    json_array_foreach(json_object_get(st, "apps"), i, app)
+    {
+        const char *name = json_string_value(json_object_get(app, "name"));
+        bool ok = json_is_true(json_object_get(app, "healthy"));
+        json_t *jobs = json_object_get(app, "jobs");
+        printf("%-12s %s\n", name, ok ? "healthy" : "UNHEALTHY: no job up");
+        json_array_foreach(jobs, k, job)
+        {
+            cleanup_buf struct buf line = BUF_INIT;
+            buf_puts(&line, "  ");
+            api_put_clean(&line, json_string_value(json_object_get(job, "type")) ?: "?");
+            buf_putc(&line, ' ');
+            api_put_clean(&line, json_string_value(json_object_get(job, "id")) ?: "?");
+            buf_putc(&line, ' ');
+            api_put_clean(&line, json_string_value(json_object_get(job, "state")));
+            printf("  %s\n", line.p);
+        }
+    }
+}
+
+/* The controller's own status (public, but a key that is sent must be
+ * right). Returns 0, or 1 with what is wrong in why and the next step in
+ * hint (up_cmd: how to start this cluster, or NULL when no state dir of
+ * this machine holds it). */
+static int controller_status(const char *url, const char *key, const char *up_cmd, struct buf *why,
+                             struct buf *hint)
+{
+    struct pier_err err = {0};
     cleanup_buf struct buf full = BUF_INIT, auth = BUF_INIT;
     buf_printf(&full, "%s/.well-known/status", url);
     httpc_basic_auth(&auth, key);
@@ -240,15 +430,106 @@ int cli_status(struct cli *c)
     httpc_free(h);
     int status = (int)resp.status;
     httpc_resp_release(&resp);
-    if (rc < 0)
-        rc = ui_fail("is the cluster up? 'make up' starts one on this machine", "%s", err.msg);
-    else if (status == 401)
-        rc = ui_fail("check the key: 'pier cluster' shows which cluster is used",
-                     "%s refused the key (401)", url);
-    else if (status != 200)
-        rc = ui_fail(NULL, "%s answered %d", url, status);
-    else
-        printf("%s: healthy\n", url);
-    config_free(&cfg); /* url is borrowed from it */
-    return rc;
+    if (rc < 0) {
+        buf_puts(why, err.msg);
+        if (up_cmd)
+            buf_printf(hint, "is the cluster up? '%s' starts it again", up_cmd);
+        else
+            buf_puts(hint, "is the cluster up? 'pier up' starts one on this machine");
+    } else if (status == 401) {
+        buf_printf(why, "%s refused the key (401)", url);
+        buf_puts(hint, "check the key: 'pier cluster' shows which cluster is used");
+    } else if (status != 200) {
+        buf_printf(why, "%s answered %d", url, status);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+int cli_status(struct cli *c)
+{
+    bool as_json = false;
+    const char *state_flag = NULL;
+    for (int i = 0; i < c->argc; i++) {
+        if (strcmp(c->argv[i], "--json") == 0)
+            as_json = true;
+        else if (strcmp(c->argv[i], "--state-dir") == 0 && i + 1 < c->argc)
+            state_flag = c->argv[++i];
+        else
+            return ui_usage("status", "status takes no arguments but --json and --state-dir DIR");
+    }
+    struct api a = {0};
+    struct pier_err err = {0};
+    if (api_open(&a, c->cluster, &err) < 0) {
+        api_close(&a);
+        return ui_fail(NULL, "%s", err.msg);
+    }
+    cleanup_json json_t *st =
+        json_pack("{s:s,s:[],s:[],s:[]}", "controller", a.url, "daemons", "apps", "problems");
+    json_t *problems = json_object_get(st, "problems");
+    /* How to start this cluster again: plain `pier up` finds the default
+     * state dir by itself, any other needs naming. */
+    struct cluster_state cs = {0};
+    cleanup_free char *state = local_state(&a, state_flag, &cs);
+    cleanup_free char *dflt = state_dir_resolve(NULL);
+    cleanup_buf struct buf up_cmd = BUF_INIT, m = BUF_INIT;
+    buf_puts(&up_cmd, "pier up");
+    if (state && strcmp(state, dflt) != 0)
+        buf_printf(&up_cmd, " --state-dir %s", state);
+    if (state) {
+        json_object_set_new(st, "state_dir", json_string(state));
+        if (!local_daemons(state, &cs, json_object_get(st, "daemons"))) {
+            buf_printf(&m, "a daemon of the state dir %s is down: '%s' starts it", state, up_cmd.p);
+            json_array_append_new(problems, json_string(m.p));
+        }
+    }
+    cluster_state_free(&cs);
+    cleanup_buf struct buf why = BUF_INIT, hint = BUF_INIT;
+    int rc = controller_status(a.url, a.key, state ? up_cmd.p : NULL, &why, &hint);
+    json_object_set_new(st, "controller_healthy", json_boolean(rc == 0));
+    if (rc)
+        json_array_insert_new(problems, 0, json_string(why.p));
+    size_t printed = (size_t)-1; /* a problem already printed with its hint */
+    if (!rc && system_apps(&a, json_object_get(st, "apps"), &err) < 0) {
+        printed = json_array_size(problems);
+        json_array_append_new(problems, json_string(err.msg));
+        if (!as_json)
+            api_fail(&a, &err);
+    }
+    size_t i;
+    json_t *app;
+    json_array_foreach(json_object_get(st, "apps"), i, app)
+    {
+        if (json_is_true(json_object_get(app, "healthy")))
+            continue;
+        const char *name = json_string_value(json_object_get(app, "name"));
+        buf_reset(&m);
+        buf_printf(&m,
+                   "system app %s has no job up: '%s' starts it again; 'pier -a %s log' "
+                   "says why it stopped",
+                   name, up_cmd.p, name);
+        json_array_append_new(problems, json_string(m.p));
+    }
+    bool healthy = json_array_size(problems) == 0;
+    json_object_set_new(st, "healthy", json_boolean(healthy));
+    if (as_json) {
+        cleanup_free char *text = json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        printf("%s\n", text);
+    } else {
+        /* The daemons first, then what the controller says, then what is
+         * wrong, the controller's failure (with its hint) first. */
+        print_status(st);
+        fflush(stdout);
+        json_t *p;
+        json_array_foreach(problems, i, p)
+        {
+            if (i == 0 && rc)
+                ui_fail(hint.len ? hint.p : NULL, "%s", json_string_value(p));
+            else if (i != printed)
+                ui_fail(NULL, "%s", json_string_value(p));
+        }
+    }
+    api_close(&a);
+    return healthy ? 0 : 1;
 }

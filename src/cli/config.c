@@ -167,3 +167,14 @@ const char *config_git_url(const struct config *c, const char *name)
     const char *u = json_string_value(json_object_get(cl, "git_url"));
     return u && *u ? u : NULL;
 }
+
+bool config_name_ok(const char *n)
+{
+    if (!*n || strlen(n) > 63)
+        return false;
+    for (const char *p = n; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return false;
+    return true;
+}

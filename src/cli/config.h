@@ -10,6 +10,7 @@
 #define PIER_CLI_CONFIG_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "lib/err.h"
 
@@ -21,6 +22,8 @@ struct config {
 /* Loads the config; a missing file is an empty config. A file that is not
  * valid is PIER_EINVAL with its path and the problem. */
 int config_load(struct config *c, struct pier_err *err);
+/* Whether n is a good cluster name: 1-63 letters, digits, '-', '_', '.'. */
+bool config_name_ok(const char *n);
 /* Writes it back atomically. */
 int config_save(const struct config *c, struct pier_err *err);
 void config_free(struct config *c);

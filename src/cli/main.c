@@ -32,8 +32,45 @@ static const struct command commands[] = {
      "GIT_URL is the cluster's git receiver, http(s)://HOST:PORT or\n"
      "ssh://git@HOST:PORT; PIER_GIT_URL overrides it. Apps are pushed to\n"
      "GIT_URL/APP.git.\n"},
-    {"status", cli_status, "check that the cluster's controller answers",
-     "usage: pier [-c CLUSTER] status\n"},
+    {"up", cli_up, "start a single-host cluster on this machine (or find it running)",
+     "usage: pier up [--state-dir DIR] [--name NAME] [--domain DOMAIN] [--port-base N]\n"
+     "               [--listen-ip IP] [--stack DIR] [--no-config]\n"
+     "\n"
+     "Starts 'pierd store' and 'pierd host' as daemons of the state dir (pid files and\n"
+     "logs there), then 'pierd bootstrap', which runs the controller, discoverd, the\n"
+     "blobstore, the router, the git receiver and the scheduler as jobs and records\n"
+     "them as system apps. Then adds the cluster NAME to the CLI config (unless\n"
+     "--no-config) and prints what to do next. Run again, it finds what runs and\n"
+     "changes nothing; after 'pier down' it brings the same cluster back.\n"
+     "\n"
+     "  --state-dir DIR   default $PIER_HOME, else /var/lib/pier (root) or\n"
+     "                    ~/.local/share/pier; DIR/cluster.json keeps the settings\n"
+     "                    below, DIR/key the cluster key (made once, 0600)\n"
+     "  --name NAME       the cluster's name in the CLI config (default \"default\")\n"
+     "  --domain DOMAIN   apps at APP.DOMAIN (default pier.localhost, or\n"
+     "                    NAME.localhost with --name)\n"
+     "  --port-base N     store N, host agent N+1, router http N+2, git ssh N+4, jobs\n"
+     "                    N+100..N+999 (default 7001, 1113, 80, 2222, 20000-20999)\n"
+     "  --listen-ip IP    where everything listens (default 127.0.0.1)\n"
+     "  --stack DIR       the jobs' root file system ('pier stack build DIR')\n"
+     "  --no-config       leave the CLI config alone\n"
+     "\n"
+     "A flag that disagrees with DIR/cluster.json is refused. pierd is the one next to\n"
+     "pier, else $PIER_PIERD; the manifest $PIER_MANIFEST, else\n"
+     "<dir of pier>/../bootstrap/manifest.json, else\n"
+     "/usr/share/pier/bootstrap/manifest.json. The host agent needs root.\n"},
+    {"down", cli_down, "stop the cluster 'pier up' started, as a reboot would",
+     "usage: pier down [--state-dir DIR]\n"
+     "\n"
+     "Stops the host agent and the store of the state dir (SIGTERM, SIGKILL after\n"
+     "10 s) and kills every job of its host, leaving every record in the store as\n"
+     "it is: 'pier up' brings the same cluster back, apps, jobs and routes.\n"},
+    {"status", cli_status, "check the cluster: controller, system apps, local daemons",
+     "usage: pier [-c CLUSTER] status [--json] [--state-dir DIR]\n"
+     "\n"
+     "Asks the cluster's controller how it is, then shows each system app with its\n"
+     "jobs; when the state dir of 'pier up' on this machine holds that cluster, its\n"
+     "store and host agent first. Exits 1 naming what is unhealthy.\n"},
     {"host", cli_host, "list the cluster's hosts and the jobs on one of them",
      "usage: pier host list [--json] [--store URL]        hosts, their resources and heartbeat\n"
      "       pier host jobs HOST [--json] [--store URL]   the jobs on one host\n"

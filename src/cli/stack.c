@@ -47,34 +47,16 @@ struct stack_args {
 
 /* --- arguments -------------------------------------------------------- */
 
-static int opt_value(int argc, char **argv, int *i, const char *name, const char **out)
-{
-    size_t n = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *out = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return ui_usage("stack", "%s needs a value", name), -1;
-    *out = argv[++*i];
-    return 1;
-}
-
 static int parse_args(int argc, char **argv, struct stack_args *a)
 {
     memset(a, 0, sizeof(*a));
     for (int i = 0; i < argc; i++) {
         int r;
-        if ((r = opt_value(argc, argv, &i, "--suite", &a->suite)) ||
-            (r = opt_value(argc, argv, &i, "--mirror", &a->mirror)) ||
-            (r = opt_value(argc, argv, &i, "--packages", &a->packages))) {
+        if ((r = ui_flag_value(argc, argv, &i, "--suite", &a->suite)) ||
+            (r = ui_flag_value(argc, argv, &i, "--mirror", &a->mirror)) ||
+            (r = ui_flag_value(argc, argv, &i, "--packages", &a->packages))) {
             if (r < 0)
-                return 2;
+                return ui_usage("stack", "%s needs a value", argv[i]);
             continue;
         }
         if (argv[i][0] == '-' && argv[i][1])

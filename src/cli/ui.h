@@ -8,6 +8,10 @@
 int ui_fail(const char *hint, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Like ui_fail for wrong usage: adds "see 'pier help CMD'" and returns 2. */
 int ui_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reads a flag with a value at argv[*i], as "--name VALUE" or
+ * "--name=VALUE": 1 with *out set (and *i past the value), 0 when argv[*i]
+ * is not this flag, -1 when it lacks its value. */
+int ui_flag_value(int argc, char **argv, int *i, const char *name, const char **out);
 /* Starts a waiting line on stderr: "==> waiting for the controller...". */
 void ui_wait_start(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Ticks the waiting line (a dot on a terminal, nothing otherwise). */

@@ -1,0 +1,395 @@
+"""A cluster made by `pier up` in a state directory, for end-to-end tests.
+
+`pier up` starts `pierd store` and `pierd host` as daemons (double-forked,
+their PIDs in STATE/store.pid and STATE/host.pid) and the system apps as
+jobs of that host agent, so nothing of it is a child of the test. PierUp
+runs the CLI against it, talks to the controller through the router (curl
+resolves *.localhost to loopback; Python does not, so requests go to
+127.0.0.1 with a Host field), and, whatever happened, stops everything of
+the cluster by PID and by the jobs' cgroups (kill_everything, cleanup).
+"""
+
+import base64
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import CRUN, sanitizer_reports
+
+try:
+    from conftest import xdist_worker
+except ImportError:  # a conftest without pytest-xdist support
+    def xdist_worker():
+        return 0, 1
+
+SYSTEM_APPS = ("controller", "discoverd", "blobstore", "router", "gitreceive", "scheduler")
+LIVE = ("pending", "starting", "up")
+
+
+def alive(pid):
+    """Whether pid runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def cmdline(pid):
+    """The argv of pid as a list of str, or []."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _bindable(port):
+    for addr in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_base():
+    """N such that N..N+4 and the jobs' ports N+100..N+999 are free: below
+    the kernel's ephemeral range (free_port()) and below the blocks
+    free_port_range() hands out (21000-32000), apart from `make up`'s
+    defaults (20000-20999). Under pytest-xdist each worker takes its own
+    share of the ten blocks."""
+    index, count = xdist_worker()
+    bases = list(range(10000 + 1000 * index, 20000, 1000 * count))
+    random.shuffle(bases)
+    for n in bases:
+        if all(_bindable(p) for p in [*range(n, n + 5), *range(n + 100, n + 1000)]):
+            return n
+    raise RuntimeError("no free block of 1000 ports between 10000 and 20000")
+
+
+def until(pred, what, timeout=60.0, every=0.2):
+    """Polls pred() until it returns something truthy, which it returns;
+    fails naming what and the last value it saw."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+        time.sleep(every)
+
+
+class Pred:
+    """A falsy result that still says why (for until's message)."""
+
+    def __init__(self, why):
+        self.why = why
+
+    def __bool__(self):
+        return False
+
+    def __repr__(self):
+        return str(self.why)
+
+
+class PierUp:
+    def __init__(self, build, root, name="t1", domain="t1.localhost"):
+        self.build = Path(build)
+        self.root = Path(root)
+        self.state = self.root / "state"
+        self.name = name
+        self.domain = domain
+        self.port_base = free_port_base()
+        self.store_url = f"http://127.0.0.1:{self.port_base}"
+        self.host_url = f"http://127.0.0.1:{self.port_base + 1}"
+        self.http_port = self.port_base + 2
+        self.config = self.root / "pier-config.json"
+        self.workdir = self.root / "cwd"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PIER_", "XDG_CONFIG")) or k == "PIER_BUILD_DIR"}
+        env.update(PIER_CONFIG=str(self.config), UBSAN_OPTIONS="print_stacktrace=1",
+                   HOME=str(self.root))
+        self.env = env
+        self.outputs = []  # (command, stdout + stderr) of every pier run, for sanitizers
+
+    # ---- the CLI ----
+
+    def pier(self, *args, timeout=120, cwd=None):
+        argv = [str(self.build / "pier"), *map(str, args)]
+        t0 = time.monotonic()
+        p = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL, cwd=str(cwd or self.workdir))
+        p.elapsed = time.monotonic() - t0
+        self.outputs.append((" ".join(["pier", *map(str, args)]), p.stdout + p.stderr))
+        return p
+
+    def up(self, timeout=240):
+        return self.pier("up", "--state-dir", self.state, "--port-base", self.port_base,
+                         "--name", self.name, "--domain", self.domain, timeout=timeout)
+
+    def down(self, timeout=120):
+        return self.pier("down", "--state-dir", self.state, timeout=timeout)
+
+    # ---- the state directory ----
+
+    def key(self):
+        return (self.state / "key").read_text().strip()
+
+    def cluster_json(self):
+        try:
+            return json.loads((self.state / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def host_id(self):
+        try:
+            hid = (self.state / "host" / "host-id").read_text().strip()
+            if hid:
+                return hid
+        except OSError:
+            pass
+        cj = self.cluster_json()
+        for k in ("host_id", "host"):
+            if isinstance(cj.get(k), str) and cj[k]:
+                return cj[k]
+        return None
+
+    def pid_file(self, name):
+        try:
+            return int((self.state / f"{name}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def job_dirs(self):
+        d = self.state / "host" / "jobs"
+        return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    # ---- HTTP ----
+
+    def _auth(self):
+        return "Basic " + base64.b64encode(f":{self.key()}".encode()).decode()
+
+    def http(self, method, host, path, body=None, port=None, auth=True, timeout=15,
+             headers=None):
+        """(status, parsed JSON or text or None) of a request to 127.0.0.1:port
+        (the router's HTTP port by default) with Host: host. Raises OSError
+        when the connection fails."""
+        port = port or self.http_port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            h = {"Host": f"{host}:{port}" if host else f"127.0.0.1:{port}",
+                 "Accept": "application/json", "Connection": "close"}
+            if auth:
+                h["Authorization"] = self._auth()
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                h["Content-Type"] = "application/json"
+            h.update(headers or {})
+            conn.request(method, path, body=data, headers=h)
+            r = conn.getresponse()
+            raw = r.read()
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return r.status, parsed
+
+    def ctl(self, method, path, body=None, **kw):
+        """A controller request through the router."""
+        return self.http(method, f"controller.{self.domain}", path, body, **kw)
+
+    def try_ctl(self, method, path, body=None, **kw):
+        try:
+            return self.ctl(method, path, body, **kw)
+        except OSError as e:
+            return None, str(e)
+
+    def agent(self, path):
+        """(status, JSON) from the host agent's API (None, msg when down)."""
+        try:
+            return self.http("GET", None, path, port=self.port_base + 1, timeout=5)
+        except OSError as e:
+            return None, str(e)
+
+    def agent_jobs(self):
+        """The agent's view of its jobs (records merged with what it observes)."""
+        st, jobs = self.agent("/host/jobs")
+        if st != 200:
+            return []
+        if isinstance(jobs, dict):
+            jobs = list(jobs.values())
+        return jobs if isinstance(jobs, list) else []
+
+    def store_range(self, prefix):
+        """{key: parsed value} under prefix, straight from the store."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                           "range_end": base64.b64encode(end.encode()).decode()}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port_base, timeout=5)
+        try:
+            conn.request("POST", "/v3/kv/range", body=body,
+                         headers={"Content-Type": "application/json"})
+            kvs = json.loads(conn.getresponse().read()).get("kvs") or []
+        finally:
+            conn.close()
+        out = {}
+        for kv in kvs:
+            try:
+                out[base64.b64decode(kv["key"]).decode()] = json.loads(base64.b64decode(kv["value"]))
+            except ValueError:
+                pass
+        return out
+
+    def curl(self, url, *args, timeout=15):
+        """(http status as int or None, body) of curl URL (which resolves
+        *.localhost itself)."""
+        p = subprocess.run(["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}",
+                            *args, url], capture_output=True, text=True, timeout=timeout + 5)
+        body, _, code = p.stdout.rpartition("\n")
+        try:
+            return int(code), body
+        except ValueError:
+            return None, p.stderr
+
+    # ---- stopping everything ----
+
+    def _pierd_pids(self):
+        """PIDs of processes that belong to this state dir: the daemons of
+        the pid files (when they still are pierd), the shims of its job
+        directories, and any pierd or pier run naming the state dir."""
+        state = str(self.state)
+        jobs_dir = str(self.state / "host" / "jobs")
+        out = set()
+        for name in ("store", "host"):
+            pid = self.pid_file(name)
+            if pid and pid > 1 and alive(pid) and any("pierd" in a for a in cmdline(pid)[:1]):
+                out.add(pid)
+        me = os.getpid()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) in (me, 1):
+                continue
+            argv = cmdline(int(d.name))
+            if not argv:
+                continue
+            for i, a in enumerate(argv):
+                if (a == "--dir" and i + 1 < len(argv) and argv[i + 1].startswith(jobs_dir)) \
+                        or ("pierd" in argv[0] and a.startswith(state)):
+                    out.add(int(d.name))
+                    break
+        return {p for p in out if alive(p)}
+
+    def _job_cgroups(self):
+        hid = self.host_id()
+        if not hid:
+            return []
+        bases = [Path("/sys/fs/cgroup/pier"), *Path("/sys/fs/cgroup").glob("*/pier")]
+        return [d for b in bases if b.is_dir() for d in b.glob(f"{hid}-*") if d.is_dir()]
+
+    def _cgroup_pids(self):
+        pids = set()
+        for d in self._job_cgroups():
+            try:
+                pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                pass
+        return {p for p in pids if alive(p)}
+
+    def live_processes(self):
+        """{pid: argv} of every process of this cluster still running."""
+        return {p: cmdline(p) for p in self._pierd_pids() | self._cgroup_pids()}
+
+    def kill_everything(self, timeout=15.0):
+        """SIGKILL to every process of this cluster, nothing graceful: the
+        store and the agent (pid files), every shim of its job directories,
+        every process in its jobs' cgroups (cgroup.kill where the cgroup
+        has it, else each pid of cgroup.procs). Returns what it killed."""
+        killed = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self._pierd_pids()
+            for p in pids:
+                killed.setdefault(p, cmdline(p))
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for d in self._job_cgroups():
+                if (d / "cgroup.kill").exists():
+                    try:
+                        (d / "cgroup.kill").write_text("1")
+                    except OSError:
+                        pass
+            cg = self._cgroup_pids()
+            for p in cg:
+                killed.setdefault(p, cmdline(p))
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not pids and not cg:
+                return killed
+            time.sleep(0.05)
+        raise AssertionError(f"still running after SIGKILL: {self.live_processes()}")
+
+    def cleanup(self):
+        """After the tests: `pier down`, then whatever is left is killed,
+        crun's containers deleted and the jobs' cgroups removed."""
+        try:
+            if (self.state / "cluster.json").exists() or self.pid_file("store"):
+                self.down(timeout=90)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        try:
+            self.kill_everything()
+        finally:
+            hid = self.host_id()
+            if hid:
+                root = Path("/run/pier") / hid / "crun"
+                ids = {d.name for d in self.job_dirs()}
+                if root.is_dir():
+                    ids.update(p.name for p in root.iterdir() if p.is_dir())
+                for job_id in sorted(ids):
+                    subprocess.run([CRUN, "--root", str(root), "delete", "--force", job_id],
+                                   capture_output=True, timeout=30)
+                subprocess.run(["rm", "-rf", "--one-file-system", str(root.parent)],
+                               capture_output=True, timeout=30)
+                for d in self._job_cgroups():
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+
+    # ---- sanitizers ----
+
+    def sanitizer_findings(self):
+        """(who, text) for each log of the cluster holding a sanitizer
+        report: the daemons' logs, the shims' and every job's output (the
+        system daemons run as jobs), and what pier printed."""
+        found = []
+        files = sorted(self.state.glob("*.log"))
+        for d in self.job_dirs():
+            files += sorted(d.glob("log*")) + [d / "shim.log"]
+        for f in files:
+            try:
+                text = f.read_text(errors="replace")
+            except OSError:
+                continue
+            if sanitizer_reports(text):
+                found.append((str(f), text[-6000:]))
+        for cmd, text in self.outputs:
+            if sanitizer_reports(text):
+                found.append((cmd, text[-6000:]))
+        return found
