@@ -18,10 +18,12 @@
 #include <sys/stat.h>
 
 #include "bootstrap/bootstrap_int.h"
+#include "bootstrap/ca.h"
 #include "bootstrap/manifest.h"
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 #include "lib/discover.h"
+#include "lib/keys.h"
 #include "lib/log.h"
 
 #define DEFAULT_TIMEOUT_S 120
@@ -31,22 +33,25 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: pierd bootstrap --manifest FILE --store URL --host-url URL --data-dir STATE\n"
-            "                       [--var NAME=VALUE ...] [--timeout SECONDS]\n\n"
-            "Starts the system apps of the manifest as jobs of the local host agent and records\n"
-            "them as protected apps in their own controller; run again, it finds them.\n"
-            "The cluster key comes from PIER_KEY (or --key).\n\n"
-            "flags:\n"
-            "  --manifest FILE        the bootstrap manifest (bootstrap/manifest.json)\n"
-            "  --store URL[,URL]      the cluster store (env PIER_STORE)\n"
-            "  --host-url URL         the local host agent's API (http://127.0.0.1:1113)\n"
-            "  --data-dir STATE       the state directory: the plan, the system artifact, the\n"
-            "                         mounted directories (env PIER_DATA_DIR)\n"
-            "  --var NAME=VALUE       fills {{NAME}} in the manifest (again for each)\n"
-            "  --timeout SECONDS      the longest any one wait lasts (default %d)\n"
-            "  --key KEY              the cluster key (env PIER_KEY)\n",
-            DEFAULT_TIMEOUT_S);
+    fprintf(
+        out,
+        "usage: pierd bootstrap --manifest FILE --store URL --host-url URL --data-dir STATE\n"
+        "                       [--domain DOMAIN] [--var NAME=VALUE ...] [--timeout SECONDS]\n\n"
+        "Starts the system apps of the manifest as jobs of the local host agent and records\n"
+        "them as protected apps in their own controller; run again, it finds them.\n"
+        "The cluster key comes from PIER_KEY (or --key).\n\n"
+        "flags:\n"
+        "  --manifest FILE        the bootstrap manifest (bootstrap/manifest.json)\n"
+        "  --store URL[,URL]      the cluster store (env PIER_STORE)\n"
+        "  --host-url URL         the local host agent's API (http://127.0.0.1:1113)\n"
+        "  --data-dir STATE       the state directory: the plan, the system artifact, the\n"
+        "                         mounted directories (env PIER_DATA_DIR)\n"
+        "  --domain DOMAIN        the cluster domain: the router's certificate is for DOMAIN\n"
+        "                         and *.DOMAIN (default: the value of --var DOMAIN=...)\n"
+        "  --var NAME=VALUE       fills {{NAME}} in the manifest (again for each)\n"
+        "  --timeout SECONDS      the longest any one wait lasts (default %d)\n"
+        "  --key KEY              the cluster key (env PIER_KEY)\n",
+        DEFAULT_TIMEOUT_S);
 }
 
 static bool var_name_ok(const char *s, size_t n)
@@ -77,13 +82,13 @@ static int parse_flags(struct bs *b, int argc, char **argv, struct pier_err *err
             return 1;
         }
         static const char *const names[] = {"--manifest", "--store",   "--host-url", "--data-dir",
-                                            "--var",      "--timeout", "--key"};
+                                            "--var",      "--timeout", "--key",      "--domain"};
         const char **slots[] = {&b->manifest_path, &b->store_url, &b->host_url, &b->data_dir, NULL,
-                                &timeout,          &b->key};
+                                &timeout,          &b->key,       &b->domain};
         size_t k = 0;
-        while (k < 7 && strcmp(a, names[k]) != 0)
+        while (k < 8 && strcmp(a, names[k]) != 0)
             k++;
-        if (k == 7)
+        if (k == 8)
             return err_set(err, PIER_EINVAL, "unknown flag \"%s\" (see pierd bootstrap --help)", a);
         if (i + 1 >= argc)
             return err_set(err, PIER_EINVAL, "flag \"%s\" needs a value", a);
@@ -98,9 +103,10 @@ static int parse_flags(struct bs *b, int argc, char **argv, struct pier_err *err
                            v);
         char name[72];
         snprintf(name, sizeof(name), "%.*s", (int)(eq - v), v);
-        if (strcmp(name, "STATE") == 0 || strcmp(name, "KEY") == 0)
+        if (strcmp(name, "STATE") == 0 || strcmp(name, "KEY") == 0 || strcmp(name, "TLS_DIR") == 0)
             return err_set(err, PIER_EINVAL,
-                           "--var %s: STATE is the data dir and KEY the cluster key, built in",
+                           "--var %s: STATE is the data dir, KEY the cluster key and TLS_DIR "
+                           "STATE/tls, built in",
                            name);
         json_object_set_new(b->vars, name, json_string(eq + 1));
     }
@@ -112,6 +118,14 @@ static int parse_flags(struct bs *b, int argc, char **argv, struct pier_err *err
                                                 : NULL;
     if (missing)
         return err_set(err, PIER_EINVAL, "needs %s (see pierd bootstrap --help)", missing);
+    /* --domain and DOMAIN are one: either gives the other. */
+    const char *dv = json_string_value(json_object_get(b->vars, "DOMAIN"));
+    if (b->domain && dv && strcmp(b->domain, dv) != 0)
+        return err_set(err, PIER_EINVAL, "--domain %s and --var DOMAIN=%s differ", b->domain, dv);
+    if (b->domain && !dv)
+        json_object_set_new(b->vars, "DOMAIN", json_string(b->domain));
+    if (!b->domain)
+        b->domain = dv;
     long t = DEFAULT_TIMEOUT_S;
     if (timeout) {
         char *end = NULL;
@@ -136,6 +150,10 @@ static int prepare_data_dir(struct bs *b, char **abs, struct pier_err *err)
     b->data_dir = *abs;
     json_object_set_new(b->vars, "STATE", json_string(*abs));
     json_object_set_new(b->vars, "KEY", json_string(b->key));
+    struct buf tls = BUF_INIT;
+    buf_printf(&tls, "%s/tls", *abs);
+    json_object_set_new(b->vars, "TLS_DIR", json_string(tls.p));
+    buf_free(&tls);
     return 0;
 }
 
@@ -196,11 +214,49 @@ static int make_records(struct bs *b, struct sysapp *apps, size_t upto, struct p
     return 0;
 }
 
+/* The cluster CA and the router's certificate (ca.h), and the cluster
+ * record (KEYS_CLUSTER) with the domain and the CA, written when it is
+ * missing or differs. Without a domain there is no certificate to make. */
+static int ensure_tls(struct bs *b, struct pier_err *err)
+{
+    if (!b->domain || !*b->domain) {
+        printf("tls: no domain (--domain or --var DOMAIN): no certificate made\n");
+        fflush(stdout);
+        return 0;
+    }
+    cleanup_free char *pem = NULL;
+    int rc = ca_ensure(b->data_dir, b->domain, BS_JOB_UID, &pem, err);
+    if (rc < 0)
+        return rc;
+    cleanup_json json_t *want = json_pack("{s:s, s:s}", "domain", b->domain, "ca_cert", pem);
+    cleanup_free char *text = json_dumps(want, JSON_COMPACT | JSON_SORT_KEYS);
+    struct store_kv *kv = NULL;
+    rc = store_get(b->s, KEYS_CLUSTER, &kv, err);
+    if (rc < 0 && rc != PIER_ENOTFOUND)
+        return err_wrap(err, rc, "reading %s", KEYS_CLUSTER);
+    json_t *have = kv ? json_loadb(kv->value, kv->value_len, 0, NULL) : NULL;
+    bool same = have && json_equal(have, want), existed = kv != NULL;
+    json_decref(have);
+    store_kv_free(kv);
+    if (same)
+        return 0;
+    rc = store_put(b->s, KEYS_CLUSTER, text, strlen(text), 0, NULL, err);
+    if (rc < 0)
+        return err_wrap(err, rc, "writing %s", KEYS_CLUSTER);
+    printf("tls: the cluster record %s %s\n", KEYS_CLUSTER, existed ? "updated" : "written");
+    fflush(stdout);
+    return 0;
+}
+
 /* The run itself, once the flags are read. *step names what failed. */
 static int run(struct bs *b, struct sysapp *apps, size_t n, const char **step, struct pier_err *err)
 {
-    *step = "the host agent";
-    int rc = jobs_agent_ready(b, err);
+    *step = "tls";
+    int rc = ensure_tls(b, err);
+    if (rc == 0) {
+        *step = "the host agent";
+        rc = jobs_agent_ready(b, err);
+    }
     if (rc == 0) {
         *step = "the system artifact";
         rc = plan_artifacts(b, err);

@@ -3,6 +3,7 @@
  * lists the steps in order).
  *
  *   bootstrap.c  flags, the run in order, the summary
+ *   ca.c         the cluster CA and the router's certificate (ca.h)
  *   plan.c       STATE/bootstrap.json (planned ids), the system artifact,
  *                each app from the store or from the plan
  *   jobs.c       the local agent: live jobs, starting one, waiting for up
@@ -29,6 +30,7 @@
 struct bs {
     /* flags */
     const char *manifest_path, *store_url, *host_url, *data_dir, *key;
+    const char *domain; /* --domain, else the DOMAIN var, else NULL */
     int64_t timeout_ms;
     json_t *vars;     /* NAME -> value, the built-ins included */
     json_t *manifest; /* filled in and checked (manifest.h) */
@@ -68,8 +70,8 @@ struct sysapp {
 int plan_load(struct bs *b, struct pier_err *err);
 /* Writes it atomically (fsync'd), before any job is started. */
 int plan_save(struct bs *b, struct pier_err *err);
-/* The tarball STATE/system/pierd-<sha256 of this executable>.tar.gz (made
- * once) and the two artifact records (b->sys_file, b->sys_stack) with the
+/* The two system artifact records (b->sys_file: pier:pierd, the pierd
+ * installed on each host; b->sys_stack: pier:host) with the
  * planned ids; records already in the store are taken from there. */
 int plan_artifacts(struct bs *b, struct pier_err *err);
 /* Resolves a manifest app: the stored app, release and formation when the

@@ -364,14 +364,14 @@ static int read_file(const char *path, struct buf *out, struct pier_err *err)
     return 0;
 }
 
-int manifest_load(const char *path, const json_t *vars, json_t **out, struct pier_err *err)
+int manifest_parse(const char *text, size_t len, const json_t *vars, json_t **out,
+                   struct pier_err *err)
 {
     *out = NULL;
-    cleanup_buf struct buf text = BUF_INIT;
+    if (len > MANIFEST_MAX_BYTES)
+        return err_set(err, PIER_EINVAL, "larger than %d bytes", MANIFEST_MAX_BYTES);
     cleanup_json json_t *doc = NULL;
-    int rc = read_file(path, &text, err);
-    if (rc == 0)
-        rc = jsonx_parse_object(text.p ? text.p : "", text.len, &doc, err);
+    int rc = jsonx_parse_object(text ? text : "", len, &doc, err);
     if (rc == 0) {
         cleanup_buf struct buf where = BUF_INIT;
         rc = fill_tree(doc, vars, &where, err);
@@ -379,7 +379,19 @@ int manifest_load(const char *path, const json_t *vars, json_t **out, struct pie
     if (rc == 0)
         rc = check_doc(doc, err);
     if (rc < 0)
-        return err_wrap(err, rc, "manifest %s", path);
+        return rc;
     *out = steal_pointer(&doc);
+    return 0;
+}
+
+int manifest_load(const char *path, const json_t *vars, json_t **out, struct pier_err *err)
+{
+    *out = NULL;
+    cleanup_buf struct buf text = BUF_INIT;
+    int rc = read_file(path, &text, err);
+    if (rc == 0)
+        rc = manifest_parse(text.p, text.len, vars, out, err);
+    if (rc < 0)
+        return err_wrap(err, rc, "manifest %s", path);
     return 0;
 }

@@ -27,6 +27,11 @@
  * -errno when the file cannot be read. */
 int manifest_load(const char *path, const json_t *vars, json_t **out, struct pier_err *err);
 
+/* Like manifest_load on the len bytes of text (a file's content, not
+ * necessarily NUL-terminated), with messages that do not name a file. */
+int manifest_parse(const char *text, size_t len, const json_t *vars, json_t **out,
+                   struct pier_err *err);
+
 /* Replaces every {{NAME}} in s by vars[NAME]. On success *out is a new
  * string (free()). PIER_EINVAL naming the placeholder when NAME is not in
  * vars, or when a "{{" is not closed by "}}" around a name of

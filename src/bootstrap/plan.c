@@ -8,7 +8,7 @@
  * already have. Otherwise the scheduler would not count those jobs as the
  * formation's and would start others.
  *
- *   {"version":1,"artifacts":{"file":ID,"stack":ID},
+ *   {"version":1,"artifacts":{"pierd":ID,"stack":ID},
  *    "apps":{"controller":{"app":ID,"release":ID,"complete":true},...}}
  *
  * An app the store already has (a system app with a current release) is
@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,16 +27,13 @@
 #include "controller/check.h"
 #include "lib/cleanup.h"
 #include "lib/fs.h"
-#include "lib/hex.h"
 #include "lib/jsonx.h"
 #include "lib/keys.h"
-#include "lib/subproc.h"
 #include "lib/uuid.h"
 #include "scheduler/jobbuild.h"
 
 #define PLAN_FILE "bootstrap.json"
 #define PLAN_MAX_BYTES (256 * 1024)
-#define SYSTEM_DIR "system"
 
 /* ---- the plan file ---- */
 
@@ -128,85 +124,7 @@ void plan_mark_complete(struct bs *b, const char *name)
     plan_set(b, name, "complete", json_true());
 }
 
-/* ---- the system artifact ---- */
-
-static int sha256_file(const char *path, char hex[65], struct pier_err *err)
-{
-    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return err_set(err, -errno, "%s: %s", path, strerror(errno));
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
-        abort();
-    char chunk[65536];
-    ssize_t n;
-    while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int e = errno;
-            EVP_MD_CTX_free(md);
-            return err_set(err, -e, "%s: %s", path, strerror(e));
-        }
-        EVP_DigestUpdate(md, chunk, (size_t)n);
-    }
-    unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(md, d, &len);
-    EVP_MD_CTX_free(md);
-    hex_encode(d, 32, hex);
-    return 0;
-}
-
-/* Runs argv to its end; its output is dropped. */
-static int run_quiet(char *const *argv, struct pier_err *err)
-{
-    struct subproc sp = {
-        .argv = argv, .in = SUBPROC_DEVNULL, .out = SUBPROC_DEVNULL, .err = SUBPROC_INHERIT};
-    pid_t pid;
-    int rc = subproc_start(&sp, &pid, err);
-    if (rc < 0)
-        return rc;
-    int st = subproc_wait(pid);
-    if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return err_set(err, PIER_EINTERNAL, "%s failed (status %d)", argv[0], st);
-    return 0;
-}
-
-/* Makes path, a gzipped tar holding exe as "pierd" (mode 0755), through a
- * temporary file and a rename. */
-static int make_tarball(const char *exe, const char *path, struct pier_err *err)
-{
-    cleanup_free char *dir = xstrdup(exe);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        return err_set(err, PIER_EINVAL, "%s is not an absolute path", exe);
-    *slash = '\0';
-    cleanup_buf struct buf tmp = BUF_INIT;
-    buf_printf(&tmp, "%s.%d.tmp", path, (int)getpid());
-    char *argv[] = {"tar",
-                    "-czf",
-                    tmp.p,
-                    "-C",
-                    dir[0] ? dir : "/",
-                    "--owner=0",
-                    "--group=0",
-                    "--numeric-owner",
-                    "--mode=0755",
-                    "--transform=s,.*,pierd,",
-                    slash + 1,
-                    NULL};
-    int rc = run_quiet(argv, err);
-    if (rc == 0 && chmod(tmp.p, 0644) < 0)
-        rc = err_set(err, -errno, "%s: %s", tmp.p, strerror(errno));
-    if (rc == 0 && rename(tmp.p, path) < 0)
-        rc = err_set(err, -errno, "%s: %s", path, strerror(errno));
-    if (rc < 0) {
-        unlink(tmp.p);
-        return err_wrap(err, rc, "making the system artifact %s", path);
-    }
-    return 0;
-}
+/* ---- the system artifacts ---- */
 
 /* The record of artifact id from the store into *out, or PIER_ENOTFOUND. */
 static int store_record(struct bs *b, const char *prefix, const char *id, json_t **out,
@@ -227,35 +145,18 @@ static int store_record(struct bs *b, const char *prefix, const char *id, json_t
 
 int plan_artifacts(struct bs *b, struct pier_err *err)
 {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n <= 0)
-        return err_set(err, -errno, "cannot find this executable: %s", strerror(errno));
-    exe[n] = '\0';
-    char bin_sha[65], tar_sha[65];
-    int rc = sha256_file(exe, bin_sha, err);
-    if (rc < 0)
-        return rc;
-    cleanup_buf struct buf dir = BUF_INIT, tar = BUF_INIT, uri = BUF_INIT;
-    buf_printf(&dir, "%s/%s", b->data_dir, SYSTEM_DIR);
-    if (mkdir(dir.p, 0755) < 0 && errno != EEXIST)
-        return err_set(err, -errno, "%s: %s", dir.p, strerror(errno));
-    buf_printf(&tar, "%s/pierd-%.16s.tar.gz", dir.p, bin_sha);
-    if (access(tar.p, F_OK) < 0 && (rc = make_tarball(exe, tar.p, err)) < 0)
-        return rc;
-    if ((rc = sha256_file(tar.p, tar_sha, err)) < 0)
-        return rc;
-    buf_printf(&uri, "file://%s", tar.p);
-
-    const char *file_id = planned_id(b, "artifacts", "file", NULL);
+    /* Planned as "pierd": a cluster bootstrapped before has its tarball
+     * artifact under "file", which its system apps' releases keep until
+     * they are redeployed; apps created from now on get the host's pierd. */
+    const char *file_id = planned_id(b, "artifacts", "pierd", NULL);
     const char *stack_id = planned_id(b, "artifacts", "stack", NULL);
     json_decref(b->sys_file);
     json_decref(b->sys_stack);
     b->sys_file = b->sys_stack = NULL;
-    rc = store_record(b, KEYS_ARTIFACTS, file_id, &b->sys_file, err);
+    int rc = store_record(b, KEYS_ARTIFACTS, file_id, &b->sys_file, err);
     if (rc == PIER_ENOTFOUND)
-        b->sys_file = json_pack("{s:s,s:s,s:s,s:{s:s}}", "id", file_id, "type", "file", "uri",
-                                uri.p, "meta", "sha256", tar_sha);
+        b->sys_file = json_pack("{s:s,s:s,s:s,s:{}}", "id", file_id, "type", "file", "uri",
+                                JOBBUILD_PIERD_URI, "meta");
     else if (rc < 0)
         return rc;
     rc = store_record(b, KEYS_ARTIFACTS, stack_id, &b->sys_stack, err);

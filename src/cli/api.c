@@ -40,6 +40,10 @@ int api_open(struct api *a, const char *cluster, struct pier_err *err)
     rc = config_pick(&a->cfg, cluster, &a->url, &a->key, err);
     if (rc < 0)
         return rc;
+    a->cluster = config_pick_name(&a->cfg, cluster);
+    rc = config_ca(&a->cfg, cluster, &a->ca_pem, err);
+    if (rc < 0)
+        return rc;
     size_t n = strlen(a->url);
     while (n > 0 && a->url[n - 1] == '/')
         n--;
@@ -60,8 +64,33 @@ void api_close(struct api *a)
     buf_free(&a->auth);
     free(a->base);
     free(a->app_owned);
+    free(a->ca_pem);
     config_free(&a->cfg);
     memset(a, 0, sizeof(*a));
+}
+
+void api_tls_hint(const struct api *a, struct buf *hint)
+{
+    const char *url = a && a->base ? a->base : "URL";
+    if (a && !a->cluster)
+        buf_printf(hint,
+                   "set PIER_CONTROLLER_CA to the file of the cluster's CA (STATE/ca/ca.crt "
+                   "on the host that ran 'pier up')%s",
+                   a->ca_pem ? "; the one set does not sign this server's certificate" : "");
+    else if (a && a->ca_pem)
+        buf_printf(hint,
+                   "the CA stored for cluster \"%s\" does not sign the certificate of %s; if "
+                   "the cluster has a new CA, add it again: 'pier cluster remove %s' and 'pier "
+                   "cluster add %s %s KEY --ca FILE' (FILE: STATE/ca/ca.crt on the host that "
+                   "ran 'pier up'), or --tls-pin PIN",
+                   a->cluster, url, a->cluster, a->cluster, url);
+    else
+        buf_printf(hint,
+                   "cluster \"%s\" has no CA of its own, so the system's CAs are used; give "
+                   "it the cluster's CA: 'pier cluster remove %s' and 'pier cluster add %s %s "
+                   "KEY --ca FILE' (FILE: STATE/ca/ca.crt on the host that ran 'pier up'), or "
+                   "--tls-pin PIN",
+                   a ? a->cluster : "NAME", a ? a->cluster : "NAME", a ? a->cluster : "NAME", url);
 }
 
 int api_fail(const struct api *a, const struct pier_err *err)
@@ -78,6 +107,11 @@ int api_fail(const struct api *a, const struct pier_err *err)
         hint = "is the cluster up? 'pier status' checks it; 'pier cluster' shows which URL "
                "is used";
         break;
+    case HTTPC_ETLS: {
+        cleanup_buf struct buf tls = BUF_INIT;
+        api_tls_hint(a, &tls);
+        return ui_fail(tls.p, "%s", err->msg);
+    }
     case PIER_EUNAVAIL:
     case PIER_ETIMEOUT:
         if (a && !a->connected_ok)
@@ -268,6 +302,7 @@ static int call(struct api *a, const char *method, const char *path, const json_
         .body = body ? text.p : NULL,
         .body_len = text.len,
         .timeout_ms = timeout_ms,
+        .ca_pem = a->ca_pem,
     };
     int64_t deadline = clock_now_ms() + RETRY_FOR_MS;
     for (;;) {
@@ -361,8 +396,11 @@ static int stream_open(struct api *a, const char *path, const char *accept, int6
         headers[n++] = last.p;
     }
     headers[n] = NULL;
-    struct httpc_req req = {
-        .url = url.p, .name = name.p, .headers = headers, .timeout_ms = timeout_ms};
+    struct httpc_req req = {.url = url.p,
+                            .name = name.p,
+                            .headers = headers,
+                            .timeout_ms = timeout_ms,
+                            .ca_pem = a->ca_pem};
     struct httpc_stream *s = NULL;
     int rc = httpc_stream_open(a->h, &req, collect, in, &s, err);
     if (rc < 0)

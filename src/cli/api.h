@@ -11,6 +11,8 @@
  *   PIER_E*         Flynn's error JSON, mapped from its "code"; the
  *                   message is the server's "message"
  *   -ECONNREFUSED.. no controller answered (httpc's codes)
+ *   HTTPC_ETLS      https: the certificate did not verify (against the
+ *                   cluster's "ca_cert" when it has one, else the system's)
  * api_fail() prints such an error with the hint that fits it.
  *
  * Two kinds of exchange: JSON calls (api_get, api_send) and streams read
@@ -38,14 +40,16 @@
  * callers. */
 struct api {
     struct config cfg;
-    const char *url;   /* the controller URL as configured (borrowed from cfg or env) */
-    const char *key;   /* the cluster key (borrowed likewise) */
-    char *base;        /* url without trailing slashes: paths are appended to it */
-    struct buf auth;   /* "Authorization: Basic ..." */
-    struct httpc *h;   /* keep-alive pool */
-    const char *app;   /* the app a command works on, after api_app(); borrowed */
-    char *app_owned;   /* when the app came from the git remote */
-    bool connected_ok; /* some request got an answer (for hints) */
+    const char *url;     /* the controller URL as configured (borrowed from cfg or env) */
+    const char *key;     /* the cluster key (borrowed likewise) */
+    char *base;          /* url without trailing slashes: paths are appended to it */
+    struct buf auth;     /* "Authorization: Basic ..." */
+    struct httpc *h;     /* keep-alive pool */
+    const char *app;     /* the app a command works on, after api_app(); borrowed */
+    char *app_owned;     /* when the app came from the git remote */
+    bool connected_ok;   /* some request got an answer (for hints) */
+    const char *cluster; /* its name in the config (borrowed), NULL for $PIER_CONTROLLER_URL */
+    char *ca_pem;        /* the CA https requests trust (config_ca), or NULL: the system's */
 };
 
 /* Loads the config and picks the cluster (name: -c, or NULL). On failure
@@ -62,6 +66,11 @@ int api_start(struct api *a, const struct cli *c, const char *app_flag, bool nee
 /* Prints err as "pier: MESSAGE" with the hint its code calls for (a wrong
  * key, a controller that does not answer, ...). Returns 1. */
 int api_fail(const struct api *a, const struct pier_err *err);
+
+/* Appends to hint what fixes HTTPC_ETLS (the controller's certificate did
+ * not verify) for a's cluster: giving it its CA (`pier cluster add ...
+ * --ca FILE` or --tls-pin, PIER_CONTROLLER_CA). api_fail uses it. */
+void api_tls_hint(const struct api *a, struct buf *hint);
 
 /* Picks the app: flag (-a APP) if set, else $PIER_APP, else the last path
  * segment (without .git) of the git remote named "pier" in the current

@@ -1,6 +1,8 @@
 /* pier cluster ..., pier status */
 #include <ctype.h>
+#include <curl/curl.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +13,7 @@
 #include "cli/git.h"
 #include "cli/ui.h"
 #include "lib/cleanup.h"
+#include "lib/fs.h"
 #include "lib/httpc.h"
 
 static int list(struct config *cfg)
@@ -22,28 +25,156 @@ static int list(struct config *cfg)
         fprintf(stderr, "no clusters yet; add one with 'pier cluster add NAME URL KEY'\n");
         return 0;
     }
-    /* The GIT URL column only once some cluster has one. */
-    bool git = false;
+    /* The GIT URL column only once some cluster has one; TLS likewise once
+     * some cluster has a CA of its own ("pinned"; "system": the system's
+     * CAs; "-": plain http). */
+    bool git = false, tls = false;
     json_array_foreach(config_clusters(cfg), i, cl)
     {
         if (json_object_get(cl, "git_url"))
             git = true;
+        if (json_object_get(cl, "ca_cert"))
+            tls = true;
     }
+    cleanup_buf struct buf line = BUF_INIT;
+    buf_printf(&line, "%-2s%-16s %-32s", "", "NAME", "URL");
     if (git)
-        printf("%-2s%-16s %-32s %s\n", "", "NAME", "URL", "GIT URL");
-    else
-        printf("%-2s%-16s %s\n", "", "NAME", "URL");
+        buf_printf(&line, " %-32s", "GIT URL");
+    if (tls)
+        buf_puts(&line, " TLS");
+    while (line.len > 0 && line.p[line.len - 1] == ' ')
+        line.p[--line.len] = '\0';
+    printf("%s\n", line.p);
     json_array_foreach(config_clusters(cfg), i, cl)
     {
         const char *name = json_string_value(json_object_get(cl, "name"));
         const char *url = json_string_value(json_object_get(cl, "url"));
         const char *git_url = json_string_value(json_object_get(cl, "git_url"));
         const char *mark = def && name && strcmp(def, name) == 0 ? "*" : "";
+        buf_reset(&line);
+        buf_printf(&line, "%-2s%-16s %-32s", mark, name ? name : "?", url ? url : "?");
         if (git)
-            printf("%-2s%-16s %-32s %s\n", mark, name ? name : "?", url ? url : "?",
-                   git_url ? git_url : "-");
-        else
-            printf("%-2s%-16s %s\n", mark, name ? name : "?", url ? url : "?");
+            buf_printf(&line, " %-32s", git_url ? git_url : "-");
+        if (tls) {
+            const char *how = "-";
+            if (json_object_get(cl, "ca_cert"))
+                how = "pinned";
+            else if (url && strncmp(url, "https://", 8) == 0)
+                how = "system";
+            buf_printf(&line, " %s", how);
+        }
+        size_t n = line.len;
+        while (n > 0 && line.p[n - 1] == ' ')
+            n--;
+        printf("%.*s\n", (int)n, line.p);
+    }
+    return 0;
+}
+
+/* Reads the CA file of --ca into *pem (a new string) and checks it. */
+static int read_ca(const char *path, char **pem, struct buf *pin)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return ui_usage("cluster", "--ca %s: %s", path, strerror(errno));
+    cleanup_buf struct buf b = BUF_INIT;
+    int rc = fs_read_fd(fileno(f), &b, 1 << 20);
+    fclose(f);
+    if (rc < 0)
+        return ui_usage("cluster", "--ca %s: %s", path,
+                        rc == -EFBIG ? "too big for a CA certificate" : strerror(-rc));
+    cleanup_buf struct buf what = BUF_INIT;
+    buf_printf(&what, "--ca %s", path);
+    struct pier_err err = {0};
+    if (config_pem_check(b.p, what.p, NULL, pin, &err) < 0)
+        return ui_usage("cluster", "%s", err.msg);
+    *pem = buf_detach(&b);
+    return 0;
+}
+
+/* Connects to url once without verifying it and appends the PEM of every
+ * certificate the server presents to certs. */
+static int fetch_chain(const char *url, json_t *certs, struct pier_err *err)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        abort();
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECT_ONLY, 1L); /* the handshake is all it takes */
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+    curl_easy_setopt(c, CURLOPT_CERTINFO, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(c);
+    int ret = 0;
+    if (rc != CURLE_OK) {
+        ret =
+            err_set(err, -EHOSTUNREACH, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    } else {
+        struct curl_certinfo *ci = NULL;
+        curl_easy_getinfo(c, CURLINFO_CERTINFO, &ci);
+        for (int i = 0; ci && i < ci->num_of_certs; i++)
+            for (struct curl_slist *l = ci->certinfo[i]; l; l = l->next)
+                if (strncmp(l->data, "Cert:", 5) == 0)
+                    json_array_append_new(certs, json_string(l->data + 5));
+        if (json_array_size(certs) == 0)
+            ret = err_set(err, PIER_EPROTO, "%s presented no certificate", url);
+    }
+    curl_easy_cleanup(c);
+    return ret;
+}
+
+/* --tls-pin: the certificate of url's chain whose pin is pin, checked by
+ * verifying url with it; *pem gets it (a new string). */
+static int pinned_ca(const char *name, const char *url, const char *pin, char **pem)
+{
+    cleanup_json json_t *certs = json_array();
+    struct pier_err err = {0};
+    if (fetch_chain(url, certs, &err) < 0)
+        return ui_fail("is the URL right and the cluster up?", "cannot read the certificates of %s",
+                       err.msg);
+    cleanup_buf struct buf seen = BUF_INIT;
+    size_t i;
+    json_t *cert;
+    json_array_foreach(certs, i, cert)
+    {
+        const char *p = json_string_value(cert);
+        cleanup_buf struct buf got = BUF_INIT;
+        if (config_pem_check(p, "a certificate of the server", NULL, &got, NULL) < 0)
+            continue;
+        if (strcmp(got.p, pin) == 0) {
+            *pem = xstrdup(p);
+            break;
+        }
+        buf_printf(&seen, "%s%s", seen.len ? ", " : "", got.p);
+    }
+    if (!*pem)
+        return ui_fail("check the pin: the \"tls_pin\" of the cluster in the config of 'pier "
+                       "up', or: openssl x509 -in ca.crt -outform der | openssl dgst -sha256 "
+                       "-binary | base64; or give the CA file with --ca FILE",
+                       "no certificate %s presents has the pin %s (it presents %s)", url, pin,
+                       seen.len ? seen.p : "none that parses");
+    /* The pin names a certificate; the chain must also verify with it (for
+     * the name in the URL, within its validity). */
+    cleanup_buf struct buf full = BUF_INIT;
+    buf_printf(&full, "%s/.well-known/status", url);
+    struct httpc_req req = {.url = full.p, .name = url, .timeout_ms = 10000, .ca_pem = *pem};
+    struct httpc *h = httpc_new();
+    struct httpc_resp resp = {0};
+    int rc = httpc_do(h, &req, &resp, &err);
+    httpc_resp_release(&resp);
+    httpc_free(h);
+    if (rc < 0) {
+        free(*pem);
+        *pem = NULL;
+        return ui_fail(rc == HTTPC_ETLS ? "the pinned certificate is in the chain but does not "
+                                          "sign it for this URL: is it the cluster's CA?"
+                                        : NULL,
+                       "cluster \"%s\": %s", name, err.msg);
     }
     return 0;
 }
@@ -51,12 +182,20 @@ static int list(struct config *cfg)
 static int add(struct config *cfg, int argc, char **argv)
 {
     bool make_default = false;
-    const char *pos[3], *git_flag = NULL;
+    const char *pos[3], *git_flag = NULL, *ca_flag = NULL, *pin_flag = NULL;
     int npos = 0;
     for (int i = 0; i < argc; i++) {
         const char *s = argv[i];
         if (strcmp(s, "-d") == 0 || strcmp(s, "--default") == 0) {
             make_default = true;
+        } else if (strcmp(s, "--ca") == 0 || strcmp(s, "--tls-pin") == 0 || strcmp(s, "-p") == 0) {
+            if (i + 1 >= argc)
+                return ui_usage("cluster", "%s needs a %s", s, s[2] == 'c' ? "FILE" : "PIN");
+            *(s[2] == 'c' ? &ca_flag : &pin_flag) = argv[++i];
+        } else if (strncmp(s, "--ca=", 5) == 0) {
+            ca_flag = s + 5;
+        } else if (strncmp(s, "--tls-pin=", 10) == 0) {
+            pin_flag = s + 10;
         } else if (strcmp(s, "--git-url") == 0) {
             if (i + 1 >= argc)
                 return ui_usage("cluster", "--git-url needs a URL");
@@ -93,9 +232,29 @@ static int add(struct config *cfg, int argc, char **argv)
     if (config_cluster(cfg, name))
         return ui_fail("remove it first with 'pier cluster remove NAME', or pick another name",
                        "a cluster named \"%s\" already exists", name);
+    if (ca_flag && pin_flag)
+        return ui_usage("cluster", "give --ca FILE or --tls-pin PIN, not both");
+    if (pin_flag && strncmp(url, "https://", 8) != 0)
+        return ui_usage("cluster", "--tls-pin needs an https:// URL (\"%s\" is not)", url);
+    cleanup_free char *ca = NULL;
+    cleanup_buf struct buf pin = BUF_INIT;
+    if (ca_flag) {
+        int rc = read_ca(ca_flag, &ca, &pin);
+        if (rc)
+            return rc;
+    } else if (pin_flag) {
+        int rc = pinned_ca(name, url, pin_flag, &ca);
+        if (rc)
+            return rc;
+        buf_puts(&pin, pin_flag);
+    }
     json_t *cl = json_pack("{s:s,s:s,s:s}", "name", name, "url", url, "key", key);
     if (git_url)
         json_object_set_new(cl, "git_url", json_string(git_url));
+    if (ca) {
+        json_object_set_new(cl, "ca_cert", json_string(ca));
+        json_object_set_new(cl, "tls_pin", json_string(pin.p));
+    }
     json_array_append_new(config_clusters(cfg), cl);
     if (make_default || !config_default(cfg))
         json_object_set_new(cfg->root, "default", json_string(name));
@@ -104,6 +263,8 @@ static int add(struct config *cfg, int argc, char **argv)
         return ui_fail(NULL, "%s", err.msg);
     printf("cluster \"%s\" added%s\n", name,
            strcmp(config_default(cfg), name) == 0 ? " (default)" : "");
+    if (ca)
+        printf("its https server is verified with the CA of pin %s\n", pin.p);
     return 0;
 }
 
@@ -195,7 +356,7 @@ int cli_cluster(struct cli *c)
         return ui_fail(NULL, "%s", err.msg);
     }
     int rc;
-    if (c->argc == 0)
+    if (c->argc == 0 || (c->argc == 1 && strcmp(c->argv[0], "list") == 0))
         rc = list(&cfg);
     else if (strcmp(c->argv[0], "add") == 0)
         rc = add(&cfg, c->argc - 1, c->argv + 1);
@@ -227,10 +388,17 @@ static bool state_holds(const struct api *a, const char *state, struct cluster_s
 {
     if (cluster_state_load(state, cs, NULL) < 0)
         return false;
-    cleanup_buf struct buf url = BUF_INIT;
+    cleanup_buf struct buf url = BUF_INIT, https = BUF_INIT;
     state_url(cs, &url);
-    if (strcmp(url.p, a->base) == 0)
+    if (strcmp(url.p, a->base) == 0 || (cs->joined && strcmp(cs->joined, a->base) == 0))
         return true;
+    if (cs->https > 0) { /* `pier up` with TLS gives the https URL */
+        buf_printf(&https, "https://controller.%s", cs->domain);
+        if (cs->https != 443)
+            buf_printf(&https, ":%d", cs->https);
+        if (strcmp(https.p, a->base) == 0)
+            return true;
+    }
     cluster_state_free(cs);
     return false;
 }
@@ -312,7 +480,7 @@ static bool local_daemons(const char *state, const struct cluster_state *cs, jso
     const char *names[] = {"store", "host"}, *dirs[] = {store_dir.p, host_dir.p};
     int ports[] = {cs->store, cs->host};
     bool ok = true;
-    for (int i = 0; i < 2; i++) {
+    for (int i = cs->store_urls ? 1 : 0; i < 2; i++) { /* an external store: not ours */
         char u[128];
         snprintf(u, sizeof(u), "http://%s:%d", cs->listen_ip, ports[i]);
         struct pierd_daemon d = {.name = names[i], .state = state, .data_dir = dirs[i], .url = u};
@@ -415,22 +583,27 @@ static void print_status(const json_t *st)
  * right). Returns 0, or 1 with what is wrong in why and the next step in
  * hint (up_cmd: how to start this cluster, or NULL when no state dir of
  * this machine holds it). */
-static int controller_status(const char *url, const char *key, const char *up_cmd, struct buf *why,
+static int controller_status(const struct api *a, const char *up_cmd, struct buf *why,
                              struct buf *hint)
 {
+    const char *url = a->url;
     struct pier_err err = {0};
     cleanup_buf struct buf full = BUF_INIT, auth = BUF_INIT;
     buf_printf(&full, "%s/.well-known/status", url);
-    httpc_basic_auth(&auth, key);
+    httpc_basic_auth(&auth, a->key);
     const char *headers[] = {auth.p, NULL};
-    struct httpc_req req = {.url = full.p, .name = url, .headers = headers, .timeout_ms = 10000};
+    struct httpc_req req = {
+        .url = full.p, .name = url, .headers = headers, .timeout_ms = 10000, .ca_pem = a->ca_pem};
     struct httpc *h = httpc_new();
     struct httpc_resp resp = {0};
     int rc = httpc_do(h, &req, &resp, &err);
     httpc_free(h);
     int status = (int)resp.status;
     httpc_resp_release(&resp);
-    if (rc < 0) {
+    if (rc == HTTPC_ETLS) {
+        buf_puts(why, err.msg);
+        api_tls_hint(a, hint);
+    } else if (rc < 0) {
         buf_puts(why, err.msg);
         if (up_cmd)
             buf_printf(hint, "is the cluster up? '%s' starts it again", up_cmd);
@@ -486,7 +659,7 @@ int cli_status(struct cli *c)
     }
     cluster_state_free(&cs);
     cleanup_buf struct buf why = BUF_INIT, hint = BUF_INIT;
-    int rc = controller_status(a.url, a.key, state ? up_cmd.p : NULL, &why, &hint);
+    int rc = controller_status(&a, state ? up_cmd.p : NULL, &why, &hint);
     json_object_set_new(st, "controller_healthy", json_boolean(rc == 0));
     if (rc)
         json_array_insert_new(problems, 0, json_string(why.p));

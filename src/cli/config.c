@@ -8,6 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/fs.h"
@@ -177,4 +184,151 @@ bool config_name_ok(const char *n)
               *p == '-' || *p == '_' || *p == '.'))
             return false;
     return true;
+}
+
+const char *config_pick_name(const struct config *c, const char *name)
+{
+    json_t *cl;
+    if (pick(c, name, &cl, NULL) < 0 || !cl)
+        return NULL;
+    return json_string_value(json_object_get(cl, "name"));
+}
+
+#define CA_FILE_MAX (1 << 20)
+
+int config_ca(const struct config *c, const char *name, char **pem, struct pier_err *err)
+{
+    *pem = NULL;
+    json_t *cl;
+    if (pick(c, name, &cl, NULL) < 0)
+        return 0; /* config_pick reports it */
+    if (cl) {
+        const char *ca = json_string_value(json_object_get(cl, "ca_cert"));
+        if (ca && *ca)
+            *pem = xstrdup(ca);
+        return 0;
+    }
+    const char *path = getenv("PIER_CONTROLLER_CA");
+    if (!path || !*path)
+        return 0;
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(err, -errno, "cannot read PIER_CONTROLLER_CA %s: %s", path, strerror(errno));
+    cleanup_buf struct buf b = BUF_INIT;
+    int rc = fs_read_fd(fd, &b, CA_FILE_MAX);
+    if (rc < 0)
+        return err_set(err, rc, "cannot read PIER_CONTROLLER_CA %s: %s", path,
+                       rc == -EFBIG ? "too big for a CA certificate" : strerror(-rc));
+    *pem = buf_detach(&b);
+    return 0;
+}
+
+void config_der_pin(const unsigned char *der, size_t len, struct buf *pin)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(der, len, md, &n, EVP_sha256(), NULL);
+    base64_encode(pin, md, n);
+}
+
+int config_pem_check(const char *pem, const char *what, size_t *n, struct buf *pin,
+                     struct pier_err *err)
+{
+    if (strstr(pem, "PRIVATE KEY-----"))
+        return err_set(err, PIER_EINVAL,
+                       "%s holds a private key: give the CA's certificate (ca.crt), which is "
+                       "public, never a key",
+                       what);
+    BIO *bio = BIO_new_mem_buf(pem, (int)strlen(pem));
+    if (!bio)
+        abort();
+    size_t count = 0;
+    int rc = 0;
+    ERR_clear_error();
+    for (;;) {
+        X509 *x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        if (!x) {
+            unsigned long e = ERR_peek_last_error();
+            /* The end of the input: no further "-----BEGIN". */
+            if (count > 0 && ERR_GET_LIB(e) == ERR_LIB_PEM &&
+                ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
+                break;
+            char why[256];
+            ERR_error_string_n(e, why, sizeof(why));
+            rc = err_set(err, PIER_EINVAL, "%s: %s", what,
+                         count == 0 && ERR_GET_REASON(e) == PEM_R_NO_START_LINE
+                             ? "no PEM certificate in it (-----BEGIN CERTIFICATE-----)"
+                             : why);
+            break;
+        }
+        if (count == 0 && pin) {
+            unsigned char *der = NULL;
+            int len = i2d_X509(x, &der);
+            if (len > 0)
+                config_der_pin(der, (size_t)len, pin);
+            OPENSSL_free(der);
+        }
+        X509_free(x);
+        count++;
+    }
+    ERR_clear_error();
+    BIO_free(bio);
+    if (n)
+        *n = count;
+    return rc;
+}
+
+/* The directory of the config file, without the trailing '/'. */
+static void config_dir(const struct config *c, struct buf *out)
+{
+    const char *slash = strrchr(c->path, '/');
+    if (!slash)
+        buf_puts(out, ".");
+    else if (slash == c->path)
+        buf_puts(out, "/");
+    else
+        buf_append(out, c->path, (size_t)(slash - c->path));
+}
+
+int config_ca_file(const struct config *c, const char *name, struct buf *path, struct pier_err *err)
+{
+    buf_reset(path);
+    json_t *cl;
+    if (pick(c, name, &cl, NULL) < 0)
+        return 0;
+    if (!cl) {
+        const char *env = getenv("PIER_CONTROLLER_CA");
+        if (!env || !*env)
+            return 0;
+        if (env[0] != '/') {
+            char cwd[4096];
+            if (!getcwd(cwd, sizeof(cwd)))
+                return err_set(err, -errno, "cannot tell the current directory: %s",
+                               strerror(errno));
+            buf_printf(path, "%s/", cwd);
+        }
+        buf_puts(path, env);
+        return 0;
+    }
+    const char *ca = json_string_value(json_object_get(cl, "ca_cert"));
+    const char *cname = json_string_value(json_object_get(cl, "name"));
+    if (!ca || !*ca || !cname)
+        return 0;
+    cleanup_buf struct buf dir = BUF_INIT;
+    config_dir(c, &dir);
+    buf_printf(path, "%s/%s-ca.pem", dir.p, cname);
+    /* Rewritten only when it differs: git may be reading it. */
+    FILE *f = fopen(path->p, "re");
+    if (f) {
+        cleanup_buf struct buf old = BUF_INIT;
+        int rc = fs_read_fd(fileno(f), &old, CA_FILE_MAX);
+        fclose(f);
+        if (rc == 0 && old.len == strlen(ca) && memcmp(old.p, ca, old.len) == 0)
+            return 0;
+    }
+    cleanup_free char *d = xstrdup(path->p);
+    int rc = mkdirs(d);
+    if (rc < 0)
+        return err_set(err, rc, "cannot create the folder of %s: %s", path->p, strerror(-rc));
+    return fs_write_atomic(path->p, ca, strlen(ca), 0644, false, err);
 }

@@ -40,6 +40,8 @@ void cluster_state_free(struct cluster_state *cs)
     free(cs->listen_ip);
     free(cs->stack);
     free(cs->host_id);
+    free(cs->store_urls);
+    free(cs->joined);
     memset(cs, 0, sizeof(*cs));
 }
 
@@ -81,6 +83,11 @@ int cluster_state_load(const char *state, struct cluster_state *cs, struct pier_
     cs->host = port_field(ports, "host");
     cs->http = port_field(ports, "http");
     cs->ssh = port_field(ports, "ssh");
+    cs->https = port_field(ports, "https");
+    if (cs->https < 0)
+        cs->https = 0; /* written before TLS: `pier up` adds it */
+    cs->store_urls = dup_field(json_object_get(root, "store"), "urls");
+    cs->joined = dup_field(root, "joined");
     if (!cs->name || !cs->domain || !cs->listen_ip || cs->store <= 0 || cs->host <= 0 ||
         cs->http <= 0 || cs->ssh <= 0 || !jobs ||
         sscanf(jobs, "%d-%d", &cs->jobs_lo, &cs->jobs_hi) != 2) {
@@ -105,6 +112,13 @@ int cluster_state_save(const char *state, const struct cluster_state *cs, struct
         json_object_set_new(root, "stack", json_string(cs->stack));
     if (cs->host_id)
         json_object_set_new(root, "host_id", json_string(cs->host_id));
+    if (cs->https > 0)
+        json_object_set_new(json_object_get(root, "ports"), "https", json_integer(cs->https));
+    if (cs->joined)
+        json_object_set_new(root, "joined", json_string(cs->joined));
+    if (cs->store_urls)
+        json_object_set_new(root, "store",
+                            json_pack("{s:s,s:b}", "urls", cs->store_urls, "external", 1));
     cleanup_free char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     cleanup_buf struct buf path = BUF_INIT, body = BUF_INIT;
     buf_printf(&path, "%s/cluster.json", state);

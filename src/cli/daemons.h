@@ -15,7 +15,10 @@
 
 #include "lib/err.h"
 
-/* What STATE/cluster.json records. */
+/* What STATE/cluster.json records:
+ *   {"version":1,"name","domain","listen_ip","stack"?,"host_id"?,"joined"?,
+ *    "store"?:{"urls":"URL,...","external":true},
+ *    "ports":{"store","host","http","https","ssh","jobs":"LO-HI"}} */
 struct cluster_state {
     char *name;                 /* the CLI config's cluster name ("default") */
     char *domain;               /* apps at APP.DOMAIN */
@@ -23,7 +26,11 @@ struct cluster_state {
     char *stack;                /* the host agent's --stack, or NULL: the host's binds */
     char *host_id;              /* the agent's id, NULL until its first start */
     int store, host, http, ssh; /* ports */
+    int https;                  /* the router's https port; 0 in a cluster.json of before TLS */
     int jobs_lo, jobs_hi;       /* the jobs' port range */
+    char *store_urls; /* "URL[,URL...]": a store not started here (`pier up --store`, or the
+                       * joined cluster's), so no `pierd store` of this dir; NULL: ours */
+    char *joined;     /* the controller URL of `pier up --join`, or NULL (a first host) */
 };
 
 /* The state dir: flag if set, else $PIER_HOME, else /var/lib/pier for root,

@@ -1,5 +1,6 @@
 /* pier down: stops what `pier up` started from a state dir, as a reboot
- * would: the host agent and the store, and every job of this host, without
+ * would: the host agent and the store (none when external: `pier up --store`
+ * or --join), and every job of this host, without
  * changing any record in the store. The job records still say "up", so the
  * next `pier up` finds them lost (the agent marks them crashed) and the
  * bootstrap and the scheduler start them again.
@@ -271,5 +272,12 @@ int cli_down(struct cli *c)
     free(procs.p);
     how = pierd_daemon_stop(&store, 10, &pid);
     say_stopped("store", how, pid);
+    struct cluster_state cs;
+    if (cluster_state_load(state, &cs, NULL) == 0) {
+        if (cs.store_urls)
+            printf("left the store alone: %s, %s\n",
+                   cs.joined ? "the joined cluster's" : "external", cs.store_urls);
+        cluster_state_free(&cs);
+    }
     return rc;
 }

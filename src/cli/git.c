@@ -186,6 +186,24 @@ static int set_helper(const char *git_url)
     return 0;
 }
 
+/* For an https git URL of a cluster with a CA of its own: points git's
+ * http.<git_url>/.sslCAInfo at the file holding that CA (config_ca_file),
+ * so pushes verify the receiver against it. Returns 0 or 1 (printed). */
+static int set_ca(const struct config *cfg, const char *cluster, const char *git_url)
+{
+    if (strncmp(git_url, "https://", 8) != 0)
+        return 0;
+    cleanup_buf struct buf path = BUF_INIT, key = BUF_INIT;
+    struct pier_err err = {0};
+    if (config_ca_file(cfg, cluster, &path, &err) < 0)
+        return ui_fail(NULL, "cannot write the cluster's CA for git: %s", err.msg);
+    if (path.len == 0)
+        return 0;
+    buf_printf(&key, "http.%s/.sslCAInfo", git_url);
+    const char *set[] = {"git", "config", key.p, path.p, NULL};
+    return git_change(set, "set the CA git verifies the cluster with");
+}
+
 /* Says how to get a remote later, from a repository. */
 static void later_hint(const char *remote, const char *app, const char *url)
 {
@@ -260,7 +278,7 @@ int git_remote_setup(const struct config *cfg, const char *cluster, const char *
     }
     /* The helper is keyed by the git URL, not the remote: set it even next
      * to a remote left alone, so that `git remote set-url` is all it takes. */
-    if (url_is_http(git_url) && set_helper(git_url) != 0)
+    if (url_is_http(git_url) && (set_helper(git_url) != 0 || set_ca(cfg, cluster, git_url) != 0))
         return 1;
     if (other) {
         cleanup_buf struct buf shown = BUF_INIT;

@@ -24,10 +24,11 @@ bool git_remote_name_ok(const char *name);
 /* Points the git remote named remote of the repository around the current
  * directory at app's repository on the cluster cfg picks for cluster (its
  * git URL from config_git_url), and for an http(s) git URL sets the
- * credential helper there. Everything it says goes to stderr: the remote
- * it added, or why it added none (no repository, no git URL configured,
- * a remote of that name pointing elsewhere, which it leaves alone) with
- * the command that fixes it. Returns 0, or 1 when git failed (printed). */
+ * credential helper there, and for an https one of a cluster with a CA
+ * of its own http.<git url>/.sslCAInfo (config_ca_file). Everything it says goes to stderr: the
+ * remote it added, or why it added none (no repository, no git URL configured, a remote of that
+ * name pointing elsewhere, which it leaves alone) with the command that fixes it. Returns 0, or 1
+ * when git failed (printed). */
 int git_remote_setup(const struct config *cfg, const char *cluster, const char *remote,
                      const char *app);
 

@@ -322,6 +322,7 @@ static int attach_open(struct api *a, const char *path, const json_t *body, stru
         .body = text.p,
         .body_len = text.len,
         .eauth = API_EAUTH,
+        .ca_pem = a->ca_pem,
     };
     return attachc_open(&req, out, err);
 }

@@ -5,7 +5,10 @@
  * git receiver, scheduler) runs as jobs on the agent, started and recorded
  * as system apps by `pierd bootstrap`. Run again, every step finds its work
  * done; after `pier down` (or a crash of everything) it brings the same
- * cluster back. */
+ * cluster back. With --store URLS the store is an external one (no `pierd
+ * store`); with --join the state dir is one more host of a running cluster
+ * (join.c). The CLI config gets the https URLs and the cluster CA the
+ * bootstrap made (STATE/ca/ca.crt), pinned. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,10 +21,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "cli/cli.h"
 #include "cli/config.h"
 #include "cli/daemons.h"
 #include "cli/ui.h"
+#include "cli/up.h"
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/cleanup.h"
 #include "lib/fs.h"
@@ -30,28 +37,12 @@
 
 extern char **environ;
 
-struct up_flags {
-    const char *state, *name, *domain, *port_base, *listen_ip, *stack;
-    bool no_config;
-};
-
-/* What `pier up` works with, once resolved. */
-struct up {
-    char *state;   /* absolute */
-    char *bin_dir; /* the directory of the pier executable */
-    char *pierd;   /* the pierd executable */
-    char key[256]; /* the cluster key */
-    struct cluster_state cs;
-    char store_url[128], host_url[128], ctl_url[300], git_url[300];
-    struct buf store_dir, host_dir;
-};
-
 static int parse_up_flags(int argc, char **argv, struct up_flags *f)
 {
-    static const char *names[] = {"--state-dir", "--name",      "--domain",
-                                  "--port-base", "--listen-ip", "--stack"};
-    const char **vals[] = {&f->state,     &f->name,      &f->domain,
-                           &f->port_base, &f->listen_ip, &f->stack};
+    static const char *names[] = {"--state-dir", "--name", "--domain", "--port-base", "--listen-ip",
+                                  "--stack",     "--join", "--key",    "--ca",        "--store"};
+    const char **vals[] = {&f->state, &f->name, &f->domain, &f->port_base, &f->listen_ip,
+                           &f->stack, &f->join, &f->key,    &f->ca,        &f->store};
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--no-config") == 0) {
             f->no_config = true;
@@ -66,7 +57,36 @@ static int parse_up_flags(int argc, char **argv, struct up_flags *f)
         if (!got)
             return ui_usage("up", "unknown flag \"%s\"", argv[i]);
     }
+    if (!f->join && (f->key || f->ca))
+        return ui_usage("up", "%s goes with --join URL", f->key ? "--key" : "--ca");
+    if (f->join && (f->domain || f->store || f->name || f->no_config))
+        return ui_usage("up", "--join takes the cluster's domain and store from it: drop --domain, "
+                              "--store, --name and --no-config");
+    if (f->join && strncmp(f->join, "http://", 7) != 0 && strncmp(f->join, "https://", 8) != 0)
+        return ui_usage("up", "--join \"%s\": want the controller's URL, https://controller.DOMAIN",
+                        f->join);
+    if (f->join && !f->key)
+        return ui_usage("up", "--join needs --key KEY (the cluster key: STATE/key on its first "
+                              "host)");
+    if (f->key && (!up_key_ok(f->key) || strlen(f->key) >= 256))
+        return ui_usage("up", "--key: one word of letters, digits, '.', '_' or '-'");
     return 0;
+}
+
+/* Whether s is a list of http:// or https:// URLs separated by commas. */
+static bool store_urls_ok(const char *s)
+{
+    while (*s) {
+        size_t n = strcspn(s, ",");
+        bool http = strncmp(s, "http://", 7) == 0 && n > 7;
+        bool https = strncmp(s, "https://", 8) == 0 && n > 8;
+        if ((!http && !https) || memchr(s, ' ', n))
+            return false;
+        s += n;
+        if (*s == ',' && !*++s)
+            return false;
+    }
+    return true;
 }
 
 static bool domain_ok(const char *d)
@@ -80,8 +100,7 @@ static bool domain_ok(const char *d)
     return true;
 }
 
-/* The cluster the flags describe (defaults for what they leave out). */
-static int cluster_from_flags(const struct up_flags *f, struct cluster_state *cs)
+int up_cluster_from_flags(const struct up_flags *f, struct cluster_state *cs)
 {
     memset(cs, 0, sizeof(*cs));
     const char *name = f->name ? f->name : "default";
@@ -106,7 +125,7 @@ static int cluster_from_flags(const struct up_flags *f, struct cluster_state *cs
     struct in_addr a;
     if (inet_pton(AF_INET, ip, &a) != 1)
         return ui_usage("up", "--listen-ip \"%s\" is not an IPv4 address", ip);
-    cs->store = 7001, cs->host = 1113, cs->http = 80, cs->ssh = 2222;
+    cs->store = 7001, cs->host = 1113, cs->http = 80, cs->https = 443, cs->ssh = 2222;
     cs->jobs_lo = 20000, cs->jobs_hi = 20999;
     if (f->port_base) {
         char *end;
@@ -116,7 +135,7 @@ static int cluster_from_flags(const struct up_flags *f, struct cluster_state *cs
             return ui_usage("up", "--port-base \"%s\" must be a number from 1 to 64536",
                             f->port_base);
         int n = (int)b;
-        cs->store = n, cs->host = n + 1, cs->http = n + 2, cs->ssh = n + 4;
+        cs->store = n, cs->host = n + 1, cs->http = n + 2, cs->https = n + 3, cs->ssh = n + 4;
         cs->jobs_lo = n + 100, cs->jobs_hi = n + 999;
     }
     if (f->stack) {
@@ -128,6 +147,12 @@ static int cluster_from_flags(const struct up_flags *f, struct cluster_state *cs
                             "build DIR')",
                             f->stack);
         cs->stack = xstrdup(real);
+    }
+    if (f->store) {
+        if (!store_urls_ok(f->store))
+            return ui_usage("up", "--store \"%s\" is not a list of http:// URLs separated by ','",
+                            f->store);
+        cs->store_urls = xstrdup(f->store);
     }
     cs->name = xstrdup(name);
     cs->domain = buf_detach(&dom);
@@ -143,26 +168,30 @@ static int check_same(const struct up *u, const struct up_flags *f, const struct
         const char *flag, *what;
         bool given, differs;
         char want[160], have[160];
-    } d[5] = {{"--name", "name", f->name != NULL, false, "", ""},
+    } d[6] = {{"--name", "name", f->name != NULL, false, "", ""},
               {"--domain", "domain", f->domain != NULL, false, "", ""},
               {"--listen-ip", "listen IP", f->listen_ip != NULL, false, "", ""},
               {"--stack", "stack", f->stack != NULL, false, "", ""},
+              {"--store", "store", f->store != NULL, false, "", ""},
               {"--port-base", "ports", f->port_base != NULL, false, "", ""}};
-    const char *pairs[4][2] = {{w->name, c->name},
+    const char *pairs[5][2] = {{w->name, c->name},
                                {w->domain, c->domain},
                                {w->listen_ip, c->listen_ip},
-                               {w->stack, c->stack}};
-    for (int i = 0; i < 4; i++) {
+                               {w->stack, c->stack},
+                               {w->store_urls, c->store_urls}};
+    for (int i = 0; i < 5; i++) {
         d[i].differs = !pairs[i][1] || !pairs[i][0] || strcmp(pairs[i][0], pairs[i][1]) != 0;
         snprintf(d[i].want, sizeof(d[i].want), "%s", pairs[i][0] ? pairs[i][0] : "(none)");
         snprintf(d[i].have, sizeof(d[i].have), "%s", pairs[i][1] ? pairs[i][1] : "(none)");
     }
-    d[4].differs = w->store != c->store || w->host != c->host || w->http != c->http ||
-                   w->ssh != c->ssh || w->jobs_lo != c->jobs_lo || w->jobs_hi != c->jobs_hi;
-    snprintf(d[4].want, sizeof(d[4].want), "%s", f->port_base ? f->port_base : "");
-    snprintf(d[4].have, sizeof(d[4].have), "store %d, host %d, http %d, ssh %d, jobs %d-%d",
-             c->store, c->host, c->http, c->ssh, c->jobs_lo, c->jobs_hi);
-    for (int i = 0; i < 5; i++) {
+    d[5].differs = w->store != c->store || w->host != c->host || w->http != c->http ||
+                   w->https != c->https || w->ssh != c->ssh || w->jobs_lo != c->jobs_lo ||
+                   w->jobs_hi != c->jobs_hi;
+    snprintf(d[5].want, sizeof(d[5].want), "%s", f->port_base ? f->port_base : "");
+    snprintf(d[5].have, sizeof(d[5].have),
+             "store %d, host %d, http %d, https %d, ssh %d, jobs %d-%d", c->store, c->host, c->http,
+             c->https, c->ssh, c->jobs_lo, c->jobs_hi);
+    for (int i = 0; i < 6; i++) {
         if (!d[i].given || !d[i].differs)
             continue;
         return ui_fail("drop the flag to use the cluster as it is, or 'pier down' and remove the "
@@ -173,7 +202,7 @@ static int check_same(const struct up *u, const struct up_flags *f, const struct
     return 0;
 }
 
-static bool key_chars_ok(const char *k)
+bool up_key_ok(const char *k)
 {
     if (!*k)
         return false;
@@ -184,8 +213,7 @@ static bool key_chars_ok(const char *k)
     return true;
 }
 
-/* Reads STATE/key into u->key: 0 (found), 1 (no file), or a failure. */
-static int read_key(struct up *u, const char *path)
+int up_read_key(struct up *u, const char *path)
 {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0 && errno == ENOENT)
@@ -199,7 +227,7 @@ static int read_key(struct up *u, const char *path)
     char *nl = strchr(b.p, '\n');
     if (nl && nl[1] == '\0')
         *nl = '\0';
-    if (!key_chars_ok(b.p) || strlen(b.p) >= sizeof(u->key)) {
+    if (!up_key_ok(b.p) || strlen(b.p) >= sizeof(u->key)) {
         ui_fail(NULL,
                 "%s holds no key (one line of letters, digits, '.', '_' or '-'); remove it to "
                 "make a new one",
@@ -216,7 +244,7 @@ static int make_key(struct up *u)
 {
     cleanup_buf struct buf path = BUF_INIT, tmp = BUF_INIT;
     buf_printf(&path, "%s/key", u->state);
-    int rc = read_key(u, path.p);
+    int rc = up_read_key(u, path.p);
     if (rc <= 0) {
         if (rc == 0 && chmod(path.p, 0600) < 0)
             return ui_fail(NULL, "%s: %s", path.p, strerror(errno));
@@ -237,7 +265,7 @@ static int make_key(struct up *u)
     unlink(tmp.p);
     if (rc < 0)
         return ui_fail(NULL, "%s: %s", path.p, strerror(-rc));
-    rc = read_key(u, path.p);
+    rc = up_read_key(u, path.p);
     return rc == 1 ? ui_fail(NULL, "%s vanished", path.p) : rc;
 }
 
@@ -300,7 +328,7 @@ static char *find_manifest(const struct up *u)
 
 /* This process's environment without PIER_KEY, plus PIER_KEY=key: the
  * key never goes on a command line, which every local user can read. */
-static char **env_with_key(const char *key, struct buf *keyvar)
+char **up_env_with_key(const char *key, struct buf *keyvar)
 {
     size_t n = 0;
     for (char **e = environ; *e; e++)
@@ -357,16 +385,23 @@ static int ensure_daemon(struct up *u, const char *name, const char *data_dir, c
     return 0;
 }
 
-static int start_daemons(struct up *u, char **env, bool *all_running)
+static int start_store(struct up *u, char **env, bool *all_running)
+{
+    char listen[64];
+    struct cluster_state *c = &u->cs;
+    if (c->store_urls) {
+        printf("store: external, %s\n", c->store_urls);
+        return 0;
+    }
+    snprintf(listen, sizeof(listen), "%s:%d", c->listen_ip, c->store);
+    char *argv[] = {"pierd", "store", "--listen", listen, "--data-dir", u->store_dir.p, NULL};
+    return ensure_daemon(u, "store", u->store_dir.p, u->store_url.p, argv, env, all_running);
+}
+
+int up_start_host(struct up *u, char **env, bool *all_running)
 {
     char listen[64], ports[32];
     struct cluster_state *c = &u->cs;
-    *all_running = true;
-    snprintf(listen, sizeof(listen), "%s:%d", c->listen_ip, c->store);
-    char *store_argv[] = {"pierd", "store", "--listen", listen, "--data-dir", u->store_dir.p, NULL};
-    int rc = ensure_daemon(u, "store", u->store_dir.p, u->store_url, store_argv, env, all_running);
-    if (rc)
-        return rc;
     snprintf(listen, sizeof(listen), "%s:%d", c->listen_ip, c->host);
     snprintf(ports, sizeof(ports), "%d-%d", c->jobs_lo, c->jobs_hi);
     char *host_argv[] = {"pierd",
@@ -374,7 +409,7 @@ static int start_daemons(struct up *u, char **env, bool *all_running)
                          "--listen",
                          listen,
                          "--store",
-                         u->store_url,
+                         u->store_url.p,
                          "--data-dir",
                          u->host_dir.p,
                          "--ports",
@@ -392,15 +427,17 @@ static int run_bootstrap(struct up *u, char **env)
     if (!manifest)
         return 1;
     struct cluster_state *c = &u->cs;
-    char v_domain[300], v_store[160], v_http[80], v_ssh[80];
+    char v_domain[300], v_http[80], v_https[80], v_ssh[80];
+    cleanup_buf struct buf v_store = BUF_INIT;
     snprintf(v_domain, sizeof(v_domain), "DOMAIN=%s", c->domain);
-    snprintf(v_store, sizeof(v_store), "STORE=%s", u->store_url);
+    buf_printf(&v_store, "STORE=%s", u->store_url.p);
     snprintf(v_http, sizeof(v_http), "HTTP_ADDR=%s:%d", c->listen_ip, c->http);
+    snprintf(v_https, sizeof(v_https), "HTTPS_ADDR=%s:%d", c->listen_ip, c->https);
     snprintf(v_ssh, sizeof(v_ssh), "SSH_ADDR=%s:%d", c->listen_ip, c->ssh);
-    char *argv[] = {u->pierd,     "bootstrap",  "--manifest", manifest,     "--store",
-                    u->store_url, "--host-url", u->host_url,  "--data-dir", u->state,
-                    "--var",      v_domain,     "--var",      v_store,      "--var",
-                    v_http,       "--var",      v_ssh,        NULL};
+    char *argv[] = {u->pierd,     "bootstrap", "--manifest", manifest, "--store", u->store_url.p,
+                    "--host-url", u->host_url, "--data-dir", u->state, "--var",   v_domain,
+                    "--var",      v_store.p,   "--var",      v_http,   "--var",   v_https,
+                    "--var",      v_ssh,       NULL};
     fflush(stdout);
     struct subproc s = {.argv = argv,
                         .env = env,
@@ -419,8 +456,69 @@ static int run_bootstrap(struct up *u, char **env)
                    "the bootstrap of the system apps failed");
 }
 
-/* Adds or updates the cluster in the CLI config. */
-static int update_config(struct up *u)
+/* The base64 of the SHA-256 of the DER of the first certificate in pem
+ * (Flynn's `cluster add -p` pin) into out; -1 when pem holds none. */
+static int tls_pin(const char *pem, struct buf *out)
+{
+    static const char begin[] = "-----BEGIN CERTIFICATE-----", end[] = "-----END CERTIFICATE-----";
+    const char *b = strstr(pem, begin), *e = b ? strstr(b, end) : NULL;
+    if (!e)
+        return -1;
+    cleanup_buf struct buf armour = BUF_INIT, der = BUF_INIT;
+    for (const char *p = b + strlen(begin); p < e; p++)
+        if (*p != '\n' && *p != '\r' && *p != ' ' && *p != '\t')
+            buf_putc(&armour, *p);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!armour.len || base64_decode(&der, armour.p, armour.len) < 0 || !der.len ||
+        !EVP_Digest(der.p, der.len, md, &n, EVP_sha256(), NULL))
+        return -1;
+    base64_encode(out, md, n);
+    return 0;
+}
+
+/* The CA of STATE/ca/ca.crt (made by the bootstrap) into ca and its pin:
+ * 1 when there is none (a tree whose bootstrap makes no CA: plain http),
+ * 0, or -1 after saying what failed. */
+static int read_ca(const struct up *u, struct buf *ca, struct buf *pin)
+{
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "%s/ca/ca.crt", u->state);
+    cleanup_close int fd = open(path.p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return 1;
+    if (fd < 0 || fs_read_fd(fd, ca, 1 << 20) < 0)
+        return -ui_fail(NULL, "%s: cannot read it: %s", path.p, strerror(errno));
+    buf_putc(ca, '\0');
+    ca->len--;
+    if (tls_pin(ca->p, pin) < 0)
+        return -ui_fail("remove STATE/ca and STATE/tls and run 'pier up' again to make a new CA",
+                        "%s holds no PEM certificate", path.p);
+    return 0;
+}
+
+/* The controller's and git's URLs: https at the router's https port once
+ * the cluster has a CA, else http. */
+static void set_urls(struct up *u, bool tls)
+{
+    const struct cluster_state *cs = &u->cs;
+    int p = tls ? cs->https : cs->http;
+    char port[16] = "";
+    if (p != (tls ? 443 : 80))
+        snprintf(port, sizeof(port), ":%d", p);
+    const char *scheme = tls ? "https" : "http";
+    snprintf(u->ctl_url, sizeof(u->ctl_url), "%s://controller.%s%s", scheme, cs->domain, port);
+    snprintf(u->git_url, sizeof(u->git_url), "%s://git.%s%s", scheme, cs->domain, port);
+}
+
+static bool same_field(json_t *cl, const char *f, const char *want)
+{
+    const char *v = json_string_value(json_object_get(cl, f));
+    return want ? v && strcmp(v, want) == 0 : !json_object_get(cl, f);
+}
+
+/* Adds or updates the cluster in the CLI config (ca and pin NULL: http). */
+static int update_config(struct up *u, const char *ca, const char *pin)
 {
     struct config cfg;
     struct pier_err err = {0};
@@ -432,11 +530,9 @@ static int update_config(struct up *u)
     json_t *cl = config_cluster(&cfg, name);
     const char *what = "added to";
     if (cl) {
-        const char *url = json_string_value(json_object_get(cl, "url"));
-        const char *key = json_string_value(json_object_get(cl, "key"));
-        const char *git = json_string_value(json_object_get(cl, "git_url"));
-        bool same = url && key && git && strcmp(url, u->ctl_url) == 0 && strcmp(key, u->key) == 0 &&
-                    strcmp(git, u->git_url) == 0;
+        bool same = same_field(cl, "url", u->ctl_url) && same_field(cl, "key", u->key) &&
+                    same_field(cl, "git_url", u->git_url) && same_field(cl, "ca_cert", ca) &&
+                    same_field(cl, "tls_pin", pin);
         what = same ? NULL : "updated in";
     } else {
         cl = json_object();
@@ -453,6 +549,13 @@ static int update_config(struct up *u)
         json_object_set_new(cl, "url", json_string(u->ctl_url));
         json_object_set_new(cl, "key", json_string(u->key));
         json_object_set_new(cl, "git_url", json_string(u->git_url));
+        if (ca) {
+            json_object_set_new(cl, "ca_cert", json_string(ca));
+            json_object_set_new(cl, "tls_pin", json_string(pin));
+        } else {
+            json_object_del(cl, "ca_cert");
+            json_object_del(cl, "tls_pin");
+        }
         if (config_save(&cfg, &err) < 0)
             rc = ui_fail(NULL, "%s", err.msg);
         else
@@ -479,19 +582,23 @@ static bool in_path(const char *dir)
     return false;
 }
 
-static void print_next_steps(const struct up *u, const struct up_flags *f)
+static void print_next_steps(const struct up *u, const struct up_flags *f, const char *pin)
 {
     const struct cluster_state *c = &u->cs;
     char port[16] = "";
     if (c->http != 80)
         snprintf(port, sizeof(port), ":%d", c->http);
     printf("\npier runs on this host: cluster \"%s\", state in %s\n", c->name, u->state);
-    printf("  store       %s   (export PIER_STORE=%s for 'pier host list')\n", u->store_url,
-           u->store_url);
+    printf("  store       %s   (%sexport PIER_STORE=%s for 'pier host list')\n", u->store_url.p,
+           c->store_urls ? "external; " : "", u->store_url.p);
     printf("  host        %s   (host agent %s; docs/host.md)\n", u->host_url,
            c->host_id ? c->host_id : "?");
     printf("  controller  %s   (through the router; 'pier status')\n", u->ctl_url);
-    printf("  git         %s   (git push over HTTP)\n", u->git_url);
+    printf("  git         %s   (git push over HTTP%s)\n", u->git_url, pin ? "S" : "");
+    if (pin) {
+        printf("  CA          %s/ca/ca.crt   (the CLI config pins it)\n", u->state);
+        printf("  TLS pin     %s\n", pin);
+    }
     printf("              ssh://git@%s:%d   (git push over SSH)\n", c->listen_ip, c->ssh);
     printf("  apps        http://APP.%s%s\n", c->domain, port);
     printf("  cluster key in %s/key; logs in %s; stop with 'pier down'\n", u->state, u->state);
@@ -503,8 +610,14 @@ static void print_next_steps(const struct up *u, const struct up_flags *f)
                c->name);
     if (!in_path(u->bin_dir))
         printf("  export PATH=\"%s:$PATH\"\n", u->bin_dir);
-    printf("  export PIER_CONTROLLER_URL=%s PIER_CONTROLLER_KEY=$(cat %s/key) PIER_GIT_URL=%s\n",
+    printf("  export PIER_CONTROLLER_URL=%s PIER_CONTROLLER_KEY=$(cat %s/key) PIER_GIT_URL=%s",
            u->ctl_url, u->state, u->git_url);
+    if (pin)
+        printf(" PIER_CONTROLLER_CA=%s/ca/ca.crt", u->state);
+    printf("\n");
+    printf("Another host joins with (its store must reach %s):\n", u->store_url.p);
+    printf("  pier up --join %s --key $(cat %s/key)%s%s/ca/ca.crt --state-dir DIR --port-base N\n",
+           u->ctl_url, u->state, pin ? " --ca " : "", pin ? u->state : "");
     printf("\nDeploy an app with git push, then reach it, scale it, read its log:\n");
     cleanup_buf struct buf sample = BUF_INIT;
     buf_printf(&sample, "%s/../tests/apps/nodejs", u->bin_dir);
@@ -530,17 +643,13 @@ static void up_free(struct up *u)
     cluster_state_free(&u->cs);
     buf_free(&u->store_dir);
     buf_free(&u->host_dir);
+    buf_free(&u->store_url);
 }
 
-/* The state dir made (0700) and absolute; cluster.json read or made. */
-static int prepare_state(struct up *u, const struct up_flags *f)
+/* The state dir made (0700) and absolute in u->state; its cluster.json
+ * into u->cs when it has one (*have). */
+static int open_state(struct up *u, const struct up_flags *f, bool *have)
 {
-    struct cluster_state want;
-    int rc = cluster_from_flags(f, &want);
-    if (rc) {
-        cluster_state_free(&want);
-        return rc;
-    }
     cleanup_free char *state = state_dir_resolve(f->state);
     if (mkdir(state, 0700) < 0 && errno != EEXIST) {
         char *p = state; /* its parents first, as mkdir -p */
@@ -549,36 +658,48 @@ static int prepare_state(struct up *u, const struct up_flags *f)
             mkdir(p, 0755);
             *s = '/';
         }
-        if (mkdir(state, 0700) < 0 && errno != EEXIST) {
-            cluster_state_free(&want);
+        if (mkdir(state, 0700) < 0 && errno != EEXIST)
             return ui_fail(NULL, "cannot make the state dir %s: %s", state, strerror(errno));
-        }
     }
     char real[PATH_MAX];
-    if (!realpath(state, real)) {
-        cluster_state_free(&want);
+    if (!realpath(state, real))
         return ui_fail(NULL, "%s: %s", state, strerror(errno));
-    }
     u->state = xstrdup(real);
     struct pier_err err = {0};
-    rc = cluster_state_load(u->state, &u->cs, &err);
-    if (rc == PIER_ENOTFOUND) {
+    int rc = cluster_state_load(u->state, &u->cs, &err);
+    *have = rc == 0;
+    return rc < 0 && rc != PIER_ENOTFOUND ? ui_fail(NULL, "%s", err.msg) : 0;
+}
+
+/* cluster.json made from the flags, or checked against them (and given
+ * the https port a cluster.json of before TLS lacks). */
+static int prepare_state(struct up *u, const struct up_flags *f, bool have)
+{
+    struct cluster_state want;
+    int rc = up_cluster_from_flags(f, &want);
+    struct pier_err err = {0};
+    if (rc) {
+        cluster_state_free(&want);
+        return rc;
+    }
+    if (!have) {
         u->cs = want;
         if (cluster_state_save(u->state, &u->cs, &err) < 0)
             return ui_fail(NULL, "%s", err.msg);
         return 0;
     }
-    if (rc < 0) {
-        cluster_state_free(&want);
-        return ui_fail(NULL, "%s", err.msg);
+    if (u->cs.https <= 0) { /* the rule of --port-base: N+3 after store N */
+        u->cs.https = u->cs.store == 7001 && u->cs.http == 80 ? 443 : u->cs.store + 3;
+        if (cluster_state_save(u->state, &u->cs, &err) < 0)
+            rc = ui_fail(NULL, "%s", err.msg);
     }
-    rc = check_same(u, f, &want);
+    if (!rc)
+        rc = check_same(u, f, &want);
     cluster_state_free(&want);
     return rc;
 }
 
-/* Reads the agent's id and records it in cluster.json. */
-static int record_host_id(struct up *u)
+int up_record_host_id(struct up *u)
 {
     cleanup_buf struct buf path = BUF_INIT, text = BUF_INIT;
     buf_printf(&path, "%s/host-id", u->host_dir.p);
@@ -605,31 +726,46 @@ int cli_up(struct cli *c)
         return rc;
     struct up u = {0};
     cleanup_free char **env = NULL;
-    cleanup_buf struct buf keyvar = BUF_INIT;
-    if ((rc = find_pierd(&u)) || (rc = prepare_state(&u, &f)) || (rc = make_key(&u) ? 1 : 0))
+    cleanup_buf struct buf keyvar = BUF_INIT, ca = BUF_INIT, pin = BUF_INIT;
+    bool have = false;
+    struct cluster_state want; /* the flags checked before the state dir is made */
+    rc = up_cluster_from_flags(&f, &want);
+    cluster_state_free(&want);
+    if (rc || (rc = find_pierd(&u)) || (rc = open_state(&u, &f, &have)))
+        goto out;
+    if (f.join || (have && u.cs.joined)) {
+        rc = up_join(&u, &f, have);
+        goto out;
+    }
+    if ((rc = prepare_state(&u, &f, have)) || (rc = make_key(&u) ? 1 : 0))
         goto out;
     struct cluster_state *cs = &u.cs;
-    snprintf(u.store_url, sizeof(u.store_url), "http://%s:%d", cs->listen_ip, cs->store);
+    if (cs->store_urls)
+        buf_puts(&u.store_url, cs->store_urls);
+    else
+        buf_printf(&u.store_url, "http://%s:%d", cs->listen_ip, cs->store);
     snprintf(u.host_url, sizeof(u.host_url), "http://%s:%d", cs->listen_ip, cs->host);
-    char port[16] = "";
-    if (cs->http != 80)
-        snprintf(port, sizeof(port), ":%d", cs->http);
-    snprintf(u.ctl_url, sizeof(u.ctl_url), "http://controller.%s%s", cs->domain, port);
-    snprintf(u.git_url, sizeof(u.git_url), "http://git.%s%s", cs->domain, port);
     buf_printf(&u.store_dir, "%s/store", u.state);
     buf_printf(&u.host_dir, "%s/host", u.state);
-    env = env_with_key(u.key, &keyvar);
-    bool all_running;
-    if ((rc = start_daemons(&u, env, &all_running)) || (rc = record_host_id(&u)))
+    env = up_env_with_key(u.key, &keyvar);
+    bool all_running = true;
+    if ((rc = start_store(&u, env, &all_running)) || (rc = up_start_host(&u, env, &all_running)) ||
+        (rc = up_record_host_id(&u)))
         goto out;
     if (all_running)
         printf("found the cluster \"%s\" running in %s\n", cs->name, u.state);
     fflush(stdout);
     if ((rc = run_bootstrap(&u, env)))
         goto out;
-    if (!f.no_config && (rc = update_config(&u)))
+    int no_ca = read_ca(&u, &ca, &pin); /* the bootstrap makes it */
+    if (no_ca < 0) {
+        rc = 1;
         goto out;
-    print_next_steps(&u, &f);
+    }
+    set_urls(&u, no_ca == 0);
+    if (!f.no_config && (rc = update_config(&u, no_ca ? NULL : ca.p, no_ca ? NULL : pin.p)))
+        goto out;
+    print_next_steps(&u, &f, no_ca ? NULL : pin.p);
 out:
     up_free(&u);
     return rc;

@@ -35,6 +35,18 @@ static int check_flynn_uri(const char *uri, struct pier_err *err)
     return 0;
 }
 
+/* A file artifact's uri: in pier's own scheme only pier:pierd, the pierd
+ * installed on the job's host (jobbuild.h). */
+static int check_file_uri(const char *uri, struct pier_err *err)
+{
+    if (strncmp(uri, "pier:", 5) == 0 && strcmp(uri, JOBBUILD_PIERD_URI) != 0)
+        return err_set(err, PIER_EINVAL,
+                       "uri: %.64s is not a pier file (" JOBBUILD_PIERD_URI
+                       " for the host's pierd, or a URL of a slug)",
+                       uri);
+    return 0;
+}
+
 /* The id: a UUID the client chose (Flynn lets it, so a bootstrap can name
  * what it creates before the controller runs), else a new one; anything
  * else in "id" is ignored, as a read-only field a client echoes back. */
@@ -63,6 +75,8 @@ static int artifact_from(const json_t *body, json_t **out, struct pier_err *err)
     if (!uri || !*uri)
         return err_set(err, PIER_EINVAL, "uri is required");
     if (strcmp(type, "flynn") == 0 && (rc = check_flynn_uri(uri, err)) < 0)
+        return rc;
+    if (strcmp(type, "file") == 0 && (rc = check_file_uri(uri, err)) < 0)
         return rc;
     json_t *meta = json_object_get(body, "meta");
     if ((rc = check_strmap(meta, "meta", err)) < 0)

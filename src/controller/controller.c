@@ -64,7 +64,7 @@ int controller_main(int argc, char **argv)
         fprintf(stderr, "pierd controller: needs the cluster key: --key KEY (or PIER_KEY)\n");
         return 2;
     }
-    struct ctl c = {.key = f.key, .domain = domain};
+    struct ctl c = {.key = f.key, .domain = domain, .store_url = f.store};
     if (store_open(f.store, &c.s, &err) < 0) {
         fprintf(stderr, "pierd controller: %s\n", err.msg);
         return 2;
@@ -82,6 +82,7 @@ int controller_main(int argc, char **argv)
     ctl_keys_routes(h, &c);
     ctl_events_routes(h, &c);
     ctl_deployments_routes(h, &c);
+    ctl_cluster_routes(h, &c);
     if (httpd_start(h, &err) < 0) {
         fprintf(stderr, "pierd controller: %s\n", err.msg);
         httpd_free(h);

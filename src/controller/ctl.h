@@ -30,6 +30,7 @@ struct ctl {
     char *addr;            /* this controller's API address, HOST:PORT */
     struct leader *leader; /* who runs the workers */
     const char *domain;    /* the cluster domain for default routes, or NULL */
+    const char *store_url; /* the store endpoints, as given (GET /cluster) */
 };
 
 /* ---- route tables, one per resource file ---- */
@@ -42,6 +43,7 @@ void ctl_routes_routes(struct httpd *h, struct ctl *c);      /* routes.c (app ro
 void ctl_keys_routes(struct httpd *h, struct ctl *c);        /* keys.c */
 void ctl_events_routes(struct httpd *h, struct ctl *c);      /* events.c */
 void ctl_deployments_routes(struct httpd *h, struct ctl *c); /* deployments.c */
+void ctl_cluster_routes(struct httpd *h, struct ctl *c);     /* cluster.c (pier's) */
 
 /* ---- jobs (jobs.c, jobattach.c, applog.c) ---- */
 /* The app log, GET /apps/:app/log (applog.c); ctl_jobs_routes adds it. */

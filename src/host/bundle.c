@@ -76,6 +76,25 @@ static int make_app_dir(const char *path, uid_t uid, gid_t gid, struct pier_err 
     return fd;
 }
 
+/* app/pierd: the empty regular file the host's pierd is bound over,
+ * owned like app/ (a symlink or a directory in its place is refused). */
+static int make_pierd_point(int app_fd, const char *app_dir, uid_t uid, gid_t gid,
+                            struct pier_err *err)
+{
+    cleanup_close int fd =
+        openat(app_fd, "pierd", O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd < 0)
+        return err_set(err, -errno, "%s/pierd: %s", app_dir, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return err_set(err, -errno, "%s/pierd: %s", app_dir, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, PIER_EINVAL, "%s/pierd: not a regular file", app_dir);
+    if (fchown(fd, uid, gid) < 0 || fchmod(fd, 0644) < 0)
+        return err_set(err, -errno, "%s/pierd: %s", app_dir, strerror(errno));
+    return 0;
+}
+
 static int read_small_file(const char *path, size_t max, struct buf *out)
 {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -299,6 +318,10 @@ static json_t *build_mounts(const struct jobspec *spec, const struct bundle_opts
     buf_printf(&src, "%s/app", job_dir);
     add_mount(m, "/app", "bind", src.p, str_array("rbind", "rw", "nosuid", "nodev", NULL));
     buf_reset(&src);
+    /* After /app, so that it lands on app/pierd inside it. */
+    if (spec->pierd)
+        add_mount(m, "/app/pierd", "bind", opts->pierd,
+                  str_array("bind", "ro", "nosuid", "nodev", NULL));
     buf_printf(&src, "%s/bundle/hosts", job_dir);
     add_mount(m, "/etc/hosts", "bind", src.p,
               str_array("bind", "ro", "nosuid", "nodev", "noexec", NULL));
@@ -454,6 +477,13 @@ static int check_opts(const struct jobspec *spec, const struct bundle_opts *opts
         if (stat(opts->init_path, &st) < 0 || !S_ISREG(st.st_mode))
             return err_set(err, PIER_ENOTFOUND, "init %s: not a file", opts->init_path);
     }
+    if (spec->pierd) {
+        if (!opts->pierd)
+            return err_set(err, PIER_EINVAL, "job %s: artifact.pierd, but no pierd to bind",
+                           spec->id);
+        if (stat(opts->pierd, &st) < 0 || !S_ISREG(st.st_mode))
+            return err_set(err, PIER_ENOTFOUND, "pierd %s: not a file", opts->pierd);
+    }
     const char *root = opts->root ? opts->root : opts->host_root;
     if (stat(root, &st) < 0 || !S_ISDIR(st.st_mode))
         return err_set(err, PIER_ENOTFOUND, "%s %s: not a directory",
@@ -511,7 +541,10 @@ int bundle_write(const struct jobspec *spec, const struct bundle_opts *opts, str
     int fd = make_app_dir(path.p, opts->uid, opts->gid, err);
     if (fd < 0)
         return fd;
+    rc = spec->pierd ? make_pierd_point(fd, path.p, opts->uid, opts->gid, err) : 0;
     close(fd);
+    if (rc < 0)
+        return rc;
     if (opts->build_tmp && (rc = make_tmp_dir(job_dir, err)) < 0)
         return rc;
     buf_reset(&path);

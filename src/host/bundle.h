@@ -10,7 +10,9 @@
  * The container gets its own pid, mount, ipc and uts namespaces (the host's
  * network, in this first version), hostname = job id, a read-only root, a
  * 256 MB tmpfs /tmp (a build job's is tmp/ on disk instead), /app bound
- * read-write, pierslug and the shipped buildpacks bound read-only at
+ * read-write (and, for artifact.pierd, the agent's own executable bound
+ * read-only at /app/pierd over an empty file app/pierd), pierslug and the shipped buildpacks bound
+ * read-only at
  * /.pier/pierslug and /.pier/buildpacks, cgroup limits under
  * cgroupsPath "/pier/<job id>" (memory with swap at the same value, so a job
  * cannot swap past its limit; cpu shares from milli-CPUs; pids), an
@@ -48,6 +50,8 @@ struct bundle_opts {
     const char *host_ip;    /* for EXTERNAL_IP (the host record's ip); NULL: not set */
     const char *pierslug;   /* host path bound read-only at /.pier/pierslug; NULL: left out */
     const char *buildpacks; /* host dir bound read-only at /.pier/buildpacks; NULL: left out */
+    const char *pierd;      /* host path of the agent's pierd, bound read-only at /app/pierd
+                               when spec->pierd (required then) */
     bool build_tmp;         /* a build job: /tmp is job_dir/tmp on disk (made here, mode
                                1777), not a 256 MB tmpfs that would count against memory */
 };

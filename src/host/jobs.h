@@ -45,6 +45,8 @@ struct jobs_config {
     const char *init_path;  /* tini-static on the host, or NULL */
     const char *pierslug;   /* bound at /.pier/pierslug in every job, or NULL */
     const char *buildpacks; /* bound at /.pier/buildpacks in every job, or NULL */
+    const char *pierd;      /* the agent's own executable, bound at /app/pierd in the jobs
+                               with artifact.pierd; NULL: such jobs fail */
     uid_t uid;
     gid_t gid;
     int64_t memory_total; /* bytes jobs may use in all */

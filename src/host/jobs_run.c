@@ -233,6 +233,7 @@ static int launch(struct jobs *t, struct job *j, const json_t *rec, const char *
         .host_ip = t->cfg.host_ip,
         /* The git receiver's build jobs (meta "pier.build"). */
         .build_tmp = json_is_string(json_object_get(json_object_get(rec, "meta"), "pier.build")),
+        .pierd = t->cfg.pierd,
     };
     pier_binds(t, root, points, &bo);
     if ((rc = bundle_write(spec, &bo, err)) < 0)

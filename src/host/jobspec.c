@@ -453,6 +453,14 @@ static int parse_artifact(const json_t *rec, struct jobspec *s, struct pier_err 
                        s->stack);
     if ((rc = get_string(art, "slug", "artifact.slug", MAX_URL, &s->slug, err)) < 0)
         return rc;
+    if ((rc = get_bool(art, "pierd", &s->pierd, err)) < 0)
+        return rc;
+    /* /app is the slug's or the host's pierd, never both: a slug unpacked
+     * around the bound binary would shadow or be shadowed by it. */
+    if (s->pierd && s->slug)
+        return err_set(err, PIER_EINVAL,
+                       "artifact: pierd (the host's pierd at /app/pierd) and slug exclude each "
+                       "other");
     if (!s->slug)
         return 0;
     const char *u = s->slug;

@@ -84,6 +84,8 @@ struct jobspec {
 
     char *stack; /* artifact.stack: NULL (the agent's default), "host", or an absolute path */
     char *slug;  /* artifact.slug: http://, https:// or file:// URL of a .tar.gz, or NULL */
+    bool pierd;  /* artifact.pierd: the agent's own executable bound read-only at /app/pierd
+                    (system apps); never with a slug */
 
     int64_t memory;    /* bytes; resources.memory.limit */
     int64_t cpu;       /* milli-CPUs; resources.cpu.limit */

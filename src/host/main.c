@@ -192,7 +192,7 @@ static const char *job_ip(const char *ip, const char *listen, char *buf, size_t 
 
 static int run(const struct daemon_flags *f, const struct host_flags *hf, struct pier_err *err)
 {
-    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], data_dir[4096], pierslug[4096],
+    char id[HOSTREC_MAX_ID + 1], ipbuf[64], shim[4096], self[4096], data_dir[4096], pierslug[4096],
         buildpacks[PATH_MAX];
     long long memory = 0;
     long ttl = 10, uid = 65534, keep = 100, log_files = 0, cpu = 0, max_starting = -1;
@@ -252,6 +252,12 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         goto out;
     }
     shim[n] = 0;
+    /* This pierd, named once now: the path stays right when the file is
+     * replaced by an upgrade later (/proc/self/exe would then say
+     * "(deleted)"), and jobs with artifact.pierd get the new binary, which
+     * is how a system app rolls out one (docs/bootstrap.md). */
+    memcpy(self, shim, (size_t)n + 1);
+    log_info("host", "jobs with artifact.pierd get this pierd", "path=%s", self);
     const char *slug_bind, *bp_bind;
     find_pier_binds(shim,
                     hf->buildpacks ? hf->buildpacks
@@ -293,6 +299,7 @@ static int run(const struct daemon_flags *f, const struct host_flags *hf, struct
         .init_path = access("/usr/bin/tini-static", X_OK) == 0 ? "/usr/bin/tini-static" : NULL,
         .pierslug = slug_bind,
         .buildpacks = bp_bind,
+        .pierd = self,
         .uid = (uid_t)uid,
         .gid = (gid_t)uid,
         .memory_total = memory,

@@ -15,6 +15,7 @@
 #include "lib/cleanup.h"
 #include "lib/clock.h"
 #include "lib/http1.h"
+#include "lib/httpc.h"
 #include "lib/jsonx.h"
 
 #define DEFAULT_WAIT_MS 120000
@@ -263,6 +264,9 @@ static int connect_error(const struct attachc_req *req, CURL *curl, CURLcode cc,
         cc == CURLE_OPERATION_TIMEDOUT)
         return err_set(err, -EHOSTUNREACH, "the controller at %s: cannot connect: %s", req->base,
                        curl_easy_strerror(cc));
+    if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CONNECT_ERROR)
+        return err_set(err, HTTPC_ETLS, "the controller at %s: %s", req->base,
+                       curl_easy_strerror(cc));
     return err_set(err, PIER_EUNAVAIL, "the controller at %s: %s", req->base,
                    curl_easy_strerror(cc));
 }
@@ -288,6 +292,10 @@ int attachc_open(const struct attachc_req *req, struct attachc **out, struct pie
     curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPIDLE, 5L);
     curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPINTVL, 5L);
+    if (req->ca_pem) {
+        struct curl_blob ca = {(void *)req->ca_pem, strlen(req->ca_pem), CURL_BLOB_COPY};
+        curl_easy_setopt(c->curl, CURLOPT_CAINFO_BLOB, &ca);
+    }
     CURLcode cc = curl_easy_perform(c->curl);
     if (cc != CURLE_OK) {
         rc = connect_error(req, c->curl, cc, err);

@@ -23,8 +23,10 @@ struct attachc_req {
                                    "User-Agent: ..."), or NULL */
     const char *body;           /* the NewJob JSON (borrowed) */
     size_t body_len;
-    int wait_ms; /* how long the 101 may take (the job is placed first); 0: 120000 */
-    int eauth;   /* the code a 401 returns (0: -EACCES) */
+    int wait_ms;        /* how long the 101 may take (the job is placed first); 0: 120000 */
+    int eauth;          /* the code a 401 returns (0: -EACCES) */
+    const char *ca_pem; /* https: trust only these PEM certificates (the cluster's CA); NULL:
+                           the system's */
 };
 
 struct attachc;
@@ -35,7 +37,8 @@ struct attachc;
  * PIER_EINVAL, not_found: PIER_ENOTFOUND, conflict: PIER_ECONFLICT,
  * service_unavailable: PIER_EUNAVAIL, ...); a bare 404 is PIER_ENOTFOUND,
  * 401 req->eauth, another status PIER_EPROTO. No connection: -ECONNREFUSED
- * or -EHOSTUNREACH; no answer in time: PIER_ETIMEOUT. Messages name the
+ * or -EHOSTUNREACH; no answer in time: PIER_ETIMEOUT; a certificate that
+ * does not verify: HTTPC_ETLS (lib/httpc.h). Messages name the
  * controller's URL. */
 int attachc_open(const struct attachc_req *req, struct attachc **out, struct pier_err *err);
 

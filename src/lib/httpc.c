@@ -135,6 +135,10 @@ static int setup(CURL *c, const struct httpc_req *req, char *errbuf, struct curl
     errbuf[0] = '\0';
     long cto = req->connect_timeout_ms > 0 ? req->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, cto);
+    if (req->ca_pem) {
+        struct curl_blob ca = {(void *)req->ca_pem, strlen(req->ca_pem), CURL_BLOB_COPY};
+        curl_easy_setopt(c, CURLOPT_CAINFO_BLOB, &ca);
+    }
 
     struct curl_slist *l = NULL;
     for (const char *const *hp = req->headers; hp && *hp; hp++)
@@ -181,6 +185,10 @@ static int curl_error(CURL *c, CURLcode rc, const struct httpc_req *req, const c
         return err_set(err, PIER_EINVAL, "%s: bad URL: %s", peer(req), what);
     case CURLE_GOT_NOTHING:
         return err_set(err, PIER_EUNAVAIL, "%s: connection closed without an answer", peer(req));
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM: return err_set(err, HTTPC_ETLS, "%s: %s", peer(req), what);
     default: return err_set(err, PIER_EUNAVAIL, "%s: %s", peer(req), what);
     }
 }
@@ -385,7 +393,8 @@ int httpc_stream_open(struct httpc *h, const struct httpc_req *req, httpc_data_f
     s->req.name = s->name;
     s->req.headers = NULL; /* copied into hdrs by setup */
     s->req.want_headers = NULL;
-    s->req.body = NULL; /* curl copies nothing: keep the caller's body only during open */
+    s->req.ca_pem = NULL; /* curl keeps its own copy */
+    s->req.body = NULL;   /* curl copies nothing: keep the caller's body only during open */
     s->fn = fn;
     s->ud = ud;
     s->easy = curl_easy_init();

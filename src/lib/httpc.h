@@ -19,6 +19,8 @@
  *   PIER_ETOOBIG   the answer was larger than req->max_body
  *   PIER_EINVAL    a bad request (URL, method)
  *   -ECANCELED     a stream callback asked to stop
+ *   HTTPC_ETLS     https: the server's certificate did not verify (against
+ *                  req->ca_pem or the system CAs), or the TLS handshake failed
  * An HTTP error status is not an error here: callers read resp->status. */
 #ifndef PIER_HTTPC_H
 #define PIER_HTTPC_H
@@ -31,6 +33,9 @@
 
 struct httpc;
 
+/* The server's certificate did not verify, or TLS could not be set up. */
+#define HTTPC_ETLS (-1100)
+
 struct httpc_req {
     const char *method;              /* NULL: GET, or POST when there is a body */
     const char *url;                 /* http://host:port/path?query */
@@ -42,6 +47,8 @@ struct httpc_req {
     long timeout_ms;                 /* whole exchange; 0: 30000. Streams: see below */
     const char *const *want_headers; /* NULL-terminated response header names to keep */
     size_t max_body;                 /* largest answer accepted; 0: 64 MiB */
+    const char *ca_pem;              /* https: trust only these PEM certificates (a cluster's
+                                        CA) instead of the system's; NULL: the system's */
 };
 
 struct httpc_header {

@@ -24,6 +24,7 @@
 #define KEYS_SCALE_REQUESTS "/pier/v1/scale-requests/" /* <id>: scale request */
 #define KEYS_EVENTS "/pier/v1/events/"                 /* <id, 20 digits>: event */
 #define KEYS_EVENT_HEAD "/pier/v1/event-head"          /* {"id","rev"}: the last event recorded */
+#define KEYS_CLUSTER "/pier/v1/cluster" /* {"domain","ca_cert"}: from the bootstrap */
 #define KEYS_GITRECEIVE_LOCKS "/pier/v1/gitreceive/locks/" /* <app id>: a push under way */
 
 #define KEYS_APP_NAME_MAX 100

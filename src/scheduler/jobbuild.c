@@ -163,6 +163,12 @@ static int add_artifact(json_t *out, const json_t *a, const char *id, bool *slug
         return 0;
     }
     if (strcmp(kind, "file") == 0) {
+        /* pier:pierd: the pierd installed on the job's host, which the
+         * agent binds at /app/pierd; there is nothing to download. */
+        if (strcmp(uri, JOBBUILD_PIERD_URI) == 0) {
+            json_object_set_new(out, "pierd", json_true());
+            return 0;
+        }
         json_object_set_new(out, "slug", json_string(uri));
         const json_t *meta = json_object_get(a, "meta");
         const char *sr = json_string_value(json_object_get(meta, "slugrunner"));

@@ -13,7 +13,8 @@
  *    is file:///DIR gives the stack DIR, and one whose uri is "pier:host"
  *    the stack "host", the agent's host binds; a "file" artifact gives the slug
  *    URL, and its meta.sha256, when there is one, as slug_sha256, which
- *    the agent checks the download against); a "file" artifact with
+ *    the agent checks the download against; a "file" artifact whose uri
+ *    is "pier:pierd" gives "pierd": true and no slug); a "file" artifact with
  *    meta.slugrunner "true" (a slug pier built) also puts
  *    "/.pier/pierslug", "run" before the args, unless they already start
  *    with "/.pier/pierslug";
@@ -45,6 +46,10 @@
 
 /* The uri of a "flynn" artifact that runs jobs on the host's own binds. */
 #define JOBBUILD_HOST_STACK_URI "pier:host"
+/* The uri of a "file" artifact that is the pierd installed on the host the
+ * job runs on (system apps): the agent binds its own executable at
+ * /app/pierd and fetches no slug. */
+#define JOBBUILD_PIERD_URI "pier:pierd"
 
 struct jobbuild_oneoff {
     const json_t *args; /* array of strings replacing the type's args; NULL: the type's */

@@ -22,66 +22,17 @@ import time
 
 import pytest
 
-from cluster_util import LIVE, SYSTEM_APPS, PierUp, Pred, until
+from cluster_util import (BOOT_MSG, LIVE, SYSTEM_APPS, PierUp, Pred, apps_running,
+                          check_https_config, check_status, deploy_user_app, formation, ok,
+                          serves, show, until, up_jobs, user_app_answers as answers)
+
 
 USER_APP = "hello-boot"
 TEST_VAR = "BOOTSTRAP_TEST_VAR"
-SERVER = r"""
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        b = (os.environ["BOOT_MSG"] + " " + os.environ.get("PIER_JOB_ID", "?") + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-"""
-BOOT_MSG = "hello from the bootstrap test"
 
 
-def show(p):
-    return f"exit {p.returncode} after {getattr(p, 'elapsed', 0):.1f}s\nstdout:\n{p.stdout}\n" \
-           f"stderr:\n{p.stderr}"
-
-
-def logs_tail(c, lines=40):
-    out = []
-    for f in sorted(c.state.glob("*.log")):
-        try:
-            text = f.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            continue
-        out.append(f"--- {f.name} (last {lines} lines)\n" + "\n".join(text))
-    return "\n".join(out)
-
-
-def job_logs_tail(c, apps=("scheduler", "controller"), lines=25):
-    """The end of the logs of the system apps' jobs that run (by the agent's
-    labels) and the scale requests in the store: what a failed scale or
-    deploy needs to be understood."""
-    out = []
-    try:
-        ids = {a["id"]: a["name"] for a in c.store_range("/pier/v1/apps/").values()
-               if a.get("name") in apps}
-        for j in c.agent_jobs():
-            if j.get("app") in ids and j.get("state") in LIVE:
-                f = c.state / "host" / "jobs" / j["id"] / "log"
-                text = f.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {ids[j['app']]} job {j['id']} (last {lines} lines)\n"
-                           + "\n".join(text))
-        for k, v in c.store_range("/pier/v1/scale-requests/").items():
-            out.append(f"{k}: {v.get('state')} {v.get('new_processes')} {v.get('updated_at')}")
-    except (OSError, ValueError) as e:
-        out.append(f"(could not read more: {e})")
-    return "\n".join(out)
-
-
-def ok(c, p):
-    assert p.returncode == 0, show(p) + "\n" + logs_tail(c) + "\n" + job_logs_tail(c)
-    return p
+def user_app_answers(c):
+    return answers(c, USER_APP)
 
 
 @pytest.fixture(scope="module")
@@ -110,73 +61,6 @@ def cluster(pier_build, tmp_path_factory):
 
 # ---- what runs ----
 
-def up_jobs(c, app_id, release=None, type_=None):
-    """The agent's jobs of the app (release, type) that are up and wanted up."""
-    return [j for j in c.agent_jobs()
-            if j.get("app") == app_id and j.get("state") == "up"
-            and j.get("desired_state", "up") == "up" and not j.get("oneoff")
-            and (release is None or j.get("release") == release)
-            and (type_ is None or j.get("type") == type_)]
-
-
-def serves(c, job):
-    """Whether the job's first port answers GET /.well-known/status with 200
-    (at 127.0.0.1: pier up's default --listen-ip, the jobs' EXTERNAL_IP)."""
-    ports = job.get("allocated_ports") or []
-    if not ports:
-        return False
-    port = ports[0]["port"] if isinstance(ports[0], dict) else ports[0]
-    try:
-        st, _ = c.http("GET", None, "/.well-known/status", port=port, auth=False, timeout=3)
-    except OSError:
-        return False
-    return st == 200
-
-
-def formation(c, app):
-    """(app record, its current release id, the formation's processes)."""
-    st, a = c.ctl("GET", f"/apps/{app}")
-    assert st == 200, (app, st, a)
-    rel = a.get("release")
-    assert rel, f"app {app} has no release: {a}"
-    st, f = c.ctl("GET", f"/apps/{app}/formations/{rel}")
-    assert st == 200, (app, st, f)
-    return a, rel, f.get("processes") or {}
-
-
-def apps_running(c, apps, check_ports=True):
-    """Checks that each app has, for every process type of its formation,
-    exactly that many jobs up (the agent's view), each serving on its port
-    when it has one; returns {app: [job ids]} or a Pred saying what is not."""
-    try:
-        out = {}
-        for app in apps:
-            st, a = c.try_ctl("GET", f"/apps/{app}")
-            if st != 200:
-                return Pred(f"GET /apps/{app} through the router: {st} {a}")
-            rel = a.get("release")
-            st, f = c.try_ctl("GET", f"/apps/{app}/formations/{rel}")
-            if st != 200:
-                return Pred(f"formation of {app}: {st} {f}")
-            ids = []
-            for t, n in (f.get("processes") or {}).items():
-                jobs = up_jobs(c, a["id"], rel, t)
-                if len(jobs) != n:
-                    return Pred(f"{app} {t}: {len(jobs)} jobs up of {n}: "
-                                f"{[(j['id'], j.get('state')) for j in jobs]}")
-                for j in jobs:
-                    if check_ports and j.get("allocated_ports") and not serves(c, j):
-                        return Pred(f"{app} job {j['id']} is up but its port "
-                                    f"{j['allocated_ports']} does not answer")
-                ids += [j["id"] for j in jobs]
-            if not ids:
-                return Pred(f"{app}: no job wanted by its formation {f.get('processes')}")
-            out[app] = sorted(ids)
-        return out
-    except (OSError, ValueError) as e:
-        return Pred(f"{type(e).__name__}: {e}")
-
-
 def ps_up(c, app):
     """The ids of the jobs `pier -a APP ps` lists as up."""
     p = ok(c, c.pier("-a", app, "ps"))
@@ -186,21 +70,6 @@ def ps_up(c, app):
 
 def all_job_ids(c):
     return sorted(k.rsplit("/", 1)[1] for k in c.store_range("/pier/v1/jobs/"))
-
-
-def check_status(c):
-    p = c.pier("status")
-    assert p.returncode == 0, show(p)
-    for app in SYSTEM_APPS:
-        # a line per system app: its name, then its health (the jobs under it)
-        assert re.search(rf"^{app}\b.*\bhealthy\b", p.stdout, re.M), \
-            f"pier status does not say {app} is healthy:\n{show(p)}"
-    return p
-
-
-def user_app_answers(c):
-    st, body = c.curl(f"http://{USER_APP}.{c.domain}:{c.http_port}/")
-    return body if st == 200 and BOOT_MSG in body else Pred(f"{st} {body[:300]!r}")
 
 
 # ---- 1. pier up ----
@@ -243,6 +112,12 @@ def test_up_starts_the_system_apps_as_jobs(cluster):
     assert st == 200, (st, body)
     assert set(SYSTEM_APPS) <= {a["name"] for a in json.loads(body)}
     c.system_jobs = running
+
+    # The CLI talks to it over https, pinning the cluster's CA: the config
+    # has it, and every command above went through it.
+    check_https_config(c)
+    assert f"https://controller.{c.domain}:{c.https_port}" in c.first_up.stdout, show(c.first_up)
+    assert "TLS pin" in c.first_up.stdout, show(c.first_up)
 
 
 def test_git_receiver_is_routed_and_finds_its_peers(cluster):
@@ -410,19 +285,12 @@ def test_controller_redeploys_without_a_failed_request(cluster):
 
 def test_user_app_is_served_through_the_router(cluster):
     c = cluster
-    p = ok(c, c.pier("create", USER_APP))
-    assert p.stdout.strip() == USER_APP, show(p)
-    st, rel = c.ctl("POST", "/releases", {
-        "app_id": USER_APP, "env": {"BOOT_MSG": BOOT_MSG},
-        "processes": {"web": {"args": ["python3", "-c", SERVER],
-                              "resources": {"memory": {"limit": 128 << 20}}}}})
-    assert st == 200, (st, rel)
-    st, dep = c.ctl("POST", f"/apps/{USER_APP}/deploy", {"id": rel["id"]})
-    assert st == 200 and dep["status"] == "complete", (st, dep)
-    ok(c, c.pier("-a", USER_APP, "scale", "web=1", timeout=120))
-    until(lambda: user_app_answers(c), f"{USER_APP} through the router", 60)
+    rel = deploy_user_app(c, USER_APP)  # the smoke test_up_etcd.py and test_join.py share
     a, r, procs = formation(c, USER_APP)
-    assert r == rel["id"] and procs == {"web": 1}, (r, procs)
+    assert r == rel and procs == {"web": 1}, (r, procs)
+    # through the router's https port too, verified against the cluster's CA
+    st, body = c.curl(c.https_url(USER_APP) + "/")
+    assert st == 200 and BOOT_MSG in body, (st, body)
     c.user_app = {"release": r, "processes": procs,
                   "jobs": apps_running(c, [USER_APP])[USER_APP]}
 

@@ -170,9 +170,9 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
     store = start_pierd("store", name="store").url
     host = start_host(store)
     state = tmp_path / "state"
-    http_port, ssh_port = free_port(), free_port()
+    http_port, https_port, ssh_port = free_port(), free_port(), free_port()
     vars_ = {"DOMAIN": DOMAIN, "STORE": store, "HTTP_ADDR": f"127.0.0.1:{http_port}",
-             "SSH_ADDR": f"127.0.0.1:{ssh_port}"}
+             "HTTPS_ADDR": f"127.0.0.1:{https_port}", "SSH_ADDR": f"127.0.0.1:{ssh_port}"}
 
     # A release the controller would refuse is refused before any job starts.
     bad = json.loads(MANIFEST.read_text())
@@ -196,9 +196,9 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
     plan = json.loads((state / "bootstrap.json").read_text())
     assert sorted(plan["apps"]) == sorted(SYSTEM_APPS)
     assert all(plan["apps"][a]["complete"] for a in SYSTEM_APPS)
-    # The system artifact: this pierd as a tarball in the state dir.
-    tars = list((state / "system").glob("pierd-*.tar.gz"))
-    assert len(tars) == 1
+    # The system artifact: the pierd installed on each host, no tarball.
+    assert not (state / "system").exists()
+    assert "pierd" in plan["artifacts"] and "file" not in plan["artifacts"], plan
 
     ctl = controller_url(host)
     status, apps = api(ctl + "/apps")
@@ -216,7 +216,10 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
         status, rel = api(f"{ctl}/apps/{name}/release")
         assert status == 200 and rel["id"] == a["release"]
         status, arts = api(f"{ctl}/artifacts/{rel['artifacts'][0]}")
-        assert status == 200 and arts["uri"] == f"file://{tars[0]}", arts
+        assert status == 200 and arts["type"] == "file" and arts["uri"] == "pier:pierd", arts
+        assert arts["id"] == plan["artifacts"]["pierd"], (arts, plan)
+        status, stack = api(f"{ctl}/artifacts/{rel['artifacts'][1]}")
+        assert status == 200 and stack["uri"] == "pier:host", stack
         status, f = api(f"{ctl}/apps/{name}/formations/{a['release']}")
         assert status == 200 and sum(f["processes"].values()) == 1, f
     # Protected: neither deleted nor scaled to zero.

@@ -12,6 +12,8 @@ test starts is stopped at the end, also on failure: `pier down`, then
 whatever the pid files and the job directories still name. As root: the
 host agent runs containers."""
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -184,8 +186,8 @@ def test_up_makes_the_state_dir_and_runs_the_daemons(cluster):
     cj = json.loads((st / "cluster.json").read_text())
     assert cj["name"] == "default" and cj["domain"] == "pier.localhost"
     assert cj["listen_ip"] == "127.0.0.1" and cj["host_id"] == host_id
-    assert cj["ports"] == {"store": b, "host": b + 1, "http": b + 2, "ssh": b + 4,
-                           "jobs": f"{b + 100}-{b + 999}"}
+    assert cj["ports"] == {"store": b, "host": b + 1, "http": b + 2, "https": b + 3,
+                           "ssh": b + 4, "jobs": f"{b + 100}-{b + 999}"}
 
     # Both are pierd of this state dir, with the key in their environment
     # (not the caller's) and not on their command line; they log there.
@@ -202,11 +204,18 @@ def test_up_makes_the_state_dir_and_runs_the_daemons(cluster):
     assert http_status(f"http://127.0.0.1:{b + 1}/.well-known/status") == 200
     assert http_status(f"http://127.0.0.1:{b + 1}/host/jobs") == 401  # the key guards it
 
-    # The CLI config has the cluster, as the default, through the router.
+    # The CLI config has the cluster, as the default, through the router's
+    # https port with the cluster's CA (the bootstrap made it) and its pin.
     cfg = json.loads(cluster.config.read_text())
     assert cfg["default"] == "default"
-    assert cfg["clusters"] == [{"name": "default", "url": f"http://controller.pier.localhost:{b + 2}",
-                                "key": key, "git_url": f"http://git.pier.localhost:{b + 2}"}]
+    ca = (st / "ca" / "ca.crt").read_text()
+    der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=ca.encode(),
+                         capture_output=True, check=True).stdout
+    pin = base64.b64encode(hashlib.sha256(der).digest()).decode()
+    assert cfg["clusters"] == [{"name": "default", "url": f"https://controller.pier.localhost:{b + 3}",
+                                "key": key, "git_url": f"https://git.pier.localhost:{b + 3}",
+                                "ca_cert": ca, "tls_pin": pin}]
+    assert f"TLS pin     {pin}" in p.stdout
     assert stat.S_IMODE(cluster.config.stat().st_mode) == 0o600
     assert "\nPoint the CLI at the cluster" in p.stdout
     assert f"curl -s http://hello.pier.localhost:{b + 2}/" in p.stdout
@@ -325,6 +334,14 @@ def test_down_kills_the_jobs_and_leaves_their_records(cluster, pier_build, tmp_p
     (["--domain", "Bad_Domain"], '--domain "Bad_Domain" is not a domain name'),
     (["--name", "a/b"], '--name "a/b" may hold only'),
     (["--stack", "/nonexistent/stack"], '--stack "/nonexistent/stack" is not a directory'),
+    (["--store", "etcd:2379"], '--store "etcd:2379" is not a list of http:// URLs'),
+    (["--store", "http://a:1,"], '--store "http://a:1," is not a list'),
+    (["--key", "k"], "--key goes with --join URL"),
+    (["--ca", "/etc/ssl/x.pem"], "--ca goes with --join URL"),
+    (["--join", "http://controller.x.localhost"], "--join needs --key KEY"),
+    (["--join", "ftp://x", "--key", "k"], '--join "ftp://x": want the controller\'s URL'),
+    (["--join", "http://x", "--key", "a b"], "--key: one word"),
+    (["--join", "http://x", "--key", "k", "--store", "http://e:1"], "--join takes the cluster's"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(cluster, args, words):
     p = cluster.up(*args)
@@ -341,3 +358,19 @@ def test_down_bad_flag_and_missing_state_dir(cluster):
     p = cluster.down()
     assert p.returncode == 1
     assert f"no state dir at {cluster.state}" in p.stderr
+
+
+def test_up_adds_https_to_an_older_cluster_json(cluster):
+    """A cluster.json written before TLS (no https port) gets one, by the
+    --port-base rule (N+3), and the run goes on; `pier down` as usual."""
+    b = cluster.base
+    ok(cluster.up("--port-base", b, "--no-config"))
+    ok(cluster.down())
+    path = cluster.state / "cluster.json"
+    cj = json.loads(path.read_text())
+    del cj["ports"]["https"]
+    path.write_text(json.dumps(cj))
+    p = ok(cluster.up("--port-base", b, "--no-config"))
+    assert json.loads(path.read_text())["ports"]["https"] == b + 3, p.stdout
+    assert f"https://controller.pier.localhost:{b + 3}" in p.stdout
+    ok(cluster.down())

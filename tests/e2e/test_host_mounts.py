@@ -7,6 +7,7 @@ host record's `ip`. Each test starts a `pierd store` and an agent
 (conftest's start_host); the last one runs the whole path: a release made
 through the controller's API, placed by the scheduler, run by the agent."""
 
+import hashlib
 import json
 import os
 import socket
@@ -192,6 +193,56 @@ def test_a_stack_target_must_exist_and_is_never_made(pier_store, start_host, bui
     assert not (built_stack / target[1:]).exists()
 
 
+def test_artifact_pierd_binds_the_agents_own_pierd(pier_store, start_host, pier_build):
+    """artifact.pierd: the agent's own executable, read-only at /app/pierd,
+    over an empty mount point file in the job's app/; no slug fetched."""
+    agent = start_host(pier_store)
+    exe = pier_build / "pierd"
+    want_sha = hashlib.sha256(exe.read_bytes()).hexdigest()
+    script = ("/app/pierd --version; echo status=$?; /app/pierd discoverd --help | head -n 1; "
+              "sha256sum /app/pierd; "
+              "(echo x > /app/pierd) 2>/dev/null && echo PIERD-WRITTEN || echo ro-refused; "
+              "touch /app/other && echo app-writable")
+    # A sanitizer build's pierd: LeakSanitizer needs ptrace, which a job may not use.
+    rec, msgs = run_to_end(agent, "pierd", script, artifact={"pierd": True, "stack": "host"},
+                           env={"ASAN_OPTIONS": "detect_leaks=0"})
+    assert rec.get("exit_status") == 0, (rec, msgs)
+    assert "pierd 0.1.0" in msgs and "status=0" in msgs, msgs
+    assert "usage: pierd discoverd [flags]" in msgs, msgs
+    assert f"{want_sha}  /app/pierd" in msgs, (want_sha, msgs)
+    assert "ro-refused" in msgs and "PIERD-WRITTEN" not in msgs, msgs
+    assert "app-writable" in msgs, msgs
+    assert exe.stat().st_size > 0 and hashlib.sha256(exe.read_bytes()).hexdigest() == want_sha
+
+    # Without artifact.pierd there is no /app/pierd.
+    rec, msgs = run_to_end(agent, "nopierd", "test -e /app/pierd && echo HAS-PIERD || echo none")
+    assert rec.get("exit_status") == 0 and "none" in msgs and "HAS-PIERD" not in msgs, msgs
+
+
+def test_artifact_pierd_with_a_slug_is_refused(pier_store, start_host, tmp_path):
+    agent = start_host(pier_store)
+    sh = ["/bin/sh", "-c", "echo should-not-run"]
+    slug = tmp_path / "s.tgz"
+    slug.write_bytes(b"")
+    art = {"pierd": True, "slug": f"file://{slug}"}
+    status, _, body = http("POST", agent.url + "/host/jobs", {"args": sh, "artifact": art})
+    assert status == 400, (status, body[:500])
+    msg = json.loads(body)
+    assert msg.get("code") == "validation_error" and "pierd" in msg.get("message", "") \
+        and "slug" in msg["message"], msg
+    status, _, body = http("POST", agent.url + "/host/jobs",
+                           {"args": sh, "artifact": {"pierd": "yes"}})
+    assert status == 400 and "pierd" in json.loads(body).get("message", ""), body[:500]
+    # Written into the store: failed with the reason, nothing run.
+    job_id = f"{agent.id}-pierdslug"
+    kv_put(agent.store, JOBS + job_id, {"id": job_id, "host_id": agent.id, "args": sh,
+                                        "resources": SMALL, "artifact": art})
+    rec = wait_state(agent, job_id, "failed")
+    assert "exclude each other" in (rec.get("host_error") or ""), rec
+    assert not rec.get("started_at"), rec
+    assert not agent.crun_list()
+
+
 def test_release_with_mounts_runs_through_controller_and_scheduler(pier_store, start_host,
                                                                     start_pierd, tmp_path):
     """POST a pier:host artifact and a release whose process type has mounts
@@ -208,6 +259,12 @@ def test_release_with_mounts_runs_through_controller_and_scheduler(pier_store, s
     assert st == 200 and art["uri"] == "pier:host", (st, art)
     st, err = ctl.post("/artifacts", {"type": "flynn", "uri": "pier:nothing"})
     assert st == 400 and "uri" in err["message"], (st, err)
+    # A file artifact may be the host's pierd, and no other pier: uri.
+    st, pd = ctl.post("/artifacts", {"type": "file", "uri": "pier:pierd"})
+    assert st == 200 and pd["type"] == "file" and pd["uri"] == "pier:pierd", (st, pd)
+    st, err = ctl.post("/artifacts", {"type": "file", "uri": "pier:pierdx"})
+    assert st == 400 and err["code"] == "validation_error", (st, err)
+    assert "pier:pierdx" in err["message"], err
     # A client may choose the id (as Flynn's bootstrap does); once.
     planned = str(uuid.uuid4())
     st, art2 = ctl.post("/artifacts", {"id": planned, "type": "flynn", "uri": "pier:host"})

@@ -178,8 +178,10 @@ def test_up_runs_the_printed_workflow_and_comes_back_after_down(up, tmp_path):
     p = ok(up.run(up.build))
     assert re.search(r"^store: started, pid \d+, ", p.stdout, re.M), p.stdout
     assert re.search(r"^host: started, pid \d+, ", p.stdout, re.M), p.stdout
-    ctl = f"http://controller.{up.domain}:{up.http}"
-    git = f"http://git.{up.domain}:{up.http}"
+    # The API and git over https (the router's https port, base + 3), the
+    # cluster's CA named for the CLI (and git, through the remote's config).
+    ctl = f"https://controller.{up.domain}:{up.http + 1}"
+    git = f"https://git.{up.domain}:{up.http + 1}"
     assert f"  controller  {ctl}   " in p.stdout
     assert f"  git         {git}   " in p.stdout
     assert "stop with 'pier down'" in p.stdout
@@ -188,7 +190,7 @@ def test_up_runs_the_printed_workflow_and_comes_back_after_down(up, tmp_path):
     assert steps.lines[:2] == [
         f'export PATH="{up.build}:$PATH"',
         f"export PIER_CONTROLLER_URL={ctl} PIER_CONTROLLER_KEY=$(cat {up.home}/key) "
-        f"PIER_GIT_URL={git}"], steps.lines
+        f"PIER_GIT_URL={git} PIER_CONTROLLER_CA={up.home}/ca/ca.crt"], steps.lines
 
     # The system apps are there, each healthy.
     r = ok(steps.sh("pier status"))

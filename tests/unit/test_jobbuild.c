@@ -192,6 +192,33 @@ static void test_host_fields(void **state)
     assert_non_null(strstr(err.msg, "pier:host"));
 }
 
+/* A pier:pierd file artifact: "pierd": true, no slug and no hash, beside
+ * the pier:host stack; other pier: uris of flynn artifacts stay refused. */
+static void test_pierd(void **state)
+{
+    (void)state;
+    const char *rel = "{\"id\":\"r1\",\"artifacts\":[\"p1\",\"h1\"],\"processes\":{"
+                      "\"app\":{\"args\":[\"/app/pierd\",\"discoverd\"]}}}";
+    const char *arts = "[{\"id\":\"p1\",\"type\":\"file\",\"uri\":\"" JOBBUILD_PIERD_URI "\","
+                       "\"meta\":{\"sha256\":\"" SLUG_SHA "\",\"slugrunner\":\"true\"}},"
+                       "{\"id\":\"h1\",\"type\":\"flynn\",\"uri\":\"pier:host\"}]";
+    cleanup_json json_t *job = build_ok(rel, arts, "app", NULL);
+    cleanup_json json_t *want = parse("{\"pierd\":true,\"stack\":\"host\"}");
+    assert_true(json_equal(json_object_get(job, "artifact"), want));
+    /* pierd is no slug: nothing runs it under pierslug. */
+    json_t *args = json_object_get(job, "args");
+    assert_int_equal(json_array_size(args), 2);
+    assert_string_equal(json_string_value(json_array_get(args, 0)), "/app/pierd");
+
+    struct pier_err err = {0};
+    assert_int_equal(build_err(rel,
+                               "[{\"id\":\"p1\",\"type\":\"flynn\",\"uri\":\"pier:pierd\"},"
+                               "{\"id\":\"h1\",\"type\":\"flynn\",\"uri\":\"pier:host\"}]",
+                               "app", NULL, &err),
+                     PIER_EINVAL);
+    assert_non_null(strstr(err.msg, "pier:pierd"));
+}
+
 /* A slug pier built (meta.slugrunner "true") runs under pierslug: service
  * and one-off jobs alike; other slugs and pierslug's own commands as they
  * are. */
@@ -377,7 +404,7 @@ int main(void)
         cmocka_unit_test(test_artifacts),   cmocka_unit_test(test_slugrunner),
         cmocka_unit_test(test_resources),   cmocka_unit_test(test_ports),
         cmocka_unit_test(test_oneoff),      cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_host_fields),
+        cmocka_unit_test(test_host_fields), cmocka_unit_test(test_pierd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -76,6 +76,7 @@ static void test_defaults(void **state)
     assert_string_equal(s->working_dir, "/app");
     assert_null(s->stack);
     assert_null(s->slug);
+    assert_false(s->pierd);
     assert_int_equal(s->memory, JOBSPEC_DEFAULT_MEMORY);
     assert_int_equal(s->cpu, JOBSPEC_DEFAULT_CPU);
     assert_int_equal(s->max_fd, JOBSPEC_DEFAULT_MAX_FD);
@@ -295,6 +296,21 @@ static void test_exec_refused(void **state)
     assert_string_equal(err.msg, "args[0]: is 131072 bytes, the limit is 131071");
 }
 
+/* artifact.pierd: the host's pierd at /app/pierd, with the host's binds. */
+static void test_pierd(void **state)
+{
+    (void)state;
+    struct jobspec *s = parsed("{\"artifact\":{\"pierd\":true,\"stack\":\"host\"}}");
+    assert_true(s->pierd);
+    assert_null(s->slug);
+    assert_string_equal(s->stack, "host");
+    jobspec_free(s);
+    s = parsed("{\"artifact\":{\"pierd\":false,\"slug\":\"file:///s/a.tgz\"}}");
+    assert_false(s->pierd);
+    assert_string_equal(s->slug, "file:///s/a.tgz");
+    jobspec_free(s);
+}
+
 static void test_artifact_resources_refused(void **state)
 {
     (void)state;
@@ -308,6 +324,9 @@ static void test_artifact_resources_refused(void **state)
     refused("{\"artifact\":{\"slug\":\"file://host/s.tgz\"}}", "artifact.slug:");
     refused("{\"artifact\":{\"slug\":\"http://\"}}", "artifact.slug:");
     refused("{\"artifact\":{\"slug\":\"http://a b\"}}", "artifact.slug: must not contain");
+    refused("{\"artifact\":{\"pierd\":\"yes\"}}", "pierd");
+    refused("{\"artifact\":{\"pierd\":true,\"slug\":\"file:///s/a.tgz\"}}",
+            "pierd (the host's pierd at /app/pierd) and slug exclude each other");
     refused("{\"resources\":[]}", "resources: must be an object");
     refused("{\"resources\":{\"memory\":5}}", "resources.memory: must be an object");
     refused("{\"resources\":{\"memory\":{\"limit\":-1}}}",
@@ -582,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_identity_refused),
         cmocka_unit_test(test_exec_refused),
         cmocka_unit_test(test_artifact_resources_refused),
+        cmocka_unit_test(test_pierd),
         cmocka_unit_test(test_mounts_caps),
         cmocka_unit_test(test_ports_tty_refused),
         cmocka_unit_test(test_id_ok),
