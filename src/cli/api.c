@@ -831,3 +831,12 @@ void api_sort_by(json_t *arr, const char *field, bool desc)
         json_array_append_new(arr, v[i]); /* steals the reference taken above */
     free(v);
 }
+
+int api_print_json(const json_t *v, bool one_line)
+{
+    size_t flags = one_line ? JSON_COMPACT : JSON_INDENT(2);
+    if (json_dumpf(v, stdout, flags | JSON_ENCODE_ANY) < 0 || putchar('\n') == EOF ||
+        fflush(stdout) == EOF)
+        return ui_fail(NULL, "could not write the JSON to stdout");
+    return 0;
+}

@@ -143,5 +143,10 @@ void api_ago(struct buf *out, const char *rfc3339);
 /* Sorts an array of objects by a string field (ascending, or descending
  * when desc); missing fields sort first. */
 void api_sort_by(json_t *arr, const char *field, bool desc);
+/* The --json output of every listing: v as the controller sent it (or as
+ * the command built it from what it sent), indented by 2, then a newline;
+ * one_line: compact on one line (a stream, one value a line). Flushes.
+ * Returns 0, or 1 after saying so when stdout could not be written. */
+int api_print_json(const json_t *v, bool one_line);
 
 #endif

@@ -85,11 +85,8 @@ static int apps_list(struct api *a, bool json)
     if (!json_is_array(apps))
         return ui_fail(NULL, "GET /apps: the controller sent something other than a list");
     api_sort_by(apps, "name", false);
-    if (json) {
-        json_dumpf(apps, stdout, JSON_INDENT(2));
-        putchar('\n');
-        return 0;
-    }
+    if (json)
+        return api_print_json(apps, false);
     if (json_array_size(apps) == 0) {
         fprintf(stderr, "no apps yet; make one with 'pier create NAME'\n");
         return 0;
@@ -181,7 +178,18 @@ static void put_route(struct buf *out, const json_t *r)
     api_put_clean(out, service ? service : "?");
 }
 
-static int info(struct api *a)
+/* --json: {"app", "release", "formation", "routes"}, each as the controller
+ * sent it (null, or [] for routes, when there is none). */
+static int info_json(const json_t *app, const json_t *rel, const json_t *form, const json_t *routes)
+{
+    cleanup_json json_t *none = json_array();
+    cleanup_json json_t *out =
+        json_pack("{s:O, s:O?, s:O?, s:O}", "app", app, "release", rel, "formation", form, "routes",
+                  json_is_array(routes) ? routes : none);
+    return api_print_json(out, false);
+}
+
+static int info(struct api *a, bool json)
 {
     struct pier_err err = {0};
     cleanup_json json_t *app = NULL, *rel = NULL, *form = NULL, *routes = NULL;
@@ -206,6 +214,8 @@ static int info(struct api *a)
     rc = api_get(a, path.p, &routes, &err);
     if (rc < 0 && rc != PIER_ENOTFOUND)
         return api_fail(a, &err);
+    if (json)
+        return info_json(app, rel, form, routes);
 
     api_put_clean(&line, json_string_value(json_object_get(app, "name")));
     printf("=== %s\n", line.p);
@@ -251,17 +261,22 @@ static int info(struct api *a)
 int cli_info(struct cli *c)
 {
     const char *app = NULL;
+    bool json = false;
     for (int i = 0; i < c->argc; i++) {
         int r = api_opt_app(c->argc, c->argv, &i, &app);
         if (r < 0)
             return ui_usage("info", "-a needs an app name");
-        if (r == 0)
-            return ui_usage("info", "info takes only -a APP, not \"%s\"", c->argv[i]);
+        if (r > 0)
+            continue;
+        if (strcmp(c->argv[i], "--json") == 0)
+            json = true;
+        else
+            return ui_usage("info", "info takes only -a APP and --json, not \"%s\"", c->argv[i]);
     }
     struct api a;
     int rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = info(&a);
+        rc = info(&a, json);
     api_close(&a);
     return rc;
 }

@@ -16,11 +16,44 @@
 #include "lib/fs.h"
 #include "lib/httpc.h"
 
-static int list(struct config *cfg)
+/* How the cluster's https is verified: "pinned" (its own CA), "system"
+ * (the system's CAs) or NULL (plain http). */
+static const char *tls_how(const json_t *cl)
+{
+    const char *url = json_string_value(json_object_get(cl, "url"));
+    if (json_object_get(cl, "ca_cert"))
+        return "pinned";
+    return url && strncmp(url, "https://", 8) == 0 ? "system" : NULL;
+}
+
+/* --json: what the table shows, one object a cluster; never the key nor
+ * the CA's PEM. */
+static int list_json(struct config *cfg)
+{
+    const char *def = config_default(cfg);
+    cleanup_json json_t *out = json_array();
+    json_t *cl;
+    size_t i;
+    json_array_foreach(config_clusters(cfg), i, cl)
+    {
+        const char *name = json_string_value(json_object_get(cl, "name"));
+        const char *tls = tls_how(cl);
+        json_t *git_url = json_object_get(cl, "git_url"); /* borrowed */
+        json_array_append_new(out, json_pack("{s:s?, s:O?, s:O?, s:b, s:s}", "name", name, "url",
+                                             json_object_get(cl, "url"), "git_url", git_url,
+                                             "default", def && name && strcmp(def, name) == 0,
+                                             "tls", tls ? tls : "none"));
+    }
+    return api_print_json(out, false);
+}
+
+static int list(struct config *cfg, bool json)
 {
     json_t *cl;
     size_t i;
     const char *def = config_default(cfg);
+    if (json)
+        return list_json(cfg);
     if (json_array_size(config_clusters(cfg)) == 0) {
         fprintf(stderr, "no clusters yet; add one with 'pier cluster add NAME URL KEY'\n");
         return 0;
@@ -56,12 +89,8 @@ static int list(struct config *cfg)
         if (git)
             buf_printf(&line, " %-32s", git_url ? git_url : "-");
         if (tls) {
-            const char *how = "-";
-            if (json_object_get(cl, "ca_cert"))
-                how = "pinned";
-            else if (url && strncmp(url, "https://", 8) == 0)
-                how = "system";
-            buf_printf(&line, " %s", how);
+            const char *how = tls_how(cl);
+            buf_printf(&line, " %s", how ? how : "-");
         }
         size_t n = line.len;
         while (n > 0 && line.p[n - 1] == ' ')
@@ -356,8 +385,14 @@ int cli_cluster(struct cli *c)
         return ui_fail(NULL, "%s", err.msg);
     }
     int rc;
-    if (c->argc == 0 || (c->argc == 1 && strcmp(c->argv[0], "list") == 0))
-        rc = list(&cfg);
+    int first = c->argc > 0 && strcmp(c->argv[0], "list") == 0 ? 1 : 0;
+    bool listing = c->argc == first || strcmp(c->argv[first], "--json") == 0;
+    if (listing && c->argc > first + 1)
+        rc = ui_usage("cluster", "cluster list takes only --json, not \"%s\"", c->argv[first + 1]);
+    else if (listing)
+        rc = list(&cfg, c->argc > first);
+    else if (first)
+        rc = ui_usage("cluster", "cluster list takes only --json, not \"%s\"", c->argv[1]);
     else if (strcmp(c->argv[0], "add") == 0)
         rc = add(&cfg, c->argc - 1, c->argv + 1);
     else if (strcmp(c->argv[0], "remove") == 0)

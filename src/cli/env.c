@@ -252,7 +252,7 @@ static int env_change(struct api *a, bool set, int argc, char **argv)
     return deploy(a, app_id, rel_id);
 }
 
-static int env_show(struct api *a)
+static int env_show(struct api *a, bool json)
 {
     struct pier_err err = {0};
     cleanup_buf struct buf path = BUF_INIT;
@@ -262,11 +262,20 @@ static int env_show(struct api *a)
     if (rc == PIER_ENOTFOUND) { /* no release yet: no vars, unless there is no app */
         if (api_app_get(a, &app, &err) < 0)
             return api_fail(a, &err);
+        if (json) {
+            cleanup_json json_t *none = json_object();
+            return api_print_json(none, false);
+        }
         return 0;
     }
     if (rc < 0)
         return api_fail(a, &err);
-    put_sorted_env(json_object_get(rel, "env"));
+    json_t *env = json_object_get(rel, "env"); /* borrowed */
+    if (json) {
+        cleanup_json json_t *none = json_object();
+        return api_print_json(json_is_object(env) ? env : none, false);
+    }
+    put_sorted_env(env);
     return 0;
 }
 
@@ -274,6 +283,7 @@ int cli_env(struct cli *c)
 {
     const char *app = NULL;
     int sub = 0; /* 0 show, 1 set, 2 unset */
+    bool json = false;
     cleanup_free char **rest = xcalloc((size_t)c->argc + 1, sizeof(*rest));
     int n = 0;
     for (int i = 0; i < c->argc; i++) {
@@ -283,7 +293,9 @@ int cli_env(struct cli *c)
             return ui_usage("env", "-a needs an app name");
         if (r > 0)
             continue;
-        if (sub == 0 && n == 0 && strcmp(s, "set") == 0)
+        if (sub == 0 && strcmp(s, "--json") == 0)
+            json = true;
+        else if (sub == 0 && n == 0 && strcmp(s, "set") == 0)
             sub = 1;
         else if (sub == 0 && n == 0 && strcmp(s, "unset") == 0)
             sub = 2;
@@ -294,13 +306,16 @@ int cli_env(struct cli *c)
         else
             rest[n++] = c->argv[i];
     }
+    if (json && sub)
+        return ui_usage("env", "--json shows the vars; it does not go with %s",
+                        sub == 1 ? "set" : "unset");
     int rc = sub ? check_args(sub == 1, n, rest) : 0;
     if (rc != 0)
         return rc;
     struct api a;
     rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = sub ? env_change(&a, sub == 1, n, rest) : env_show(&a);
+        rc = sub ? env_change(&a, sub == 1, n, rest) : env_show(&a, json);
     api_close(&a);
     return rc;
 }
@@ -356,7 +371,7 @@ static void put_description(struct buf *out, const json_t *rel)
         buf_printf(out, "deploy %.7s", rev);
 }
 
-static int releases(struct api *a)
+static int releases(struct api *a, bool json)
 {
     cleanup_json json_t *list = NULL;
     cleanup_free char *current = NULL;
@@ -365,6 +380,8 @@ static int releases(struct api *a)
         rc = current_release_id(a, &current);
     if (rc != 0)
         return rc;
+    if (json)
+        return api_print_json(list, false);
     if (json_array_size(list) == 0) {
         fprintf(stderr, "no releases yet: git push, or 'pier env set' makes one\n");
         return 0;
@@ -385,7 +402,9 @@ static int releases(struct api *a)
     return 0;
 }
 
-static int simple_args(struct cli *c, const char *cmd, const char **app, const char **pos)
+/* -a APP, and (pos) one positional argument, and (json) --json. */
+static int simple_args(struct cli *c, const char *cmd, const char **app, const char **pos,
+                       bool *json)
 {
     for (int i = 0; i < c->argc; i++) {
         int r = api_opt_app(c->argc, c->argv, &i, app);
@@ -393,6 +412,10 @@ static int simple_args(struct cli *c, const char *cmd, const char **app, const c
             return ui_usage(cmd, "-a needs an app name");
         if (r > 0)
             continue;
+        if (json && strcmp(c->argv[i], "--json") == 0) {
+            *json = true;
+            continue;
+        }
         if (c->argv[i][0] == '-' || !pos || *pos)
             return ui_usage(cmd, "unexpected argument \"%s\" for %s", c->argv[i], cmd);
         *pos = c->argv[i];
@@ -403,13 +426,14 @@ static int simple_args(struct cli *c, const char *cmd, const char **app, const c
 int cli_releases(struct cli *c)
 {
     const char *app = NULL;
-    int rc = simple_args(c, "releases", &app, NULL);
+    bool json = false;
+    int rc = simple_args(c, "releases", &app, NULL, &json);
     if (rc != 0)
         return rc;
     struct api a;
     rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = releases(&a);
+        rc = releases(&a, json);
     api_close(&a);
     return rc;
 }
@@ -480,7 +504,7 @@ static int rollback(struct api *a, const char *want)
 int cli_rollback(struct cli *c)
 {
     const char *app = NULL, *want = NULL;
-    int rc = simple_args(c, "rollback", &app, &want);
+    int rc = simple_args(c, "rollback", &app, &want, NULL);
     if (rc != 0)
         return rc;
     struct api a;

@@ -26,6 +26,10 @@ extern char **environ;
 #define CRED_LINES_MAX 256
 /* The user git asks the helper for; the receiver accepts any. */
 #define GIT_USER "pier"
+/* The remote helper (git-remote-pier, this very binary) and the prefix of
+ * a remote URL that makes git run it. */
+#define GIT_HELPER "git-remote-pier"
+#define GIT_HELPER_PREFIX "pier::"
 
 static bool has_prefix(const char *s, const char *p)
 {
@@ -186,12 +190,14 @@ static int set_helper(const char *git_url)
     return 0;
 }
 
-/* For an https git URL of a cluster with a CA of its own: points git's
- * http.<git_url>/.sslCAInfo at the file holding that CA (config_ca_file),
- * so pushes verify the receiver against it. Returns 0 or 1 (printed). */
+/* For an https git URL of a cluster with a CA of its own: writes that CA
+ * to its file (config_ca_file) and points git's http.<git_url>/.sslCAInfo
+ * at it, for a plain https remote the user keeps (the pier:: remote goes
+ * through git-remote-pier, which needs no config). Returns 0 or 1
+ * (printed). */
 static int set_ca(const struct config *cfg, const char *cluster, const char *git_url)
 {
-    if (strncmp(git_url, "https://", 8) != 0)
+    if (!has_prefix(git_url, "https://"))
         return 0;
     cleanup_buf struct buf path = BUF_INIT, key = BUF_INIT;
     struct pier_err err = {0};
@@ -202,6 +208,37 @@ static int set_ca(const struct config *cfg, const char *cluster, const char *git
     buf_printf(&key, "http.%s/.sslCAInfo", git_url);
     const char *set[] = {"git", "config", key.p, path.p, NULL};
     return git_change(set, "set the CA git verifies the cluster with");
+}
+
+/* Whether the remote for git_url goes through git-remote-pier: an https
+ * git URL of a cluster with a CA of its own. (An unreadable CA is
+ * reported by set_ca.) */
+static bool via_helper(const struct config *cfg, const char *cluster, const char *git_url)
+{
+    if (!has_prefix(git_url, "https://"))
+        return false;
+    cleanup_free char *pem = NULL;
+    struct pier_err err = {0};
+    return config_ca(cfg, cluster, &pem, &err) == 0 && pem != NULL;
+}
+
+/* Whether an executable file called name is in a directory of $PATH. */
+static bool on_path(const char *name)
+{
+    const char *p = getenv("PATH");
+    if (!p || !*p)
+        return false;
+    cleanup_buf struct buf f = BUF_INIT;
+    for (;;) {
+        size_t n = strcspn(p, ":");
+        buf_reset(&f);
+        buf_printf(&f, "%.*s/%s", (int)n, n ? p : ".", name);
+        if (access(f.p, X_OK) == 0)
+            return true;
+        if (!p[n])
+            return false;
+        p += n + 1;
+    }
 }
 
 /* Says how to get a remote later, from a repository. */
@@ -247,8 +284,12 @@ int git_remote_setup(const struct config *cfg, const char *cluster, const char *
     if (git_url_check(configured, &git_url, &err) < 0)
         return ui_fail("fix it with 'pier cluster git-url NAME URL' (or PIER_GIT_URL)", "%s",
                        err.msg);
-    cleanup_buf struct buf url = BUF_INIT, out = BUF_INIT, key = BUF_INIT;
-    buf_printf(&url, "%s/%s.git", git_url, app);
+    /* plain: the repository's URL; url: what the remote gets, plain or
+     * through git-remote-pier (pier::plain). */
+    cleanup_buf struct buf plain = BUF_INIT, url = BUF_INIT, out = BUF_INIT, key = BUF_INIT;
+    buf_printf(&plain, "%s/%s.git", git_url, app);
+    bool helper = via_helper(cfg, cluster, git_url);
+    buf_printf(&url, "%s%s", helper ? GIT_HELPER_PREFIX : "", plain.p);
 
     const char *in_tree[] = {"git", "rev-parse", "--is-inside-work-tree", NULL};
     int rc = git_run(in_tree, false, &out);
@@ -264,33 +305,52 @@ int git_remote_setup(const struct config *cfg, const char *cluster, const char *
         return 0;
     }
 
+    /* The helper is keyed by the git URL, not the remote: set it even next
+     * to a remote left alone, so that `git remote set-url` is all it takes. */
+    if (url_is_http(git_url) && (set_helper(git_url) != 0 || set_ca(cfg, cluster, git_url) != 0))
+        return 1;
+
     buf_reset(&out);
     buf_printf(&key, "remote.%s.url", remote);
     const char *get_url[] = {"git", "config", "--get", key.p, NULL};
     rc = git_run(get_url, false, &out);
     chomp(&out);
-    bool same = rc == 0 && strcmp(out.p ? out.p : "", url.p) == 0;
-    bool other = rc == 0 && !same;
-    if (!same && !other) {
+    const char *had = rc == 0 && out.p ? out.p : NULL;
+    bool same = had && strcmp(had, url.p) == 0;
+    /* The same repository, with or without the helper: a remote an earlier
+     * pier (or a cluster with another CA setting) made, brought up to date. */
+    bool stale = had && !same &&
+                 strcmp(has_prefix(had, GIT_HELPER_PREFIX) ? had + strlen(GIT_HELPER_PREFIX) : had,
+                        plain.p) == 0;
+    bool other = had && !same && !stale;
+    if (!had) {
         const char *add[] = {"git", "remote", "add", remote, url.p, NULL};
         if (git_change(add, "add the remote") != 0)
             return 1;
+    } else if (stale) {
+        const char *set[] = {"git", "remote", "set-url", remote, url.p, NULL};
+        if (git_change(set, "update the remote") != 0)
+            return 1;
     }
-    /* The helper is keyed by the git URL, not the remote: set it even next
-     * to a remote left alone, so that `git remote set-url` is all it takes. */
-    if (url_is_http(git_url) && (set_helper(git_url) != 0 || set_ca(cfg, cluster, git_url) != 0))
-        return 1;
     if (other) {
         cleanup_buf struct buf shown = BUF_INIT;
-        api_put_clean(&shown, out.p);
+        api_put_clean(&shown, had);
         fprintf(stderr,
                 "pier: warning: git remote %s already points at %s; left unchanged\n"
                 "  hint: to push to %s with it: git remote set-url %s %s\n",
                 remote, shown.p, app, remote, url.p);
     } else if (same) {
         fprintf(stderr, "Git remote %s already points at %s\n", remote, url.p);
+    } else if (stale) {
+        fprintf(stderr, "Updated git remote %s: %s\n", remote, url.p);
     } else {
         fprintf(stderr, "Added git remote %s: %s\n", remote, url.p);
+    }
+    if (helper && !on_path(GIT_HELPER)) {
+        fprintf(stderr,
+                "pier: warning: %s is not on PATH, and git needs it for the remote %s\n"
+                "  hint: put the directory of pier (which holds %s) on PATH\n",
+                GIT_HELPER, remote, GIT_HELPER);
     }
     return 0;
 }
@@ -484,4 +544,82 @@ int cli_git_credentials(struct cli *c)
     buf_free(&r.host);
     buf_free(&r.path);
     return rc;
+}
+
+/* ---- git-remote-pier: git's remote helper for pier::https://... ---- */
+
+/* Whether url is git_url's or under it (git_url/...). */
+static bool url_under(const char *url, const char *git_url)
+{
+    if (!git_url)
+        return false;
+    size_t n = strlen(git_url);
+    while (n > 0 && git_url[n - 1] == '/')
+        n--;
+    return n > 0 && strncmp(url, git_url, n) == 0 && (url[n] == '/' || url[n] == '\0');
+}
+
+/* The CA file of the cluster url belongs to, written or refreshed: the
+ * cluster the environment or the default picks first, then every cluster
+ * of the file by its git URL. ca stays empty when the cluster has no CA,
+ * or none is found (a warning then). */
+static void helper_ca(const char *url, struct buf *ca)
+{
+    struct config cfg;
+    struct pier_err err = {0};
+    if (config_load(&cfg, &err) < 0) {
+        fprintf(stderr, "pier: warning: %s; git verifies %s with the system's CAs\n", err.msg, url);
+        config_free(&cfg);
+        return;
+    }
+    bool found = url_under(url, config_git_url(&cfg, NULL));
+    const char *name = NULL;
+    size_t i;
+    json_t *cl;
+    json_array_foreach(found ? NULL : config_clusters(&cfg), i, cl)
+    {
+        if (url_under(url, json_string_value(json_object_get(cl, "git_url")))) {
+            name = json_string_value(json_object_get(cl, "name"));
+            found = name != NULL;
+            break;
+        }
+    }
+    if (!found)
+        fprintf(stderr,
+                "pier: warning: %s is under no cluster's git URL; git verifies it with the "
+                "system's CAs\n"
+                "  hint: 'pier git-remote' in the repository points the remote at the cluster\n",
+                url);
+    else if (config_ca_file(&cfg, name, ca, &err) < 0)
+        fprintf(stderr, "pier: warning: cannot write the cluster's CA for git: %s\n", err.msg);
+    config_free(&cfg);
+}
+
+int git_remote_helper(int argc, char **argv)
+{
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: " GIT_HELPER " REMOTE [URL]\n"
+                        "git runs it for a remote URL " GIT_HELPER_PREFIX "https://...\n");
+        return 2;
+    }
+    const char *remote = argv[1];
+    const char *url = argv[argc - 1];
+    if (has_prefix(url, GIT_HELPER_PREFIX))
+        url += strlen(GIT_HELPER_PREFIX);
+    if (!url_is_http(url)) {
+        fprintf(stderr, "pier: " GIT_HELPER " takes https:// URLs, not \"%s\"\n", url);
+        return 128;
+    }
+    cleanup_buf struct buf ca = BUF_INIT;
+    helper_ca(url, &ca);
+    /* git lets GIT_SSL_CAINFO win over http.<url>.sslCAInfo: set it. */
+    if (ca.len) {
+        setenv("GIT_SSL_CAINFO", ca.p, 1);
+        unsetenv("GIT_SSL_CAPATH");
+    }
+    fflush(stderr);
+    const char *args[] = {"git", "remote-https", remote, url, NULL};
+    execvp("git", (char *const *)args);
+    fprintf(stderr, "pier: cannot run git remote-https: %s\n", strerror(errno));
+    return 128;
 }

@@ -24,12 +24,27 @@ bool git_remote_name_ok(const char *name);
 /* Points the git remote named remote of the repository around the current
  * directory at app's repository on the cluster cfg picks for cluster (its
  * git URL from config_git_url), and for an http(s) git URL sets the
- * credential helper there, and for an https one of a cluster with a CA
- * of its own http.<git url>/.sslCAInfo (config_ca_file). Everything it says goes to stderr: the
- * remote it added, or why it added none (no repository, no git URL configured, a remote of that
- * name pointing elsewhere, which it leaves alone) with the command that fixes it. Returns 0, or 1
- * when git failed (printed). */
+ * credential helper there. For an https git URL of a cluster with a CA of
+ * its own the remote is pier::<git url>/<app>.git, which git hands to
+ * git-remote-pier (git_remote_helper), and http.<git url>/.sslCAInfo is set
+ * too (config_ca_file). A remote of that name for the same repository with
+ * or without pier:: is updated. Everything it says goes to stderr: the
+ * remote it added, or why it added none (no repository, no git URL
+ * configured, a remote of that name pointing elsewhere, which it leaves
+ * alone) with the command that fixes it. Returns 0, or 1 when git failed
+ * (printed). */
 int git_remote_setup(const struct config *cfg, const char *cluster, const char *remote,
                      const char *app);
+
+/* git-remote-pier REMOTE URL (this binary under that name): git runs it
+ * for a remote URL pier::https://...; URL is the https one. Finds the
+ * cluster whose git URL URL is under, writes its CA file
+ * (config_ca_file), points GIT_SSL_CAINFO at it (which git lets win over
+ * any http.*.sslCAInfo, so a GIT_SSL_CAINFO of the user's would defeat
+ * the config) and unsets GIT_SSL_CAPATH, then execs git's own
+ * `git remote-https REMOTE URL`. No cluster found: a warning, and git's
+ * helper with the environment as it is. Returns only on failure (exit
+ * status). */
+int git_remote_helper(int argc, char **argv);
 
 #endif

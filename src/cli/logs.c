@@ -49,13 +49,22 @@ static void put_timestamp(struct buf *out, const char *ts)
     buf_puts(out, *p ? p : "Z");
 }
 
+/* ud of print_line: --json (the message object as sent, one a line), and
+ * what stopped the output (1: stdout could not be written). */
+struct line_out {
+    bool json;
+    int rc;
+};
+
 static int print_line(json_t *m, void *ud)
 {
-    (void)ud;
+    struct line_out *out = ud;
     const char *stream = json_string_value(json_object_get(m, "stream"));
     if (stream && strcmp(stream, "stdout") != 0 && strcmp(stream, "stderr") != 0 &&
         strcmp(stream, "init") != 0)
         return 0;
+    if (out->json)
+        return out->rc = api_print_json(m, true);
     const char *source = json_string_value(json_object_get(m, "source"));
     const char *type = json_string_value(json_object_get(m, "process_type"));
     const char *job = json_string_value(json_object_get(m, "job_id"));
@@ -79,41 +88,48 @@ static int print_line(json_t *m, void *ud)
     return 0;
 }
 
-static int show_log(struct api *a, bool follow, long lines, const char *type, const char *job,
-                    bool init)
+/* What 'pier log' was asked for. */
+struct log_opts {
+    bool follow, init, json;
+    long lines;       /* 0: all */
+    const char *type; /* NULL: any */
+    const char *job;  /* NULL: any */
+};
+
+static int show_log(struct api *a, const struct log_opts *o)
 {
     cleanup_buf struct buf path = BUF_INIT;
     api_app_path(a, &path, "/log?");
-    if (follow)
+    if (o->follow)
         buf_puts(&path, "follow=true&");
-    if (job) {
+    if (o->job) {
         buf_puts(&path, "job_id=");
-        api_escape(&path, job);
+        api_escape(&path, o->job);
         buf_putc(&path, '&');
     }
-    if (lines > 0)
-        buf_printf(&path, "lines=%ld&", lines);
-    if (type) {
+    if (o->lines > 0)
+        buf_printf(&path, "lines=%ld&", o->lines);
+    if (o->type) {
         buf_puts(&path, "process_type=");
-        api_escape(&path, type);
+        api_escape(&path, o->type);
         buf_putc(&path, '&');
     }
-    buf_puts(&path, init ? "stream_types=stdout,stderr,init" : "stream_types=stdout,stderr");
+    buf_puts(&path, o->init ? "stream_types=stdout,stderr,init" : "stream_types=stdout,stderr");
     struct pier_err err = {0};
-    int rc = api_lines(a, path.p, print_line, NULL, &err);
+    struct line_out out = {.json = o->json};
+    int rc = api_lines(a, path.p, print_line, &out, &err);
     if (rc == PIER_ENOTFOUND) {
         cleanup_json json_t *app = NULL;
         if (api_app_get(a, &app, &err) < 0)
             return api_fail(a, &err);
     }
-    return rc < 0 ? api_fail(a, &err) : 0;
+    return rc < 0 ? api_fail(a, &err) : out.rc;
 }
 
 int cli_log(struct cli *c)
 {
-    const char *app = NULL, *type = NULL, *job = NULL;
-    bool follow = false, init = false;
-    long lines = 0;
+    const char *app = NULL;
+    struct log_opts o = {0};
     for (int i = 0; i < c->argc; i++) {
         const char *s = c->argv[i];
         int r = api_opt_app(c->argc, c->argv, &i, &app);
@@ -123,20 +139,22 @@ int cli_log(struct cli *c)
             continue;
         bool has_value = i + 1 < c->argc;
         if (strcmp(s, "-f") == 0 || strcmp(s, "--follow") == 0) {
-            follow = true;
+            o.follow = true;
         } else if (strcmp(s, "-i") == 0 || strcmp(s, "--init") == 0) {
-            init = true;
+            o.init = true;
+        } else if (strcmp(s, "--json") == 0) {
+            o.json = true;
         } else if (strcmp(s, "-n") == 0 || strcmp(s, "--lines") == 0) {
-            if (!has_value || !parse_n(c->argv[++i], &lines))
+            if (!has_value || !parse_n(c->argv[++i], &o.lines))
                 return ui_usage("log", "-n needs a number of lines from 1 to %d", COUNT_MAX);
         } else if (strcmp(s, "-t") == 0 || strcmp(s, "--type") == 0) {
             if (!has_value)
                 return ui_usage("log", "-t needs a process type");
-            type = c->argv[++i];
+            o.type = c->argv[++i];
         } else if (strcmp(s, "-j") == 0 || strcmp(s, "--job") == 0) {
             if (!has_value)
                 return ui_usage("log", "-j needs a job id");
-            job = c->argv[++i];
+            o.job = c->argv[++i];
         } else {
             return ui_usage("log", "unknown argument \"%s\" for log", s);
         }
@@ -144,7 +162,7 @@ int cli_log(struct cli *c)
     struct api a;
     int rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = show_log(&a, follow, lines, type, job, init);
+        rc = show_log(&a, &o);
     api_close(&a);
     return rc;
 }
@@ -238,11 +256,23 @@ static void print_event(const json_t *e)
     fflush(stdout);
 }
 
-static int show_events(struct api *a, bool follow, long n)
+/* One event of a listing or a follow: a line of text, or of JSON. */
+static int emit_event(const json_t *e, bool json)
+{
+    if (json)
+        return api_print_json(e, true);
+    print_event(e);
+    return 0;
+}
+
+/* json: the list as one array, and with follow each event after it as one
+ * line of JSON. */
+static int show_events(struct api *a, bool follow, long n, bool json)
 {
     struct pier_err err = {0};
     cleanup_buf struct buf path = BUF_INIT;
-    cleanup_json json_t *list = NULL; /* before the first goto: fail frees it */
+    /* before the first goto: fail frees them */
+    cleanup_json json_t *list = NULL, *ordered = json_array();
     buf_puts(&path, "/events?app_id=");
     api_escape(&path, a->app);
     struct api_events *ev = NULL;
@@ -264,19 +294,33 @@ static int show_events(struct api *a, bool follow, long n)
                              json_integer_value(json_object_get(best, "id")))
                 best = e, bi = i;
         }
-        print_event(best);
         last = json_integer_value(json_object_get(best, "id"));
+        json_array_append(ordered, best);
         json_array_remove(list, bi);
     }
+    size_t i;
+    json_t *e;
+    if (json && !follow)
+        return api_print_json(ordered, false);
+    json_array_foreach(ordered, i, e)
+    {
+        if (emit_event(e, json) != 0)
+            goto out;
+    }
     while (ev) {
-        cleanup_json json_t *e = NULL;
-        int rc = api_events_next(ev, -1, &e, &err);
+        cleanup_json json_t *next = NULL;
+        int rc = api_events_next(ev, -1, &next, &err);
         if (rc < 0)
             goto fail;
-        if (rc > 0 && json_integer_value(json_object_get(e, "id")) > last)
-            print_event(e);
+        if (rc == 0 || json_integer_value(json_object_get(next, "id")) <= last)
+            continue;
+        if (emit_event(next, json) != 0)
+            goto out;
     }
     return 0;
+out:
+    api_events_close(ev);
+    return 1;
 fail:
     api_events_close(ev);
     if (err.code == PIER_ENOTFOUND) {
@@ -290,7 +334,7 @@ fail:
 int cli_events(struct cli *c)
 {
     const char *app = NULL;
-    bool follow = false;
+    bool follow = false, json = false;
     long n = EVENTS_DEFAULT;
     for (int i = 0; i < c->argc; i++) {
         const char *s = c->argv[i];
@@ -301,6 +345,8 @@ int cli_events(struct cli *c)
             continue;
         if (strcmp(s, "-f") == 0 || strcmp(s, "--follow") == 0) {
             follow = true;
+        } else if (strcmp(s, "--json") == 0) {
+            json = true;
         } else if (strcmp(s, "-n") == 0) {
             if (i + 1 >= c->argc || !parse_n(c->argv[++i], &n))
                 return ui_usage("events", "-n needs a number of events from 1 to %d", COUNT_MAX);
@@ -311,7 +357,7 @@ int cli_events(struct cli *c)
     struct api a;
     int rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = show_events(&a, follow, n);
+        rc = show_events(&a, follow, n, json);
     api_close(&a);
     return rc;
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/git.h"
 #include "cli/ui.h"
 
 #define APP_HELP                                                                                   \
@@ -21,7 +22,7 @@ static int cmd_help(struct cli *c);
 
 static const struct command commands[] = {
     {"cluster", cli_cluster, "list, add and remove clusters this CLI talks to",
-     "usage: pier cluster [list]                list clusters (* marks the default)\n"
+     "usage: pier cluster [list] [--json]       list clusters (* marks the default)\n"
      "       pier cluster add [-d] NAME URL KEY [--git-url GIT_URL] [--ca FILE | --tls-pin PIN]\n"
      "                                           add a cluster (-d: make it the default)\n"
      "       pier cluster remove NAME            forget a cluster\n"
@@ -39,7 +40,10 @@ static const struct command commands[] = {
      "certificate, which 'pier up' prints: the CLI reads the chain URL presents\n"
      "and keeps the certificate with that pin). Then that CA alone is trusted, for\n"
      "the API and for git (http.GIT_URL/.sslCAInfo, set by 'pier create').\n"
-     "PIER_CONTROLLER_CA names the CA file for PIER_CONTROLLER_URL.\n"},
+     "PIER_CONTROLLER_CA names the CA file for PIER_CONTROLLER_URL.\n"
+     "\n"
+     "--json lists them as JSON: name, url, git_url, default, and tls (pinned,\n"
+     "system or none); never the key or the CA.\n"},
     {"up", cli_up, "start a single-host cluster on this machine (or find it running)",
      "usage: pier up [--state-dir DIR] [--name NAME] [--domain DOMAIN] [--port-base N]\n"
      "               [--listen-ip IP] [--stack DIR] [--store URL[,URL]] [--no-config]\n"
@@ -111,19 +115,23 @@ static const struct command commands[] = {
      "URL ('pier help cluster'); --no-remote leaves the repository alone.\n"},
     {"apps", cli_apps, "list the apps", "usage: pier apps [--json]\n"},
     {"info", cli_info, "show an app: release, processes, routes",
-     "usage: pier info [-a APP]\n" APP_HELP},
+     "usage: pier info [-a APP] [--json]\n"
+     "\n"
+     "--json prints {\"app\", \"release\", \"formation\", \"routes\"} as the controller\n"
+     "sends them.\n" APP_HELP},
     {"destroy", cli_destroy, "delete an app and everything under it",
      "usage: pier destroy [-a APP] [-y | --confirm NAME]\n"
      "\n"
      "Asks for the app's name unless -y or --confirm NAME is given.\n" APP_HELP},
     {"scale", cli_scale, "show or change how many processes of each type run",
-     "usage: pier scale [-a APP]                       show the counts\n"
+     "usage: pier scale [-a APP] [--json]              show the counts\n"
      "       pier scale [-a APP] [--timeout S] TYPE=N|TYPE+N|TYPE-N...\n"
      "\n"
      "Changes the counts of the app's current release and waits (60 s, or\n"
-     "--timeout S) until the scheduler has the jobs up; =0 stops a type.\n" APP_HELP},
+     "--timeout S) until the scheduler has the jobs up; =0 stops a type.\n"
+     "--json shows the formation's processes object.\n" APP_HELP},
     {"ps", cli_ps, "list the app's jobs",
-     "usage: pier ps [--app APP] [-a | --all]\n"
+     "usage: pier ps [--app APP] [-a | --all] [--json]\n"
      "\n"
      "Shows running and pending jobs; -a/--all shows stopped ones too. Here\n"
      "-a is the app only when a name follows it.\n"},
@@ -138,21 +146,21 @@ static const struct command commands[] = {
      "'pier log') and prints the job's id. Options end at the first word of\n"
      "CMD (or at --).\n" APP_HELP},
     {"env", cli_env, "show or change the app's config vars",
-     "usage: pier env [-a APP]                  KEY=VALUE lines, sorted\n"
+     "usage: pier env [-a APP] [--json]         KEY=VALUE lines (--json: an object)\n"
      "       pier env [-a APP] set K=V...       set vars (a new release, deployed)\n"
      "       pier env [-a APP] unset K...       remove vars (a new release, deployed)\n"
      "\n"
      "Keys are letters, digits and '_', not starting with a digit or '__';\n"
      "PIER_* is the platform's.\n" APP_HELP},
     {"releases", cli_releases, "list the app's releases, newest first",
-     "usage: pier releases [-a APP]\n" APP_HELP},
+     "usage: pier releases [-a APP] [--json]\n" APP_HELP},
     {"rollback", cli_rollback, "deploy an earlier release again",
      "usage: pier rollback [-a APP] [RELEASE]\n"
      "\n"
      "Deploys RELEASE (an id, or the start of one), by default the release\n"
      "before the current one.\n" APP_HELP},
     {"route", cli_route, "list, add, change and remove the app's routes",
-     "usage: pier route [-a APP]                      list the app's routes\n"
+     "usage: pier route [list] [-a APP] [--json]      list the app's routes\n"
      "       pier route add http [-a APP] DOMAIN[/PATH] [--path P] [-s SERVICE]\n"
      "                       [--sticky] [--leader] [--no-drain-backends]\n"
      "                       [--disable-keep-alives] [-c CERT_FILE -k KEY_FILE]\n"
@@ -182,18 +190,20 @@ static const struct command commands[] = {
      "id. 'route add http' prints the new route's ID; 'route add tcp' its ID and\n"
      "port.\n" APP_HELP},
     {"log", cli_log, "show the app's log",
-     "usage: pier log [-a APP] [-f] [-n N] [-t TYPE] [-j JOB] [-i]\n"
+     "usage: pier log [-a APP] [-f] [-n N] [-t TYPE] [-j JOB] [-i] [--json]\n"
      "\n"
      "  -f        follow: keep printing new lines\n"
      "  -i        include the platform's lines about starting each job\n"
      "  -n N      the last N lines (default: all the controller keeps)\n"
      "  -t TYPE   only lines of this process type\n"
-     "  -j JOB    only lines of this job\n" APP_HELP},
+     "  -j JOB    only lines of this job\n"
+     "  --json    each line as the controller's log message object, one a line\n" APP_HELP},
     {"events", cli_events, "show the app's events (jobs, releases, deployments)",
-     "usage: pier events [-a APP] [-f] [-n N]\n"
+     "usage: pier events [-a APP] [-f] [-n N] [--json]\n"
      "\n"
      "  -f        follow: keep printing events as they happen\n"
-     "  -n N      the last N events (default 30)\n" APP_HELP},
+     "  -n N      the last N events (default 30)\n"
+     "  --json    the events as a JSON array; with -f one event object a line\n" APP_HELP},
     {"keys", cli_keys, "list, add and remove the SSH keys that may git push",
      "usage: pier keys [--json]                  list the keys\n"
      "       pier keys add [FILE]                add a public key (default\n"
@@ -268,6 +278,10 @@ static int cmd_help(struct cli *c)
 
 int main(int argc, char **argv)
 {
+    /* git runs this binary as git-remote-pier for pier::https:// remotes. */
+    const char *base = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    if (argc > 0 && strcmp(base ? base + 1 : argv[0], "git-remote-pier") == 0)
+        return git_remote_helper(argc, argv);
     struct cli c = {0};
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {

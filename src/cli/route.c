@@ -24,6 +24,7 @@
 enum sub { SUB_LIST, SUB_ADD_HTTP, SUB_ADD_TCP, SUB_UPDATE, SUB_REMOVE };
 
 /* Which subcommands take an option (bit 1 << enum sub). */
+#define W_LIST (1 << SUB_LIST)
 #define W_HTTP (1 << SUB_ADD_HTTP)
 #define W_TCP (1 << SUB_ADD_TCP)
 #define W_UPD (1 << SUB_UPDATE)
@@ -43,6 +44,7 @@ enum opt_id {
     O_NO_KEEPALIVE,
     O_KEEPALIVE,
     O_NO_TLS,
+    O_JSON,
     O_COUNT,
 };
 
@@ -68,6 +70,7 @@ static const struct opt opts[O_COUNT] = {
     [O_NO_KEEPALIVE] = {"disable-keep-alives", 0, false, W_HTTP | W_TCP | W_UPD},
     [O_KEEPALIVE] = {"enable-keep-alives", 0, false, W_UPD},
     [O_NO_TLS] = {"no-tls", 0, false, W_UPD},
+    [O_JSON] = {"json", 0, false, W_LIST},
 };
 
 /* The flags that only an http route has (checked against an updated
@@ -375,12 +378,14 @@ static const char *yes_no(const json_t *rt, const char *field)
     return json_is_true(json_object_get(rt, field)) ? "true" : "false";
 }
 
-static int route_list(struct api *a)
+static int route_list(struct api *a, bool json)
 {
     cleanup_json json_t *routes = NULL;
     int rc = list_routes(a, &routes);
     if (rc != 0)
         return rc;
+    if (json)
+        return api_print_json(routes, false);
     size_t n = json_array_size(routes);
     if (n == 0) {
         fprintf(stderr, "no routes yet: 'pier route add http DOMAIN' adds one\n");
@@ -675,7 +680,7 @@ int cli_route(struct cli *c)
         rc = api_start(&a, c, g.app, true);
         if (rc == 0) {
             switch (g.sub) {
-            case SUB_LIST: rc = route_list(&a); break;
+            case SUB_LIST: rc = route_list(&a, g.set[O_JSON]); break;
             case SUB_ADD_HTTP:
             case SUB_ADD_TCP: rc = route_add(&a, &g); break;
             case SUB_UPDATE: rc = route_update(&a, &g); break;

@@ -158,7 +158,7 @@ static void put_counts(struct buf *out, const json_t *release, const json_t *cou
         buf_puts(out, "(no process types)");
 }
 
-static int scale_show(struct api *a)
+static int scale_show(struct api *a, bool json)
 {
     cleanup_json json_t *rel = NULL, *counts = NULL;
     int rc = current_release(a, &rel);
@@ -166,6 +166,8 @@ static int scale_show(struct api *a)
         rc = formation_counts(a, json_string_value(json_object_get(rel, "id")), &counts);
     if (rc != 0)
         return rc;
+    if (json)
+        return api_print_json(counts, false);
     cleanup_buf struct buf line = BUF_INIT;
     put_counts(&line, rel, counts);
     printf("%s\n", line.p);
@@ -375,6 +377,7 @@ int cli_scale(struct cli *c)
 {
     const char *app = NULL;
     int timeout_s = SCALE_WAIT_S;
+    bool json = false;
     struct change *ch = xcalloc((size_t)c->argc + 1, sizeof(*ch));
     int n = 0, rc = 0;
     for (int i = 0; i < c->argc && rc == 0; i++) {
@@ -389,6 +392,8 @@ int cli_scale(struct cli *c)
                 rc = ui_usage("scale", "--timeout needs a number of seconds (1 or more)");
             timeout_s = (int)t;
             i++;
+        } else if (strcmp(c->argv[i], "--json") == 0) {
+            json = true;
         } else if (c->argv[i][0] == '-') {
             rc = ui_usage("scale", "unknown option \"%s\" for scale", c->argv[i]);
         } else {
@@ -401,13 +406,15 @@ int cli_scale(struct cli *c)
                 rc = ui_usage("scale", "process type \"%s\" is given twice", ch[i].type);
                 break;
             }
+    if (rc == 0 && json && n > 0)
+        rc = ui_usage("scale", "--json shows the counts; it takes no TYPE=N");
     struct api a;
     if (rc == 0)
         rc = api_start(&a, c, app, true);
     else
         memset(&a, 0, sizeof(a));
     if (rc == 0)
-        rc = n == 0 ? scale_show(&a) : scale_do(&a, ch, n, timeout_s);
+        rc = n == 0 ? scale_show(&a, json) : scale_do(&a, ch, n, timeout_s);
     api_close(&a);
     free(ch);
     return rc;
@@ -440,7 +447,7 @@ static void put_cmd(struct buf *out, const json_t *job)
     }
 }
 
-static int ps(struct api *a, bool all)
+static int ps(struct api *a, bool all, bool json)
 {
     struct pier_err err = {0};
     cleanup_buf struct buf path = BUF_INIT;
@@ -457,6 +464,15 @@ static int ps(struct api *a, bool all)
     api_sort_by(jobs, "created_at", false);
     size_t shown = 0, i;
     json_t *j;
+    if (json) {
+        cleanup_json json_t *shown_jobs = json_array();
+        json_array_foreach(jobs, i, j)
+        {
+            if (all || live(json_string_value(json_object_get(j, "state"))))
+                json_array_append(shown_jobs, j);
+        }
+        return api_print_json(shown_jobs, false);
+    }
     json_array_foreach(jobs, i, j)
     {
         const char *state = json_string_value(json_object_get(j, "state"));
@@ -493,7 +509,7 @@ static int ps(struct api *a, bool all)
 int cli_ps(struct cli *c)
 {
     const char *app = NULL;
-    bool all = false;
+    bool all = false, json = false;
     for (int i = 0; i < c->argc; i++) {
         /* Flynn's `ps -a` means all jobs: -a is the app only when a name
          * follows it. */
@@ -509,13 +525,15 @@ int cli_ps(struct cli *c)
             continue;
         if (strcmp(s, "--all") == 0)
             all = true;
+        else if (strcmp(s, "--json") == 0)
+            json = true;
         else
             return ui_usage("ps", "unknown argument \"%s\" for ps", c->argv[i]);
     }
     struct api a;
     int rc = api_start(&a, c, app, true);
     if (rc == 0)
-        rc = ps(&a, all);
+        rc = ps(&a, all, json);
     api_close(&a);
     return rc;
 }

@@ -430,6 +430,113 @@ def test_events_show_what_happened(pier, cluster):
     assert not sanitizer_reports(err), err
 
 
+
+# ---- --json: every listing prints the controller's objects ----
+
+def as_json(p):
+    """The stdout of a --json command, parsed; it is the indented form."""
+    ok(p)
+    assert p.stdout.startswith(("[\n", "{\n", "[]", "{}")), p.stdout
+    return json.loads(p.stdout)
+
+
+def test_every_listing_prints_the_controllers_objects_with_json(pier, cluster, tmp_path):
+    api = cluster.api
+    ok(pier("create", "js"))
+    # Before any release: nothing, in the listing's shape.
+    assert as_json(pier("env", "-a", "js", "--json")) == {}
+    assert as_json(pier("releases", "-a", "js", "--json")) == []
+    assert as_json(pier("ps", "--app", "js", "--json")) == []
+    assert as_json(pier("info", "-a", "js", "--json")) == {
+        "app": api.get("/apps/js"), "release": None, "formation": None,
+        "routes": api.get("/apps/js/routes")}
+    assert as_json(pier("apps", "--json")) == api.get("/apps")
+
+    ok(pier("env", "-a", "js", "set", "ZED=z", "A=1"))
+    ok(pier("env", "-a", "js", "set", "B=2"))
+    assert as_json(pier("env", "-a", "js", "--json")) == env_of(cluster, "js") == \
+        {"ZED": "z", "A": "1", "B": "2"}
+    rels = as_json(pier("releases", "-a", "js", "--json"))
+    assert sorted(rels, key=lambda r: r["id"]) == \
+        sorted(api.get("/apps/js/releases"), key=lambda r: r["id"])
+    assert len(rels) == 2 and rels[0]["created_at"] >= rels[1]["created_at"], "newest first"
+    assert rels[0]["id"] == api.get("/apps/js")["release"]
+
+    # events: the list oldest first, as /events has them.
+    got = as_json(pier("events", "-a", "js", "--json"))
+    want = sorted(api.get("/events?app_id=js&count=30"), key=lambda e: e["id"])
+    assert got == want and any(e["object_type"] == "release" for e in got), got
+    assert len(as_json(pier("events", "-a", "js", "-n", "1", "--json"))) == 1
+    # events -f --json: one object a line, what happens after it started too.
+    proc = subprocess.Popen([str(pier.exe), "events", "-a", "js", "-f", "-n", "1", "--json"],
+                            env=pier.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, bufsize=0)
+    try:
+        first = json.loads(read_lines(proc, lambda t: "\n" in t).splitlines()[0])
+        assert first == want[-1], first
+        ok(pier("env", "-a", "js", "set", "C=3"))
+        new = api.get("/apps/js/release")["id"]
+        seen = read_lines(proc, lambda t: f'"object_id":"{new}"' in t)
+        objs = [json.loads(ln) for ln in seen.splitlines()]
+        mine = [e for e in objs if e["object_type"] == "release" and e["object_id"] == new]
+        assert len(mine) == 1 and all(e["id"] > first["id"] for e in objs[1:]), seen
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert not sanitizer_reports(err), err
+
+    # scale: the formation's processes, as stored.
+    rel = api.release("js", {"web": {"args": TICK}, "worker": {"args": TICK}},
+                      env=env_of(cluster, "js"))["id"]
+    status, body = api.call("PUT", f"/apps/js/formations/{rel}",
+                            {"app": "js", "release": rel, "processes": {"web": 3, "worker": 0}})
+    assert status == 200, body
+    assert as_json(pier("scale", "-a", "js", "--json")) == \
+        api.get(f"/apps/js/formations/{rel}")["processes"] == {"web": 3, "worker": 0}
+    assert as_json(pier("info", "-a", "js", "--json")) == {
+        "app": api.get("/apps/js"), "release": api.get("/apps/js/release"),
+        "formation": api.get(f"/apps/js/formations/{rel}"),
+        "routes": api.get("/apps/js/routes")}
+
+    # cluster: the configured clusters, never their keys or CAs.
+    cert = tmp_path / "ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=ca",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(cert)],
+                   check=True, capture_output=True)
+    conf = {"PIER_CONFIG": str(tmp_path / "clusters.json")}
+    assert as_json(pier("cluster", "--json", env=conf)) == []
+    ok(pier("cluster", "add", "plain", "http://127.0.0.1:9", "secret-key-1", env=conf))
+    ok(pier("cluster", "add", "-d", "prod", "https://ctl.example:8443", "secret-key-2",
+            "--git-url", "https://git.example:8443", "--ca", str(cert), env=conf))
+    ok(pier("cluster", "add", "sys", "https://other.example", "secret-key-3", env=conf))
+    p = ok(pier("cluster", "list", "--json", env=conf))
+    assert "secret-key" not in p.stdout and "BEGIN CERTIFICATE" not in p.stdout, p.stdout
+    assert json.loads(p.stdout) == [
+        {"name": "plain", "url": "http://127.0.0.1:9", "git_url": None, "default": False,
+         "tls": "none"},
+        {"name": "prod", "url": "https://ctl.example:8443", "git_url": "https://git.example:8443",
+         "default": True, "tls": "pinned"},
+        {"name": "sys", "url": "https://other.example", "git_url": None, "default": False,
+         "tls": "system"}]
+    assert ok(pier("cluster", "--json", env=conf)).stdout == p.stdout
+
+    # --json is named in each command's help; a wrong flag stays an error
+    # (and --json does not go with a change).
+    for cmd in ("apps", "info", "ps", "scale", "env", "releases", "route", "events", "log",
+                "keys", "cluster", "status", "host"):
+        assert "--json" in ok(pier("help", cmd)).stdout, cmd
+    for args in (["apps", "--jsonx"], ["info", "-a", "js", "--jsn"], ["ps", "--app", "js", "-j"],
+                 ["scale", "-a", "js", "--yaml"], ["env", "-a", "js", "--json", "set", "X=1"],
+                 ["env", "-a", "js", "set", "X=1", "--json"], ["releases", "-a", "js", "--jsonx"],
+                 ["events", "-a", "js", "--jsonx"], ["log", "-a", "js", "--jsonx"],
+                 ["scale", "-a", "js", "--json", "web=1"], ["cluster", "list", "--bogus"],
+                 ["cluster", "--json", "extra"]):
+        p = fails(pier(*args, env=conf), 2)
+        assert p.stdout == "" and "see 'pier help" in p.stderr, (args, p.stderr)
+    assert "X" not in env_of(cluster, "js")
+    assert api.get(f"/apps/js/formations/{rel}")["processes"] == {"web": 3, "worker": 0}
+
 # ---- jobs: run, scale, ps, kill, log ----
 
 def one_offs_ended(api, app):
@@ -602,6 +709,14 @@ def test_scale_ps_kill_and_log(pier, jobs):
     assert all(r[2] == "up" and r[5] == rel["id"][:8] for r in rows), rows
     assert {r[0] for r in rows if r[1] == "web"} == up
     assert all(" ".join(r[6:]) == " ".join(TICK) for r in rows), rows
+    # ps --json: the jobs the table shows, as the controller has them.
+    def live_jobs():
+        return sorted((j for j in jobs.api.get("/apps/svc/jobs")
+                       if j["state"] in ("pending", "starting", "up")), key=lambda j: j["id"])
+    wait_for("ps --json to match the controller's jobs", lambda: sorted(
+        as_json(pier("ps", "--app", "svc", "--json")), key=lambda j: j["id"]) == live_jobs())
+    assert {j["id"] for j in as_json(pier("ps", "--app", "svc", "--json"))} == \
+        {r[0] for r in rows}
 
     # Relative counts.
     p = ok(pier("scale", "-a", "svc", "worker+1"))
@@ -616,6 +731,13 @@ def test_scale_ps_kill_and_log(pier, jobs):
         ok(pier("log", "-a", "svc", "-t", "web")).stdout.splitlines()))
     assert all(line_re.match(ln) and line_re.match(ln).group(1) == "web" for ln in web_lines)
     only = ok(pier("log", "-a", "svc", "-j", victim, "-n", "2")).stdout.splitlines()
+    # log --json: Flynn's log message objects, one a line.
+    msgs = [json.loads(ln) for ln in
+            ok(pier("log", "-a", "svc", "-t", "web", "-n", "4", "--json")).stdout.splitlines()]
+    assert 1 <= len(msgs) <= 4, msgs
+    for m in msgs:
+        assert m["msg"] == "tick" and m["process_type"] == "web" and m["job_id"] in up, m
+        assert m["stream"] == "stdout" and m["timestamp"], m
     assert 1 <= len(only) <= 2 and all(victim in ln for ln in only), only
 
     # log -f keeps printing.

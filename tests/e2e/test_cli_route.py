@@ -10,6 +10,7 @@ problem (exit 2 for usage, 1 for failures) and leaves the routes as they
 were; input the CLI can judge alone is refused before any request (the
 same answer with no controller at all)."""
 
+import json
 import os
 import re
 import subprocess
@@ -112,11 +113,21 @@ def test_an_app_starts_with_its_default_route(pier, cluster):
     assert table(pier("route", "list", "-a", "demo")) == rows
     assert table(pier("-a", "demo", "route")) == rows
     assert table(pier("route", env={"PIER_APP": "demo"})) == rows
+    # --json: the routes as the controller returns them, indented.
+    p = ok(pier("route", "-a", "demo", "--json"))
+    assert p.stdout.startswith("[\n  {") and json.loads(p.stdout) == routes(cluster, "demo")
+    assert ok(pier("route", "list", "--json", "-a", "demo")).stdout == p.stdout
+    assert 'unknown option "--jsonx"' in fails(pier("route", "-a", "demo", "--jsonx"), 2).stderr
+    for sub in (["add", "tcp"], ["remove", f"http/{default['id']}"]):
+        p = fails(pier("route", "-a", "demo", "--json", *sub), 2)
+        assert "--json does not apply to route " + sub[0] in p.stderr, p.stderr
+    assert routes(cluster, "demo") == [default]
 
     # An app without routes says how to add one.
     ok(pier("route", "-a", "demo", "remove", f"http/{default['id']}"))
     p = ok(pier("route", "-a", "demo"))
     assert p.stdout == "" and "pier route add http DOMAIN" in p.stderr
+    assert json.loads(ok(pier("route", "-a", "demo", "--json")).stdout) == []
 
 
 # ---- add, update, remove ----
@@ -423,6 +434,6 @@ def test_help(pier):
         p = ok(pier(*args))
         assert p.stdout.startswith("list, add, change and remove the app's routes\n"), p.stdout
         for line in ("pier route add http", "pier route add tcp", "pier route update",
-                     "pier route remove", "--tls-cert", "--no-drain-backends"):
+                     "pier route remove", "--tls-cert", "--no-drain-backends", "--json"):
             assert line in p.stdout, (args, line)
     assert re.search(r"^  route\s+list, add", ok(pier("help")).stdout, re.M)

@@ -4,7 +4,9 @@
 CA or pin refused with what to do, a cluster without a CA of its own on a
 server the system does not trust failing with the fix, PIER_CONTROLLER_CA
 for PIER_CONTROLLER_URL, and `pier create` pointing git's
-http.<git url>/.sslCAInfo at the CA so that git verifies the git server.
+the git remote at pier::<git url>/<app>.git so that git verifies the git
+server with the CA through git-remote-pier, also when GIT_SSL_CAINFO (which
+git lets win over http.<git url>/.sslCAInfo) names another bundle.
 
 A real CA and server certificate made with the openssl command; a real
 `pierd controller` behind a TLS-terminating proxy (python's ssl) for
@@ -122,15 +124,30 @@ class TlsProxy:
 
 
 class HttpsFiles:
-    """Serves the files under root over https (git's dumb http protocol)."""
+    """Serves the files under root over https (git's dumb http protocol);
+    with auth (user, password), only to requests with that basic auth."""
 
-    def __init__(self, root, chain, key):
+    def __init__(self, root, chain, key, auth=None):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(chain), str(key))
+        want = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
+        self.denied = 0
+
+        files = self
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, *a):
                 pass
+
+            def send_head(self):
+                if want and self.headers.get("Authorization") != want:
+                    files.denied += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="pier"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                return super().send_head()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0),
                                           functools.partial(Handler, directory=str(root)))
@@ -281,21 +298,25 @@ def test_env_cluster_ca(tls, pier):
     assert "PIER_CONTROLLER_CA" in p.stderr
 
 
-def git(*args, cwd, check=True):
+def git(*args, cwd, check=True, env=None):
     e = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
              HOME=str(Path(cwd).parent / "home"))
     for k in ("GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "GIT_SSL_NO_VERIFY"):
         e.pop(k, None)  # each overrides the repository's http.*.sslCAInfo
+    e.update(env or {})
     p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
                        env=e)
+    # git-remote-pier (the CLI) writes to git's stderr
+    assert not sanitizer_reports(p.stderr), p.stderr
     if check:
         assert p.returncode == 0, f"git {' '.join(args)}: {p.stderr}"
     return p
 
 
-def test_git_verifies_with_the_cluster_ca(tls, pier, tmp_path):
+def test_git_verifies_with_the_cluster_ca(tls, pier, pier_build, tmp_path):
     # The app's repository on the "git server": a bare repo with one
-    # commit, served as static files over https.
+    # commit, served as static files over https, to the cluster key only
+    # (so git asks `pier git-credentials`).
     served = tmp_path / "served"
     served.mkdir()
     src = tmp_path / "src"
@@ -307,30 +328,69 @@ def test_git_verifies_with_the_cluster_ca(tls, pier, tmp_path):
     head = git("rev-parse", "HEAD", cwd=src).stdout.strip()
     git("clone", "-q", "--bare", str(src), str(served / "gitapp.git"), cwd=tmp_path)
     git("update-server-info", cwd=served / "gitapp.git")
-    files = HttpsFiles(served, tls.chain, tls.key)
+    files = HttpsFiles(served, tls.chain, tls.key, auth=("pier", KEY))
+    open_files = HttpsFiles(served, tls.chain, tls.key)
+    # git finds git-remote-pier on PATH, next to pier; it and the
+    # credential helper read the CLI's config.
+    path = {"PATH": f"{pier_build}:{os.environ['PATH']}", "PIER_CONFIG": str(pier.config)}
+    assert (pier_build / "git-remote-pier").resolve() == (pier_build / "pier").resolve()
     try:
         git_url = f"https://git.test.localhost:{files.port}"
         ok(pier("cluster", "add", "c1", tls.url, KEY, "--git-url", git_url, "--ca", str(tls.ca)))
         work = tmp_path / "work"
         work.mkdir()
         git("init", "-q", "-b", "main", cwd=work)
-        ok(pier("create", "gitapp", cwd=work))
+        p = ok(pier("create", "gitapp", cwd=work, env=path))
+        remote = f"pier::{git_url}/gitapp.git"
+        assert f"Added git remote pier: {remote}\n" in p.stderr, p.stderr
+        assert "not on PATH" not in p.stderr, p.stderr
+        assert git("remote", "get-url", "pier", cwd=work).stdout.strip() == remote
         ca_file = pier.config.parent / "c1-ca.pem"
         assert ca_file.read_text() == tls.ca_pem
         assert stat.S_IMODE(ca_file.stat().st_mode) == 0o644
+        # For a plain https remote of the user's own, the config too.
         key = f"http.{git_url}/.sslcainfo"
         assert git("config", "--get", key, cwd=work).stdout.strip() == str(ca_file)
-        # git verifies the server with it: the ref comes back.
-        out = git("ls-remote", "pier", cwd=work).stdout
+        # git verifies the server with it, through the helper, and gets the
+        # password from pier: the ref comes back.
+        out = git("ls-remote", "pier", cwd=work, env=path).stdout
         assert f"{head}\trefs/heads/main" in out
-        # Without it, the same server is not trusted.
+        assert files.denied > 0  # asked for credentials, and got them
+        # The plain URL with an unrelated GIT_SSL_CAINFO in the environment
+        # (as a corporate proxy's bundle): it wins over the config, so git
+        # does not trust the server.
+        other = dict(path, GIT_SSL_CAINFO=str(tls.other), GIT_SSL_CAPATH=str(tmp_path / "none"))
+        p = git("ls-remote", f"{git_url}/gitapp.git", cwd=work, env=other, check=False)
+        assert p.returncode != 0 and "certificate" in p.stderr.lower(), p.stderr
+        # Through the helper it verifies all the same, without the config,
+        # and a stale CA file is written again.
         git("config", "--unset", key, cwd=work)
-        p = git("ls-remote", "pier", cwd=work, check=False)
-        assert p.returncode != 0 and "certificate" in p.stderr.lower()
-        # `pier git-remote` sets it again; a changed CA file is rewritten.
         ca_file.write_text("stale\n")
-        ok(pier("git-remote", "-a", "gitapp", cwd=work))
+        out = git("ls-remote", "pier", cwd=work, env=other).stdout
+        assert f"{head}\trefs/heads/main" in out
         assert ca_file.read_text() == tls.ca_pem
-        assert f"{head}\trefs/heads/main" in git("ls-remote", "pier", cwd=work).stdout
+        # Without git-remote-pier on PATH git cannot use the remote.
+        p = git("ls-remote", "pier", cwd=work, check=False)
+        assert p.returncode != 0 and "remote-pier" in p.stderr, p.stderr
+        # A remote an earlier pier made (plain https): `pier git-remote`
+        # rewrites it.
+        git("remote", "set-url", "pier", f"{git_url}/gitapp.git", cwd=work)
+        p = ok(pier("git-remote", "-a", "gitapp", cwd=work, env=path))
+        assert f"Updated git remote pier: {remote}\n" in p.stderr, p.stderr
+        assert git("remote", "get-url", "pier", cwd=work).stdout.strip() == remote
+        assert git("config", "--get", key, cwd=work).stdout.strip() == str(ca_file)
+        p = ok(pier("git-remote", "-a", "gitapp", cwd=work, env=path))
+        assert f"Git remote pier already points at {remote}" in p.stderr, p.stderr
+        # The app is still the remote's.
+        assert "gitapp" in ok(pier("info", cwd=work)).stdout
+        # A URL of no cluster through the helper: a warning, and git's own
+        # helper with the environment as it is.
+        stray = f"pier::https://other.test.localhost:{open_files.port}/gitapp.git"
+        p = git("ls-remote", stray, cwd=work, env=dict(path, GIT_SSL_CAINFO=str(tls.ca)))
+        assert f"{head}\trefs/heads/main" in p.stdout
+        assert "under no cluster's git URL" in p.stderr, p.stderr
+        p = git("ls-remote", stray, cwd=work, env=other, check=False)
+        assert p.returncode != 0 and "certificate" in p.stderr.lower(), p.stderr
     finally:
         files.close()
+        open_files.close()

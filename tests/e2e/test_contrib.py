@@ -42,3 +42,29 @@ def test_pier_service_runs_up_and_down():
     assert start.startswith("/usr/bin/pier up --state-dir") and reload_ == start, (start, reload_)
     assert stop.startswith("/usr/bin/pier down --state-dir"), stop
     assert "Type=oneshot" in text and "RemainAfterExit=yes" in text
+
+
+def complete(pier_build, *words):
+    """What contrib/bash-completion/pier offers for the words typed so far
+    (the last one being completed), with the build's pier on PATH."""
+    script = REPO / "contrib" / "bash-completion" / "pier"
+    arr = " ".join(f"'{w}'" for w in ("pier", *words))
+    r = subprocess.run(
+        ["bash", "-c", f'source "{script}"; COMP_WORDS=({arr}); COMP_CWORD={len(words)}; _pier; '
+                       'printf "%s\\n" "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{pier_build}:/usr/bin:/bin", "HOME": "/nonexistent",
+             "PIER_CONFIG": "/nonexistent/config.json"})
+    assert r.returncode == 0, r.stderr
+    return set(r.stdout.split())
+
+
+def test_bash_completion_follows_pier_help(pier_build):
+    help_ = subprocess.run([pier_build / "pier", "help"], capture_output=True, text=True).stdout
+    commands = set(re.findall(r"^  ([a-z][a-z-]+) ", help_, re.M))
+    assert {"up", "down", "status", "scale", "route", "cluster"} <= commands, commands
+    assert commands <= complete(pier_build, "")
+    assert complete(pier_build, "sc") == {"scale"}
+    assert {"--join", "--store", "--port-base", "--state-dir"} <= complete(pier_build, "up", "--")
+    assert {"add", "remove", "update"} <= complete(pier_build, "route", "")
+    assert complete(pier_build, "help", "ro") == {"rollback", "route"}

@@ -10,6 +10,7 @@ push test adds scheduler, controller and receiver (test_git_hook.Cluster).
 """
 
 import base64
+import json
 import time
 import urllib.request
 
@@ -31,9 +32,26 @@ def put_blob(url, data):
         assert r.status == 200
 
 
+def registered(store, service):
+    """The addresses discovery has for service (straight from the store)."""
+    prefix = f"/pier/v1/services/{service}/".encode()
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    body = json.dumps({"key": base64.b64encode(prefix).decode(),
+                       "range_end": base64.b64encode(end).decode()}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{store}/v3/kv/range", data=body),
+                                timeout=10) as r:
+        kvs = json.load(r).get("kvs") or []
+    return [json.loads(base64.b64decode(kv["value"])).get("addr") for kv in kvs]
+
+
 def start_blobstore(start_pierd, store, blobs, name):
-    return start_pierd("blobstore", name=name,
-                       args=["--dir", blobs, "--key", KEY, "--store", store])
+    """A blobstore, once discovery has it: it registers just after it
+    starts answering, and a job started in between would find none."""
+    b = start_pierd("blobstore", name=name,
+                    args=["--dir", blobs, "--key", KEY, "--store", store])
+    wait_for(lambda: any(a and a.endswith(f":{b.port}") for a in registered(store, "blobstore")),
+             10, f"{name} in discovery")
+    return b
 
 
 def run_slug(agent, name, url, sha):

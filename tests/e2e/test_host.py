@@ -206,8 +206,11 @@ def log_msgs(agent, job_id, **query):
 
 
 def wait_log(agent, job_id, needle, timeout=10):
-    return wait_for(lambda: any(needle in m for m in log_msgs(agent, job_id)), timeout,
-                    f"{needle!r} in the log of {job_id}", agent)
+    def seen():
+        # 404: the agent has not seen the job's record yet (a busy machine)
+        status, _, _ = http("GET", f"{agent.url}/host/jobs/{job_id}")
+        return status == 200 and any(needle in m for m in log_msgs(agent, job_id))
+    return wait_for(seen, timeout, f"{needle!r} in the log of {job_id}", agent)
 
 
 class LogFollower:
