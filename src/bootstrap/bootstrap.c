@@ -122,6 +122,9 @@ static int parse_flags(struct bs *b, int argc, char **argv, struct pier_err *err
     const char *dv = json_string_value(json_object_get(b->vars, "DOMAIN"));
     if (b->domain && dv && strcmp(b->domain, dv) != 0)
         return err_set(err, PIER_EINVAL, "--domain %s and --var DOMAIN=%s differ", b->domain, dv);
+    /* CLUSTER: the cluster's name (pier up --name), "default" unless given. */
+    if (!json_object_get(b->vars, "CLUSTER"))
+        json_object_set_new(b->vars, "CLUSTER", json_string("default"));
     if (b->domain && !dv)
         json_object_set_new(b->vars, "DOMAIN", json_string(b->domain));
     if (!b->domain)
@@ -192,13 +195,23 @@ static int make_records(struct bs *b, struct sysapp *apps, size_t upto, struct p
 {
     for (size_t i = 0; i <= upto; i++) {
         struct sysapp *a = &apps[i];
-        if (a->complete)
-            continue;
         bool created = false;
+        if (a->complete) {
+            if (a->tags_checked)
+                continue;
+            /* A cluster of before the manifest's tags gets them. */
+            a->tags_checked = true;
+            int rc = records_tags(b, a, &created, err);
+            if (rc < 0)
+                return err_wrap(err, rc, "%s: its formation's tags", a->name);
+            if (created)
+                printf("%s: its formation's tags updated\n", a->name);
+            continue;
+        }
         int rc = records_ensure(b, a, &created, err);
         if (rc < 0)
             return rc;
-        a->complete = true;
+        a->complete = a->tags_checked = true;
         plan_mark_complete(b, a->name);
         if ((rc = plan_save(b, err)) < 0)
             return rc;

@@ -60,6 +60,7 @@ struct sysapp {
     json_t *processes; /* the counts: the stored formation's, else the manifest's */
     bool in_store;     /* the app record exists */
     bool complete;     /* its records are all made (nothing left to create) */
+    bool tags_checked; /* its formation's tags are the manifest's (records_tags) */
     double up_s;       /* seconds its jobs took to be up (0: found up) */
     char addr[128];    /* "IP:PORT" of its first job's first port, or "" */
 };
@@ -109,6 +110,10 @@ int records_controller_ready(struct bs *b, struct pier_err *err);
  * artifacts, release, the app's release, formation) and puts its routes in
  * place. *created gets whether anything was written. */
 int records_ensure(struct bs *b, struct sysapp *a, bool *created, struct pier_err *err);
+/* Puts the manifest's tags of a (when it has "tags") on its formation
+ * when they differ, keeping the formation's counts. *updated says whether
+ * it did. No formation yet: nothing. */
+int records_tags(struct bs *b, const struct sysapp *a, bool *updated, struct pier_err *err);
 
 /* A JSON string field of obj, or NULL. */
 static inline const char *bs_str(const json_t *obj, const char *field)

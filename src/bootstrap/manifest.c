@@ -289,8 +289,37 @@ static int check_routes(json_t *app, const char *where, struct pier_err *err)
     return 0;
 }
 
+/* tags, when present: {type: {key: value}}, each type one of processes. */
+static int check_tags(json_t *app, const char *where, struct pier_err *err)
+{
+    json_t *t = json_object_get(app, "tags");
+    const json_t *procs = json_object_get(app, "processes");
+    if (!t)
+        return 0;
+    if (!json_is_object(t))
+        return err_set(err, PIER_EINVAL, "%s.tags must be an object {type: {key: value}}", where);
+    const char *type;
+    json_t *kv;
+    json_object_foreach(t, type, kv)
+    {
+        if (!json_object_get(procs, type))
+            return err_set(err, PIER_EINVAL, "%s.tags.%s: no such process type", where, type);
+        if (!json_is_object(kv))
+            return err_set(err, PIER_EINVAL, "%s.tags.%s must be an object {key: value}", where,
+                           type);
+        const char *k;
+        json_t *v;
+        json_object_foreach(kv, k, v)
+        {
+            if (!*k || !json_is_string(v))
+                return err_set(err, PIER_EINVAL, "%s.tags.%s.%s must be a string", where, type, k);
+        }
+    }
+    return 0;
+}
+
 static const char *const app_fields[] = {
-    "name", "meta", "env", "processes", "formation", "routes", NULL,
+    "name", "meta", "env", "processes", "formation", "tags", "routes", NULL,
 };
 
 static int check_app(json_t *app, size_t i, json_t *names, struct pier_err *err)
@@ -323,7 +352,7 @@ static int check_app(json_t *app, size_t i, json_t *names, struct pier_err *err)
         if ((rc = check_process(type, pt, where, err)) < 0)
             return rc;
     }
-    if ((rc = check_formation(app, where, err)) < 0)
+    if ((rc = check_formation(app, where, err)) < 0 || (rc = check_tags(app, where, err)) < 0)
         return rc;
     return check_routes(app, where, err);
 }

@@ -2,7 +2,7 @@
  * and checked before anything starts.
  *
  * The file is JSON: {"version":1,"apps":[APP,...]}, each APP
- * {"name","meta","env","processes","formation","routes"}. Every string
+ * {"name","meta","env","processes","formation","tags","routes"}. Every string
  * value may hold placeholders {{NAME}}, replaced by the value of NAME in
  * vars; an unknown placeholder, a field the manifest format does not have
  * or a value of the wrong shape is refused with a message naming where it
@@ -22,8 +22,9 @@
  * reference to the filled-in manifest: "apps" is a non-empty array of apps
  * with unique names, each with "name", "env" (object of strings, maybe
  * empty), "processes" (object), "formation" (object of counts 0-100 of
- * types in processes), "routes" (array, maybe empty) and "meta" (object of
- * strings, maybe empty). PIER_EINVAL naming the file and the problem;
+ * types in processes), "routes" (array, maybe empty), "meta" (object of
+ * strings, maybe empty) and, when the manifest has it, "tags" (an object
+ * {type: {key: string}} of types in processes). PIER_EINVAL naming the file and the problem;
  * -errno when the file cannot be read. */
 int manifest_load(const char *path, const json_t *vars, json_t **out, struct pier_err *err);
 

@@ -263,6 +263,32 @@ static int ensure_app_release(struct bs *b, const struct sysapp *a, bool *create
     return rc;
 }
 
+int records_tags(struct bs *b, const struct sysapp *a, bool *updated, struct pier_err *err)
+{
+    *updated = false;
+    const json_t *want = json_object_get(a->m, "tags");
+    if (!want)
+        return 0; /* not the manifest's to say */
+    cleanup_buf struct buf path = BUF_INIT;
+    buf_printf(&path, "/apps/%s/formations/%s", bs_str(a->app, "id"), bs_str(a->release, "id"));
+    bool found = false;
+    cleanup_json json_t *f = NULL;
+    int rc = ctl(b, "GET", path.p, NULL, &found, &f, err);
+    if (rc < 0 || !found)
+        return rc;
+    const json_t *have = json_object_get(f, "tags");
+    cleanup_json json_t *none = json_object();
+    if (json_equal(json_is_object(have) ? have : none, want))
+        return 0;
+    /* The counts as they are: a user may have scaled it. */
+    cleanup_json json_t *body =
+        json_pack("{s:O,s:O}", "processes", json_object_get(f, "processes"), "tags", want);
+    if ((rc = ctl(b, "PUT", path.p, body, NULL, NULL, err)) < 0)
+        return rc;
+    *updated = true;
+    return 0;
+}
+
 int records_ensure(struct bs *b, struct sysapp *a, bool *created, struct pier_err *err)
 {
     *created = false;
@@ -295,8 +321,14 @@ int records_ensure(struct bs *b, struct sysapp *a, bool *created, struct pier_er
         buf_reset(&path);
         buf_printf(&path, "/apps/%s/formations/%s", id, rid);
         cleanup_json json_t *fb = json_pack("{s:O}", "processes", a->processes);
+        if (json_object_get(a->m, "tags"))
+            json_object_set(fb, "tags", json_object_get(a->m, "tags"));
         rc = ensure_one(b, path.p, "PUT", path.p, fb, created, err);
     }
+    bool retagged = false;
+    if (rc == 0)
+        rc = records_tags(b, a, &retagged, err);
+    *created = *created || retagged;
     if (rc == 0)
         rc = ensure_routes(b, a, created, err);
     if (rc < 0)

@@ -398,25 +398,52 @@ static int start_store(struct up *u, char **env, bool *all_running)
     return ensure_daemon(u, "store", u->store_dir.p, u->store_url.p, argv, env, all_running);
 }
 
+/* Whether the running pid was given "--tags" tags (its command line). */
+static bool has_tags(pid_t pid, const char *tags)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
+    cleanup_buf struct buf text = BUF_INIT;
+    if (fd < 0 || fs_read_fd(fd, &text, 64 * 1024) < 0)
+        return true; /* unknown: left alone */
+    buf_putc(&text, '\0');
+    for (size_t at = 0; at + 1 < text.len; at += strlen(text.p + at) + 1) {
+        size_t next = at + strlen(text.p + at) + 1;
+        if (strcmp(text.p + at, "--tags") == 0 && next < text.len)
+            return strcmp(text.p + next, tags) == 0;
+        if (strncmp(text.p + at, "--tags=", 7) == 0)
+            return strcmp(text.p + at + 7, tags) == 0;
+    }
+    return false;
+}
+
 int up_start_host(struct up *u, char **env, bool *all_running)
 {
     char listen[64], ports[32];
     struct cluster_state *c = &u->cs;
     snprintf(listen, sizeof(listen), "%s:%d", c->listen_ip, c->host);
     snprintf(ports, sizeof(ports), "%d-%d", c->jobs_lo, c->jobs_hi);
-    char *host_argv[] = {"pierd",
-                         "host",
-                         "--listen",
-                         listen,
-                         "--store",
-                         u->store_url.p,
-                         "--data-dir",
-                         u->host_dir.p,
-                         "--ports",
-                         ports,
-                         c->stack ? "--stack" : NULL,
-                         c->stack,
-                         NULL};
+    char *host_argv[16] = {"pierd",        "host",       "--listen",    listen,    "--store",
+                           u->store_url.p, "--data-dir", u->host_dir.p, "--ports", ports};
+    size_t n = 10;
+    if (c->stack) {
+        host_argv[n++] = "--stack";
+        host_argv[n++] = c->stack;
+    }
+    if (u->host_tags[0]) {
+        host_argv[n++] = "--tags";
+        host_argv[n++] = u->host_tags;
+        struct pierd_daemon d = {
+            .name = "host", .state = u->state, .data_dir = u->host_dir.p, .url = u->host_url};
+        pid_t pid = pierd_daemon_running(&d);
+        if (pid && !has_tags(pid, u->host_tags)) {
+            /* An agent of before the tag: its jobs outlive it. */
+            printf("host: restarting it with --tags %s (its jobs keep running)\n", u->host_tags);
+            fflush(stdout);
+            pierd_daemon_stop(&d, 10, &pid);
+        }
+    }
     return ensure_daemon(u, "host", u->host_dir.p, u->host_url, host_argv, env, all_running);
 }
 
@@ -427,17 +454,18 @@ static int run_bootstrap(struct up *u, char **env)
     if (!manifest)
         return 1;
     struct cluster_state *c = &u->cs;
-    char v_domain[300], v_http[80], v_https[80], v_ssh[80];
+    char v_domain[300], v_http[80], v_https[80], v_ssh[80], v_cluster[120];
     cleanup_buf struct buf v_store = BUF_INIT;
     snprintf(v_domain, sizeof(v_domain), "DOMAIN=%s", c->domain);
     buf_printf(&v_store, "STORE=%s", u->store_url.p);
     snprintf(v_http, sizeof(v_http), "HTTP_ADDR=%s:%d", c->listen_ip, c->http);
     snprintf(v_https, sizeof(v_https), "HTTPS_ADDR=%s:%d", c->listen_ip, c->https);
     snprintf(v_ssh, sizeof(v_ssh), "SSH_ADDR=%s:%d", c->listen_ip, c->ssh);
-    char *argv[] = {u->pierd,     "bootstrap", "--manifest", manifest, "--store", u->store_url.p,
-                    "--host-url", u->host_url, "--data-dir", u->state, "--var",   v_domain,
-                    "--var",      v_store.p,   "--var",      v_http,   "--var",   v_https,
-                    "--var",      v_ssh,       NULL};
+    snprintf(v_cluster, sizeof(v_cluster), "CLUSTER=%s", c->name);
+    char *argv[] = {u->pierd,     "bootstrap", "--manifest", manifest,  "--store", u->store_url.p,
+                    "--host-url", u->host_url, "--data-dir", u->state,  "--var",   v_domain,
+                    "--var",      v_store.p,   "--var",      v_http,    "--var",   v_https,
+                    "--var",      v_ssh,       "--var",      v_cluster, NULL};
     fflush(stdout);
     struct subproc s = {.argv = argv,
                         .env = env,
@@ -748,6 +776,7 @@ int cli_up(struct cli *c)
     buf_printf(&u.store_dir, "%s/store", u.state);
     buf_printf(&u.host_dir, "%s/host", u.state);
     env = up_env_with_key(u.key, &keyvar);
+    snprintf(u.host_tags, sizeof(u.host_tags), "%s=%s", STATE_TAG, cs->name);
     bool all_running = true;
     if ((rc = start_store(&u, env, &all_running)) || (rc = up_start_host(&u, env, &all_running)) ||
         (rc = up_record_host_id(&u)))

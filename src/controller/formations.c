@@ -396,7 +396,11 @@ static int scale_once(struct ctl *c, const json_t *app, const json_t *rel, const
     json_t *tags = json_object_get(body, "new_tags");
     if (!procs || json_is_null(procs))
         procs = json_object_get(old, "processes");
-    if (!tags || json_is_null(tags))
+    /* Flynn's CLI sends "new_tags": {} with every scale that names no
+     * tags; taken as "none", it would strip a formation's tags (the
+     * system apps' pier.state pin) on any `scale`. So {} keeps them too;
+     * {"web":{}} clears web's. */
+    if (!tags || json_is_null(tags) || (json_is_object(tags) && json_object_size(tags) == 0))
         tags = json_object_get(old, "tags");
     if ((rc = check_scale(app, rel, old, procs, tags, err)) < 0)
         return rc;

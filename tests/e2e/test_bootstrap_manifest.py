@@ -23,6 +23,7 @@ SYSTEM_APPS = ["controller", "discoverd", "blobstore", "router", "gitreceive", "
 KEY = "bootstrap-test-key"
 DOMAIN = "boot.localhost"
 LIVE = ("pending", "starting", "up")
+STATEFUL = ("blobstore", "router", "gitreceive")
 
 
 def bootstrap(pier_build, manifest, store, host_url, state, vars_=None, key=KEY, extra=(),
@@ -95,6 +96,10 @@ BAD_MANIFESTS = [
     ("unknown-top-field", {"version": 1, "apps": [app()], "extra": 1}, ["extra: unknown field"]),
     ("formation-of-no-type", {"version": 1, "apps": [app(formation={"web": 1})]},
      ["formation.web: no such process type"]),
+    ("tags-of-no-type", {"version": 1, "apps": [app(tags={"web": {"k": "v"}})]},
+     ["apps[0] (one).tags.web: no such process type"]),
+    ("tag-not-a-string", {"version": 1, "apps": [app(tags={"app": {"k": 1}})]},
+     ["apps[0] (one).tags.app.k must be a string"]),
     ("bad-version", {"version": 2, "apps": [app()]}, ["version must be 1"]),
     ("bad-placeholder", {"version": 1, "apps": [app(env={"X": "{{a b}}"})]},
      ["a placeholder is {{NAME}}"]),
@@ -172,7 +177,8 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
     state = tmp_path / "state"
     http_port, https_port, ssh_port = free_port(), free_port(), free_port()
     vars_ = {"DOMAIN": DOMAIN, "STORE": store, "HTTP_ADDR": f"127.0.0.1:{http_port}",
-             "HTTPS_ADDR": f"127.0.0.1:{https_port}", "SSH_ADDR": f"127.0.0.1:{ssh_port}"}
+             "HTTPS_ADDR": f"127.0.0.1:{https_port}", "SSH_ADDR": f"127.0.0.1:{ssh_port}",
+             "CLUSTER": "b1"}
 
     # A release the controller would refuse is refused before any job starts.
     bad = json.loads(MANIFEST.read_text())
@@ -222,6 +228,9 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
         assert status == 200 and stack["uri"] == "pier:host", stack
         status, f = api(f"{ctl}/apps/{name}/formations/{a['release']}")
         assert status == 200 and sum(f["processes"].values()) == 1, f
+        # the apps with state in STATE are pinned to a host tagged pier.state=CLUSTER
+        want = {"app": {"pier.state": "b1"}} if name in STATEFUL else {}
+        assert f.get("tags", {}) == want, (name, f)
     # Protected: neither deleted nor scaled to zero.
     status, _ = api(f"{ctl}/apps/router", method="DELETE")
     assert status == 400
@@ -241,10 +250,21 @@ def test_bootstrap_runs_the_system_apps_and_a_rerun_finds_them(pier_build, start
         return status == 200 and sorted(a["name"] for a in body) == sorted(SYSTEM_APPS)
     until(through_router, what="the controller through the router")
 
+    # A cluster of before the tags: the router's formation without them
+    # gets them back, its counts kept.
+    rid = by_name["router"]["release"]
+    status, _ = api(f"{ctl}/apps/router/formations/{rid}", method="PUT",
+                    body={"processes": {"app": 1}, "tags": {}})
+    assert status == 200
+
     # Run again: everything is found, nothing started or created.
     p = bootstrap(pier_build, MANIFEST, store, host.url, state, vars_)
     assert p.returncode == 0, show(p)
     assert_clean(p)
+    assert "router: its formation's tags updated" in p.stdout, show(p)
+    assert "blobstore: its formation's tags" not in p.stdout, show(p)
+    status, f = api(f"{ctl}/apps/router/formations/{rid}")
+    assert f["tags"] == {"app": {"pier.state": "b1"}} and f["processes"] == {"app": 1}, f
     for name in SYSTEM_APPS:
         assert f"{name}: found, 1 " in p.stdout, show(p)
     assert "starting job" not in p.stdout and "recorded as" not in p.stdout, show(p)

@@ -4,7 +4,9 @@ Cluster 1: `pier up --port-base A` in a state dir. Host 2, on the same
 machine: `pier up --join https://controller.DOMAIN:PORT --key K --ca
 S1/ca/ca.crt --state-dir S2 --port-base B`, which asks the controller for
 the cluster's store (GET /cluster) and starts only a host agent with it.
-`pier host list` then shows both hosts, a user app scaled to web=4 runs on
+`pier host list` then shows both hosts; the system apps with state
+(blobstore, gitreceive, router) carry the tag pier.state=j1 only host 1
+has, so the router scaled to 2 stays there; a user app scaled to web=4 runs on
 both and answers through the router; after `pier down --state-dir S2` its
 jobs come back on host 1 (the host record's TTL, then the scheduler) and
 the app keeps answering. Everything is stopped by PID and by the jobs'
@@ -103,6 +105,42 @@ def test_second_host_joins(two):
     st = json.loads(p.stdout)
     assert [d["name"] for d in st["daemons"]] == ["host"], st
     assert st["daemons"][0]["healthy"] is True, st
+
+
+STATEFUL = ["blobstore", "gitreceive", "router"]
+
+
+def test_stateful_system_apps_stay_on_the_first_host(two):
+    """blobstore, gitreceive and router keep data in host 1's state dir:
+    their formations carry the tag pier.state=<cluster name>, which only
+    the agent `pier up` started has, so the router scaled to 2 puts both
+    jobs on host 1 although host 2 is emptier."""
+    c1, c2 = two
+    hosts = [c1.host_id(), c2.host_id()]
+    recs = c1.store_range("/pier/v1/hosts/")
+    tags = {k.rsplit("/", 1)[1]: r.get("tags") or {} for k, r in recs.items()}
+    assert tags[hosts[0]] == {"pier.state": "j1"} and tags[hosts[1]] == {}, tags
+    for name in STATEFUL:
+        st, a = c1.ctl("GET", f"/apps/{name}")
+        assert st == 200, (st, a)
+        st, f = c1.ctl("GET", f"/apps/{a['id']}/formations/{a['release']}")
+        assert st == 200 and f["tags"] == {"app": {"pier.state": "j1"}}, (name, st, f)
+    st, router = c1.ctl("GET", "/apps/router")
+    form = f"/apps/{router['id']}/formations/{router['release']}"
+    try:
+        ok(c1, c1.pier("-a", "router", "scale", "app=2", timeout=120))
+        st, f = c1.ctl("GET", form)
+        assert f["processes"] == {"app": 2} and f["tags"] == {"app": {"pier.state": "j1"}}, \
+            f"pier scale dropped the formation's tags: {f}"
+        n = until(lambda: (lambda n: n if sum(n.values()) == 2 else Pred(n))(
+            app_jobs_by_host(c1, router["id"], hosts)), "2 router jobs up", 60)
+        assert n == {hosts[0]: 2}, f"router jobs not all on host 1: {n}"
+    finally:
+        ok(c1, c1.pier("-a", "router", "scale", "app=1", timeout=120))
+    until(lambda: (lambda n: n if n == {hosts[0]: 1} else Pred(n))(
+        app_jobs_by_host(c1, router["id"], hosts)), "1 router job on host 1", 60)
+    st, f = c1.ctl("GET", form)
+    assert f["tags"] == {"app": {"pier.state": "j1"}}, f
 
 
 def test_app_spreads_over_both_hosts_then_moves_to_one(two):
