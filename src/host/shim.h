@@ -67,7 +67,7 @@ struct shim_spawn_opts {
     int tty_columns, tty_lines;
     bool stdin_open;
     bool no_log;
-    bool init; /* the container's init is tini (spec "init"): see pierd-shim --init */
+    bool init;            /* the container's init is tini (spec "init"): see pierd-shim --init */
     size_t log_max_bytes; /* 0: default */
     int log_max_files;    /* 0: default */
     int timeout_ms;       /* how long to wait for "started" (0: 30 s) */
