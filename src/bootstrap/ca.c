@@ -345,10 +345,17 @@ static int ensure_server(const struct paths *p, const char *domain, uid_t job, X
         printf("tls: certificate for %s and *.%s valid until %s (%s)\n", domain, domain, until,
                p->srv_crt.p);
         /* The key stays the job user's, readable by it only. */
-        if (job != (uid_t)-1 && chown(p->srv_key.p, job, job) < 0)
+        /* By descriptor, never through a symlink: tls/ is the job user's,
+         * and a job could have swapped the key for a link to any file. */
+        int kfd = open(p->srv_key.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (kfd < 0)
             rc = err_set(err, -errno, "%s: %s", p->srv_key.p, strerror(errno));
-        if (rc == 0 && chmod(p->srv_key.p, 0600) < 0)
+        if (rc == 0 && job != (uid_t)-1 && fchown(kfd, job, job) < 0)
             rc = err_set(err, -errno, "%s: %s", p->srv_key.p, strerror(errno));
+        if (rc == 0 && fchmod(kfd, 0600) < 0)
+            rc = err_set(err, -errno, "%s: %s", p->srv_key.p, strerror(errno));
+        if (kfd >= 0)
+            close(kfd);
         X509_free(x);
         EVP_PKEY_free(key);
         return rc;

@@ -606,7 +606,7 @@ int git_remote_helper(int argc, char **argv)
     const char *url = argv[argc - 1];
     if (has_prefix(url, GIT_HELPER_PREFIX))
         url += strlen(GIT_HELPER_PREFIX);
-    if (!url_is_http(url)) {
+    if (strncmp(url, "https://", 8) != 0) {
         fprintf(stderr, "pier: " GIT_HELPER " takes https:// URLs, not \"%s\"\n", url);
         return 128;
     }

@@ -31,8 +31,9 @@ static int fetch_cluster(const char *url, const char *key, const char *ca, json_
     cleanup_buf struct buf full = BUF_INIT, auth = BUF_INIT, pem = BUF_INIT;
     if (ca) {
         cleanup_close int fd = open(ca, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fs_read_fd(fd, &pem, 1 << 20) < 0)
-            return ui_fail(NULL, "--ca %s: %s", ca, strerror(errno));
+        int rc = fd < 0 ? -errno : fs_read_fd(fd, &pem, 1 << 20);
+        if (rc < 0)
+            return ui_fail(NULL, "--ca %s: %s", ca, strerror(-rc));
         buf_putc(&pem, '\0');
     }
     buf_printf(&full, "%s/cluster", url);

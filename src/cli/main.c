@@ -47,7 +47,7 @@ static const struct command commands[] = {
     {"up", cli_up, "start a single-host cluster on this machine (or find it running)",
      "usage: pier up [--state-dir DIR] [--name NAME] [--domain DOMAIN] [--port-base N]\n"
      "               [--listen-ip IP] [--stack DIR] [--store URL[,URL]] [--no-config]\n"
-     "       pier up --join URL --key KEY [--ca FILE] [--state-dir DIR] [--port-base N]\n"
+     "       pier up --join URL [--key KEY] [--ca FILE] [--state-dir DIR] [--port-base N]\n"
      "               [--listen-ip IP] [--stack DIR]\n"
      "\n"
      "Starts 'pierd store' and 'pierd host' as daemons of the state dir (pid files and\n"

@@ -65,9 +65,20 @@ static int parse_up_flags(int argc, char **argv, struct up_flags *f)
     if (f->join && strncmp(f->join, "http://", 7) != 0 && strncmp(f->join, "https://", 8) != 0)
         return ui_usage("up", "--join \"%s\": want the controller's URL, https://controller.DOMAIN",
                         f->join);
+    if (f->join && !f->key && getenv("PIER_KEY") && *getenv("PIER_KEY"))
+        f->key = getenv("PIER_KEY"); /* out of sight of ps, unlike --key */
     if (f->join && !f->key)
-        return ui_usage("up", "--join needs --key KEY (the cluster key: STATE/key on its first "
-                              "host)");
+        return ui_usage("up", "--join needs the cluster key (STATE/key on its first host): "
+                              "PIER_KEY in the environment, or --key KEY");
+    /* The key goes to the controller as Basic auth: never in the clear
+     * off this machine. */
+    if (f->join && strncmp(f->join, "http://", 7) == 0 &&
+        strncmp(f->join, "http://127.", 11) != 0 && strncmp(f->join, "http://localhost", 16) != 0 &&
+        !strstr(f->join, ".localhost"))
+        return ui_usage("up",
+                        "--join %s: the key would cross the network in the clear; use "
+                        "https://controller.DOMAIN with --ca FILE",
+                        f->join);
     if (f->key && (!up_key_ok(f->key) || strlen(f->key) >= 256))
         return ui_usage("up", "--key: one word of letters, digits, '.', '_' or '-'");
     return 0;
@@ -515,8 +526,9 @@ static int read_ca(const struct up *u, struct buf *ca, struct buf *pin)
     cleanup_close int fd = open(path.p, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT)
         return 1;
-    if (fd < 0 || fs_read_fd(fd, ca, 1 << 20) < 0)
-        return -ui_fail(NULL, "%s: cannot read it: %s", path.p, strerror(errno));
+    int rc = fd < 0 ? -errno : fs_read_fd(fd, ca, 1 << 20);
+    if (rc < 0)
+        return -ui_fail(NULL, "%s: cannot read it: %s", path.p, strerror(-rc));
     buf_putc(ca, '\0');
     ca->len--;
     if (tls_pin(ca->p, pin) < 0)
@@ -644,8 +656,11 @@ static void print_next_steps(const struct up *u, const struct up_flags *f, const
         printf(" PIER_CONTROLLER_CA=%s/ca/ca.crt", u->state);
     printf("\n");
     printf("Another host joins with (its store must reach %s):\n", u->store_url.p);
-    printf("  pier up --join %s --key $(cat %s/key)%s%s/ca/ca.crt --state-dir DIR --port-base N\n",
-           u->ctl_url, u->state, pin ? " --ca " : "", pin ? u->state : "");
+    /* The key in the environment, not on pier's command line (ps). */
+    printf("  PIER_KEY=$(cat %s/key) pier up --join %s", u->state, u->ctl_url);
+    if (pin)
+        printf(" --ca %s/ca/ca.crt", u->state);
+    printf(" --state-dir DIR --port-base N\n");
     printf("\nDeploy an app with git push, then reach it, scale it, read its log:\n");
     cleanup_buf struct buf sample = BUF_INIT;
     buf_printf(&sample, "%s/../tests/apps/nodejs", u->bin_dir);
