@@ -111,25 +111,15 @@ static int create_txn(struct ctl *c, const json_t *app, bool *ok, struct pier_er
     return rc;
 }
 
-static bool name_taken(struct ctl *c, const char *name)
+/* Whether the store has prefix+name (an app's name index or its id). */
+static bool taken(struct ctl *c, const char *prefix, const char *name)
 {
     cleanup_buf struct buf key = BUF_INIT;
-    buf_printf(&key, "%s%s", KEYS_APP_NAMES, name);
-    json_t *idx = NULL;
-    if (ctl_get(c, key.p, &idx, NULL, NULL) < 0)
+    buf_printf(&key, "%s%s", prefix, name);
+    json_t *v = NULL;
+    if (ctl_get(c, key.p, &v, NULL, NULL) < 0)
         return false;
-    json_decref(idx);
-    return true;
-}
-
-static bool app_id_taken(struct ctl *c, const char *id)
-{
-    cleanup_buf struct buf key = BUF_INIT;
-    buf_printf(&key, "%s%s", KEYS_APPS, id);
-    json_t *app = NULL;
-    if (ctl_get(c, key.p, &app, NULL, NULL) < 0)
-        return false;
-    json_decref(app);
+    json_decref(v);
     return true;
 }
 
@@ -187,12 +177,12 @@ static void app_create(struct httpd_req *r, void *ud)
             httpd_reply_json(r, 200, app_public(app));
             return;
         }
-        if (chosen && app_id_taken(c, id)) {
+        if (chosen && taken(c, KEYS_APPS, id)) {
             err_set(&err, PIER_EEXISTS, "app %s already exists", id);
             ctl_reply_err(r, PIER_EEXISTS, &err);
             return;
         }
-        if (given && !name_taken(c, n)) {
+        if (given && !taken(c, KEYS_APP_NAMES, n)) {
             err_set(&err, PIER_ECONFLICT, "the default route of app %s is taken: %s.%s", n, n,
                     c->domain ? c->domain : "");
             ctl_reply_err(r, PIER_ECONFLICT, &err);

@@ -89,6 +89,21 @@ def free_port_base():
 _given = set()
 
 
+def delete_containers(host_id, job_ids):
+    """After a test cluster is stopped: deletes what crun still has of the
+    host agent host_id's jobs (the ids given and any crun lists) and the
+    agent's /run/pier/<host id> directory."""
+    root = Path("/run/pier") / host_id / "crun"
+    ids = set(job_ids)
+    if root.is_dir():
+        ids.update(p.name for p in root.iterdir() if p.is_dir())
+    for job_id in sorted(ids):
+        subprocess.run([CRUN, "--root", str(root), "delete", "--force", job_id],
+                       capture_output=True, timeout=30)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root.parent)],
+                   capture_output=True, timeout=30)
+
+
 def until(pred, what, timeout=60.0, every=0.2):
     """Polls pred() until it returns something truthy, which it returns;
     fails naming what and the last value it saw."""
@@ -409,15 +424,7 @@ class PierUp:
         finally:
             hid = self.host_id()
             if hid:
-                root = Path("/run/pier") / hid / "crun"
-                ids = {d.name for d in self.job_dirs()}
-                if root.is_dir():
-                    ids.update(p.name for p in root.iterdir() if p.is_dir())
-                for job_id in sorted(ids):
-                    subprocess.run([CRUN, "--root", str(root), "delete", "--force", job_id],
-                                   capture_output=True, timeout=30)
-                subprocess.run(["rm", "-rf", "--one-file-system", str(root.parent)],
-                               capture_output=True, timeout=30)
+                delete_containers(hid, [d.name for d in self.job_dirs()])
                 for d in self._job_cgroups():
                     try:
                         d.rmdir()

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CRUN, free_port, free_port_range, http_status, sanitizer_reports, store_get
+from cluster_util import delete_containers
+from conftest import free_port, free_port_range, http_status, sanitizer_reports, store_get
 
 
 def alive(pid):
@@ -129,13 +130,8 @@ class Cluster:
                     pass
             host_id = self.host_id()
             if host_id:
-                root = Path("/run/pier") / host_id / "crun"
                 jobs = self.state / "host" / "jobs"
-                for d in (jobs.iterdir() if jobs.is_dir() else []):
-                    subprocess.run([CRUN, "--root", str(root), "delete", "--force", d.name],
-                                   capture_output=True, timeout=30)
-                subprocess.run(["rm", "-rf", "--one-file-system", str(root.parent)],
-                               capture_output=True, timeout=30)
+                delete_containers(host_id, [d.name for d in jobs.iterdir()] if jobs.is_dir() else [])
 
 
 @pytest.fixture

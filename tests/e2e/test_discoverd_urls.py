@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from test_git_hook import KEY, BuildpackServer, Cluster, get, lines_in_order
+from test_git_hook import KEY, cluster, get, lines_in_order  # noqa: F401 (cluster: the fixture)
 from test_host import log_msgs, put_job, wait_for, wait_state
 from test_host_slug import SMALL, make_slug
 
@@ -111,14 +111,6 @@ def test_a_slug_named_by_discovery_follows_the_blobstore(start_pierd, pier_store
     job_id, rec = run_slug(agent, "gone", url, sha)
     assert rec["state"] == "failed" and NONE_REGISTERED in rec.get("host_error", ""), rec
 
-
-@pytest.fixture
-def cluster(start_pierd, start_host, tmp_path):
-    bp = BuildpackServer()
-    try:
-        yield Cluster(start_pierd, start_host, tmp_path, bp.url)
-    finally:
-        bp.stop()
 
 
 def web_jobs_up(c, app, rel):

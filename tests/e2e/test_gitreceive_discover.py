@@ -21,7 +21,7 @@ import pytest
 from conftest import Daemon, free_port, http_status, sanitizer_reports
 from controller_util import Controller
 from test_controller_events import SSE, make_app
-from test_git_hook import DOMAIN, KEY, BuildpackServer, Cluster, get, lines_in_order
+from test_git_hook import DOMAIN, KEY, cluster, get, lines_in_order  # noqa: F401 (cluster: the fixture)
 from test_host import kv_range
 
 NOT_REGISTERED = ("the controller is not registered in discovery (service controller); "
@@ -197,14 +197,6 @@ def test_a_push_is_refused_when_no_controller_is_registered(start_pierd, pier_st
     # nothing changed: no repository was made
     assert list((tmp_path / "git" / "repos").iterdir()) == []
 
-
-@pytest.fixture
-def cluster(start_pierd, start_host, tmp_path):
-    bp = BuildpackServer()
-    try:
-        yield Cluster(start_pierd, start_host, tmp_path, bp.url)
-    finally:
-        bp.stop()
 
 
 def test_a_push_finds_the_controller_and_the_blobstore_in_discovery(cluster):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CRUN, free_port_range, sanitizer_reports
+from cluster_util import delete_containers
+from conftest import free_port_range, sanitizer_reports
 
 REPO = Path(__file__).resolve().parents[2]
 UP = REPO / "scripts" / "up"
@@ -107,13 +108,8 @@ class Up:
             except OSError:
                 host_id = None
             if host_id:
-                root = Path("/run/pier") / host_id / "crun"
                 jobs = self.home / "host" / "jobs"
-                for d in (jobs.iterdir() if jobs.is_dir() else []):
-                    subprocess.run([CRUN, "--root", str(root), "delete", "--force", d.name],
-                                   capture_output=True, timeout=30)
-                subprocess.run(["rm", "-rf", "--one-file-system", str(root.parent)],
-                               capture_output=True, timeout=30)
+                delete_containers(host_id, [d.name for d in jobs.iterdir()] if jobs.is_dir() else [])
 
 
 @pytest.fixture
